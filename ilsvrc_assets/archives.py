@@ -1,0 +1,276 @@
+"""Reading the release's tar archives: verifying them and indexing where each image lies.
+
+The image archives are uncompressed tars (the train archive a tar of 1,000 tars), so the byte
+offset of every image inside the archive file can be recorded once, by reading tar headers only,
+and every later step reads an image with one seek and one read: nothing is ever extracted to
+disk first, and nothing but headers is read to build the index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ilsvrc_assets import fileio, release
+
+
+class ArchiveError(ValueError):
+    """An archive is missing, damaged or not in the official layout; the message names it."""
+
+
+# --- Checksums --------------------------------------------------------------------------------
+
+
+class ChecksumCache:
+    """MD5s already computed, keyed by file path, size and modification time.
+
+    Hashing the 148 GB train archive takes minutes; a second run whose archives have not
+    changed (same size, same mtime) reuses the digest instead.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    @staticmethod
+    def _stamp(file: Path) -> dict:
+        st = file.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def get(self, file: Path) -> str | None:
+        entry = self._load().get(str(file.absolute()))
+        if entry and {k: entry.get(k) for k in ("size", "mtime_ns")} == self._stamp(file):
+            return entry["md5"]
+        return None
+
+    def put(self, file: Path, md5: str) -> None:
+        entries = self._load()
+        entries[str(file.absolute())] = {**self._stamp(file), "md5": md5}
+        fileio.atomic_write_text(self.path, json.dumps(entries, indent=1, sort_keys=True))
+
+
+def md5_of(file: Path, cache: ChecksumCache | None = None) -> tuple[str, bool]:
+    """The file's MD5 and whether it came from the cache."""
+    if cache is not None and (cached := cache.get(file)):
+        return cached, True
+    digest = fileio.md5_file(file)
+    if cache is not None:
+        cache.put(file, digest)
+    return digest, False
+
+
+def checksum_problem(name: str, expected: str, actual: str) -> str | None:
+    """None when the digests agree, otherwise a message that says what to do."""
+    if expected == actual:
+        return None
+    return (
+        f"{name}: MD5 {expected} expected, got {actual}; the file is corrupt, truncated or not the "
+        f"official archive: delete it and download it again (or, for a stand-in release, list its "
+        f"MD5 in an MD5SUMS file beside it)"
+    )
+
+
+# --- Tar members ------------------------------------------------------------------------------
+
+
+def member_name(member: tarfile.TarInfo, archive: str) -> str:
+    """A member's path with any leading './' removed; refuses absolute paths and '..'."""
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    normalised = posixpath.normpath(name) if name else name
+    if name.startswith("/") or normalised == ".." or normalised.startswith("../"):
+        raise ArchiveError(f"{archive}: member {member.name!r} points outside the archive; refusing to read it")
+    return name
+
+
+def iter_files(tar: tarfile.TarFile, archive: str) -> Iterator[tuple[str, tarfile.TarInfo]]:
+    """Regular file members as (normalised name, TarInfo); directories skipped.
+
+    Links, devices and other special members have no place in the release and are refused:
+    following them could read or write outside the archive.
+    """
+    for member in tar:
+        if member.isdir():
+            continue
+        name = member_name(member, archive)
+        if not member.isreg():
+            raise ArchiveError(
+                f"{archive}: member {member.name!r} is not a regular file "
+                f"({'link' if member.issym() or member.islnk() else 'special file'}); "
+                f"the official archives hold only files"
+            )
+        yield name, member
+
+
+def open_tar(path: Path) -> tarfile.TarFile:
+    """Open an uncompressed tar for random access, with a clear error when it is not one."""
+    if not path.is_file():
+        raise ArchiveError(f"{path}: archive not found")
+    try:
+        return tarfile.open(path, mode="r:")
+    except tarfile.TarError as e:
+        raise ArchiveError(f"{path.name}: not a readable uncompressed tar ({e}); the file is damaged: delete it and fetch it again") from e
+
+
+@dataclass(frozen=True)
+class TrainImage:
+    filename: str  # e.g. n01440764_10026.JPEG
+    synset: str
+    offset: int  # of the image's bytes within the train archive file
+    size: int
+
+
+TRAIN_INDEX_COLUMNS = ("filename", "synset", "offset", "size")
+VALIDATION_INDEX_COLUMNS = ("filename", "number", "synset", "offset", "size")
+
+
+def index_train_archive(
+    path: Path,
+    synsets: set[str] | frozenset[str],
+    progress: Callable[[int, int, str], None] | None = None,
+) -> pd.DataFrame:
+    """Index every training image in the train archive (tar of ``<wnid>.tar``), headers only.
+
+    Returns one row per image (``TRAIN_INDEX_COLUMNS``) in archive order. Offsets are absolute
+    within ``path``: the inner tars are stored uncompressed, so an inner member's offset plus
+    the inner tar's own offset is where its bytes lie. ``progress(done, total, wnid)`` is
+    called after each inner tar.
+    """
+    archive = path.name
+    columns: dict[str, list] = {c: [] for c in TRAIN_INDEX_COLUMNS}
+    seen_synsets: set[str] = set()
+    seen_files: set[str] = set()
+    with open_tar(path) as outer:
+        try:
+            for done, (name, inner_info) in enumerate(iter_files(outer, archive), start=1):
+                wnid, ext = posixpath.splitext(posixpath.basename(name))
+                if ext != ".tar" or not release.is_wnid(wnid) or "/" in name:
+                    raise ArchiveError(
+                        f"{archive}: member {name!r} is not an inner synset tar '<wnid>.tar'; "
+                        f"is this the official ILSVRC2012_img_train.tar?"
+                    )
+                if wnid not in synsets:
+                    raise ArchiveError(f"{archive}: inner tar {name!r} is not one of the 1,000 challenge synsets")
+                if wnid in seen_synsets:
+                    raise ArchiveError(f"{archive}: inner tar {name!r} appears twice")
+                seen_synsets.add(wnid)
+                base = inner_info.offset_data
+                inner_file = outer.extractfile(inner_info)
+                try:
+                    with tarfile.open(fileobj=inner_file, mode="r:") as inner:
+                        where = f"{archive} member {name}"
+                        for image_name, image in iter_files(inner, where):
+                            filename = posixpath.basename(image_name)
+                            stem, image_ext = posixpath.splitext(filename)
+                            prefix, _, number = stem.rpartition("_")
+                            if image_ext != ".JPEG" or prefix != wnid or not number.isdigit():
+                                raise ArchiveError(
+                                    f"{where}: member {image_name!r} is not a training image "
+                                    f"'{wnid}_<n>.JPEG'"
+                                )
+                            if filename in seen_files:
+                                raise ArchiveError(f"{where}: image {filename!r} appears twice")
+                            seen_files.add(filename)
+                            if base + image.offset_data + image.size > inner_info.offset_data + inner_info.size:
+                                raise ArchiveError(f"{where}: member {filename!r} runs past the end of the inner tar; the archive is truncated")
+                            columns["filename"].append(filename)
+                            columns["synset"].append(wnid)
+                            columns["offset"].append(base + image.offset_data)
+                            columns["size"].append(image.size)
+                except tarfile.TarError as e:
+                    raise ArchiveError(f"{archive}: inner member {name!r} is not a readable tar ({e})") from e
+                if progress:
+                    progress(done, len(synsets), wnid)
+        except tarfile.TarError as e:
+            raise ArchiveError(f"{archive}: damaged or truncated tar ({e}); delete it and fetch it again") from e
+    _check_fits(path, columns)
+    return pd.DataFrame(columns).astype({"offset": "int64", "size": "int64"})
+
+
+def index_validation_archive(path: Path, validation_synsets: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """Index every validation image in the validation archive, headers only.
+
+    ``validation_synsets[i - 1]`` is the synset of image number ``i`` (the devkit ground truth).
+    Returns one row per image (``VALIDATION_INDEX_COLUMNS``) in archive order. Missing images are
+    not an error here (the asset check counts them); unexpected or duplicate members are.
+    """
+    archive = path.name
+    columns: dict[str, list] = {c: [] for c in VALIDATION_INDEX_COLUMNS}
+    seen: set[int] = set()
+    with open_tar(path) as tar:
+        try:
+            for name, member in iter_files(tar, archive):
+                filename = posixpath.basename(name)
+                try:
+                    number = release.validation_number(filename)
+                except ValueError:
+                    raise ArchiveError(
+                        f"{archive}: member {name!r} is not a validation image 'ILSVRC2012_val_<8 digits>.JPEG'"
+                    ) from None
+                if not 1 <= number <= len(validation_synsets):
+                    raise ArchiveError(
+                        f"{archive}: member {name!r} has no ground-truth label (the devkit lists {len(validation_synsets)} images)"
+                    )
+                if number in seen:
+                    raise ArchiveError(f"{archive}: image {filename!r} appears twice")
+                seen.add(number)
+                columns["filename"].append(filename)
+                columns["number"].append(number)
+                columns["synset"].append(validation_synsets[number - 1])
+                columns["offset"].append(member.offset_data)
+                columns["size"].append(member.size)
+        except tarfile.TarError as e:
+            raise ArchiveError(f"{archive}: damaged or truncated tar ({e}); delete it and fetch it again") from e
+    _check_fits(path, columns)
+    return pd.DataFrame(columns).astype({"number": "int64", "offset": "int64", "size": "int64"})
+
+
+def _check_fits(path: Path, columns: dict[str, list]) -> None:
+    """Every indexed image lies inside the file (a truncated archive fails here, by name)."""
+    file_size = path.stat().st_size
+    for filename, offset, size in zip(columns["filename"], columns["offset"], columns["size"]):
+        if offset + size > file_size:
+            raise ArchiveError(
+                f"{path.name}: member {filename!r} ends at byte {offset + size} but the file has "
+                f"{file_size} bytes; the archive is truncated: delete it and fetch it again"
+            )
+
+
+def write_index(index: pd.DataFrame, path: Path) -> None:
+    """Write an image index atomically as Parquet."""
+    with fileio.atomic_write(path) as f:
+        index.to_parquet(f, index=False)
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    """Read an image index written by :func:`write_index`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image index not found; materialise its asset first")
+    return pd.read_parquet(path)
+
+
+def read_member(archive: Path, offset: int, size: int, name: str) -> bytes:
+    """The bytes of one indexed member (one seek, one read)."""
+    with open(archive, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise ArchiveError(f"{archive.name}: member {name!r} is cut short ({len(data)} of {size} bytes); the archive is truncated")
+    return data
+
+
+def file_size(path: Path) -> int:
+    return os.stat(path).st_size

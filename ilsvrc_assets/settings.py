@@ -1,0 +1,142 @@
+"""Where things go and how many of them: settings read from environment variables.
+
+Every setting has a documented environment variable and a default that needs nothing set, so a
+fresh clone runs on the built-in sample. The Dagster layer and the CLI both read them from here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ilsvrc_assets import release
+
+ENV_SOURCE = "ILSVRC_SOURCE"  # sample | local | http
+ENV_DATA_DIR = "ILSVRC_DATA_DIR"  # outputs; default ./data
+ENV_LOCAL_DIR = "ILSVRC_LOCAL_DIR"  # folder holding the official archives (source=local)
+ENV_HTTP_URL = "ILSVRC_HTTP_URL"  # base URL of the archives (source=http)
+ENV_SAMPLE_DIR = "ILSVRC_SAMPLE_DIR"  # where the built-in sample is generated; default <data>/sample
+ENV_TRAIN_SHARDS = "ILSVRC_TRAIN_SHARDS"  # default 1024
+ENV_VALIDATION_SHARDS = "ILSVRC_VALIDATION_SHARDS"  # default 128
+ENV_WORKERS = "ILSVRC_WORKERS"  # processes for shard writing and checking; default: cores
+ENV_DAGSTER_HOME = "DAGSTER_HOME"
+
+SOURCES = ("sample", "local", "http")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one deployment."""
+
+    source: str
+    data_dir: Path
+    local_dir: Path | None
+    http_url: str | None
+    sample_dir: Path
+    num_shards: Mapping[str, int]
+    workers: int
+
+    # Output layout under data_dir, in one place.
+    @property
+    def synsets_csv(self) -> Path:
+        return self.data_dir / "synsets.csv"
+
+    @property
+    def validation_labels_csv(self) -> Path:
+        return self.data_dir / "validation_labels.csv"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    def image_index(self, split: str) -> Path:
+        return self.index_dir / f"{split}_images.parquet"
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.data_dir / "validation"
+
+    @property
+    def bounding_boxes_parquet(self) -> Path:
+        return self.data_dir / "bounding_boxes.parquet"
+
+    @property
+    def bounding_boxes_csv(self) -> Path:
+        # The reference pipeline's file name and format (training boxes).
+        return self.data_dir / "imagenet_2012_bounding_boxes.csv"
+
+    @property
+    def validation_bounding_boxes_csv(self) -> Path:
+        return self.data_dir / "imagenet_2012_validation_bounding_boxes.csv"
+
+    @property
+    def tfrecords_dir(self) -> Path:
+        return self.data_dir / "tfrecords"
+
+    @property
+    def manifest_json(self) -> Path:
+        return self.tfrecords_dir / "manifest.json"
+
+    @property
+    def download_dir(self) -> Path:
+        return self.data_dir / "archives"
+
+    @property
+    def state_dir(self) -> Path:
+        """Bookkeeping that lets a second run skip work already done (checksums, shard plans)."""
+        return self.data_dir / ".state"
+
+    def shard_names(self, split: str) -> list[str]:
+        return release.shard_names(split, self.num_shards[split])
+
+
+def _int_env(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve the settings from the environment (``os.environ`` by default)."""
+    environ = os.environ if environ is None else environ
+    source = environ.get(ENV_SOURCE, "sample").strip().lower() or "sample"
+    if source not in SOURCES:
+        raise SettingsError(f"{ENV_SOURCE}={source!r}: expected one of {', '.join(SOURCES)}")
+    data_dir = Path(environ.get(ENV_DATA_DIR, "").strip() or "data").expanduser().absolute()
+    local_dir = environ.get(ENV_LOCAL_DIR, "").strip()
+    http_url = environ.get(ENV_HTTP_URL, "").strip()
+    if source == "local" and not local_dir:
+        raise SettingsError(
+            f"{ENV_SOURCE}=local needs {ENV_LOCAL_DIR}: the folder holding "
+            + ", ".join(a.name for a in release.ARCHIVES)
+        )
+    if source == "http" and not http_url:
+        raise SettingsError(
+            f"{ENV_SOURCE}=http needs {ENV_HTTP_URL}, e.g. https://image-net.org/data/ILSVRC/2012/"
+        )
+    sample_dir = environ.get(ENV_SAMPLE_DIR, "").strip()
+    return Settings(
+        source=source,
+        data_dir=data_dir,
+        local_dir=Path(local_dir).expanduser().absolute() if local_dir else None,
+        http_url=http_url or None,
+        sample_dir=Path(sample_dir).expanduser().absolute() if sample_dir else data_dir / "sample",
+        num_shards={
+            "train": _int_env(environ, ENV_TRAIN_SHARDS, release.DEFAULT_NUM_SHARDS["train"]),
+            "validation": _int_env(environ, ENV_VALIDATION_SHARDS, release.DEFAULT_NUM_SHARDS["validation"]),
+        },
+        workers=_int_env(environ, ENV_WORKERS, os.cpu_count() or 1),
+    )

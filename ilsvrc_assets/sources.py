@@ -1,0 +1,223 @@
+"""Where the release's archives come from: the built-in sample, a local folder, or an HTTP(S) URL.
+
+Each source makes an archive available as a local file and says which MD5 it must have: the one
+listed in an ``MD5SUMS`` file beside the archives (a stand-in release, the sample) or else the
+official one. Verifying is the same for every source.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ilsvrc_assets import fileio, release
+from ilsvrc_assets.archives import ChecksumCache, md5_of
+from ilsvrc_assets.release import Archive
+from ilsvrc_assets.settings import ENV_HTTP_URL, ENV_LOCAL_DIR, Settings
+
+Log = Callable[[str], None]
+MD5SUMS = "MD5SUMS"
+
+
+class SourceError(RuntimeError):
+    """An archive cannot be had from the configured source; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class FetchedArchive:
+    """An archive available as a local file, with what its checksum is and should be."""
+
+    archive: Archive
+    path: Path
+    size: int
+    md5: str
+    expected_md5: str
+    expected_from: str  # "the official release" or "<folder>/MD5SUMS"
+    md5_from_cache: bool
+
+    @property
+    def official(self) -> bool:
+        """True when this is the official archive (its MD5 is the release's)."""
+        return self.md5 == self.archive.md5
+
+
+class ArchiveSource(ABC):
+    """A place the five archives come from."""
+
+    kind: str
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the archives come from, for logs and metadata (never with credentials)."""
+
+    @abstractmethod
+    def folder(self, log: Log) -> Path:
+        """The local folder the archives are in (made ready first where needed)."""
+
+    def locate(self, archive: Archive, log: Log) -> Path:
+        """Make ``archive`` available as a local file and return its path."""
+        path = self.folder(log) / archive.name
+        if not path.is_file():
+            raise SourceError(
+                f"{path}: archive not found. Put {archive.name} there, or point {ENV_LOCAL_DIR} at the "
+                f"folder that holds the official archives"
+            )
+        return path
+
+    def expected_md5s(self, log: Log) -> tuple[dict[str, str], str]:
+        """{archive name: MD5} and where they come from: the folder's MD5SUMS, else the official ones."""
+        md5sums = self.folder(log) / MD5SUMS
+        if md5sums.is_file():
+            listed = fileio.read_md5sums(md5sums)
+            return {a.name: listed.get(a.name, a.md5) for a in release.ARCHIVES}, str(md5sums)
+        return {a.name: a.md5 for a in release.ARCHIVES}, "the official release"
+
+    def fetch(self, archive: Archive, cache: ChecksumCache | None, log: Log) -> FetchedArchive:
+        """Locate the archive and compute its MD5 (reused from ``cache`` when the file is unchanged)."""
+        path = self.locate(archive, log)
+        expected, expected_from = self.expected_md5s(log)
+        log(f"{archive.name}: computing MD5 of {path.stat().st_size:,} bytes" if cache is None or cache.get(path) is None else f"{archive.name}: MD5 unchanged since last verified")
+        md5, cached = md5_of(path, cache)
+        return FetchedArchive(
+            archive=archive,
+            path=path,
+            size=path.stat().st_size,
+            md5=md5,
+            expected_md5=expected[archive.name],
+            expected_from=expected_from,
+            md5_from_cache=cached,
+        )
+
+
+class LocalSource(ArchiveSource):
+    """A folder holding the official archives, used in place (never copied)."""
+
+    kind = "local"
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def describe(self) -> str:
+        return f"local folder {self.root}"
+
+    def folder(self, log: Log) -> Path:
+        if not self.root.is_dir():
+            raise SourceError(f"{self.root}: no such folder; set {ENV_LOCAL_DIR} to the folder holding the archives")
+        return self.root
+
+
+class SampleSource(ArchiveSource):
+    """The built-in sample release, generated once into a cache folder."""
+
+    kind = "sample"
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = cache_dir
+        self._ready = False
+
+    def describe(self) -> str:
+        from ilsvrc_assets import sample
+
+        return f"built-in sample v{sample.SAMPLE_VERSION} in {self.cache_dir}"
+
+    def folder(self, log: Log) -> Path:
+        if not self._ready:
+            from ilsvrc_assets import sample
+
+            sample.ensure_sample(self.cache_dir, progress=log)
+            self._ready = True
+        return self.cache_dir
+
+
+class HttpSource(ArchiveSource):
+    """Archives at an HTTP(S) base URL, downloaded (with resume) into a local folder.
+
+    Credentials come from the environment at download time (see :mod:`ilsvrc_assets.download`)
+    and are never stored in settings, logs or metadata.
+    """
+
+    kind = "http"
+
+    def __init__(self, base_url: str, download_dir: Path):
+        self.base_url = base_url
+        self.download_dir = download_dir
+        self._expected: tuple[dict[str, str], str] | None = None
+
+    def describe(self) -> str:
+        from ilsvrc_assets import download
+
+        return f"{download.redact_url(self.base_url)} (downloaded to {self.download_dir})"
+
+    def folder(self, log: Log) -> Path:
+        self.download_dir.mkdir(parents=True, exist_ok=True)
+        return self.download_dir
+
+    def expected_md5s(self, log: Log) -> tuple[dict[str, str], str]:
+        """An MD5SUMS file at the base URL if the server has one, else the official MD5s."""
+        from ilsvrc_assets import download
+
+        if self._expected is None:
+            official = {a.name: a.md5 for a in release.ARCHIVES}
+            url = download.archive_url(self.base_url, MD5SUMS)
+            target = self.folder(log) / MD5SUMS
+            try:
+                target.unlink(missing_ok=True)  # always the server's current list
+                download.download(url, target, credentials=download.Credentials.from_env(), retries=2)
+            except download.DownloadError as e:
+                if not e.not_found:
+                    raise
+                self._expected = official, "the official release"
+            else:
+                listed = fileio.read_md5sums(target)
+                self._expected = {n: listed.get(n, md5) for n, md5 in official.items()}, f"{download.redact_url(url)}"
+        return self._expected
+
+    def locate(self, archive: Archive, log: Log) -> Path:
+        from ilsvrc_assets import download
+
+        dest = self.folder(log) / archive.name
+        if dest.is_file():
+            return dest
+        expected, _ = self.expected_md5s(log)
+        url = download.archive_url(self.base_url, archive.name)
+        log(f"{archive.name}: downloading from {download.redact_url(url)}")
+        download.download(
+            url,
+            dest,
+            expected_md5=expected[archive.name],
+            credentials=download.Credentials.from_env(),
+            progress=_progress_logger(archive.name, log),
+        )
+        return dest
+
+
+def _progress_logger(name: str, log: Log) -> Callable[[int, int | None], None]:
+    import time
+
+    last = [0.0]
+
+    def report(done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - last[0] < 5 and (total is None or done < total):
+            return
+        last[0] = now
+        if total:
+            log(f"{name}: {done / 1e6:,.1f} of {total / 1e6:,.1f} MB ({100 * done / total:.0f}%)")
+        else:
+            log(f"{name}: {done / 1e6:,.1f} MB")
+
+    return report
+
+
+def from_settings(settings: Settings) -> ArchiveSource:
+    """The source the settings name."""
+    if settings.source == "local":
+        assert settings.local_dir is not None
+        return LocalSource(settings.local_dir)
+    if settings.source == "http":
+        if not settings.http_url:
+            raise SourceError(f"set {ENV_HTTP_URL} to the base URL of the archives")
+        return HttpSource(settings.http_url, settings.download_dir)
+    return SampleSource(settings.sample_dir)

@@ -1,0 +1,187 @@
+"""The 1,000 classes and the validation ground truth, read from the devkit.
+
+Two numberings meet here: the devkit's ``ILSVRC2012_ID`` (meta.mat order, used by the validation
+ground truth) and the TF/TPU model zoo's 1-based label (the WNIDs sorted alphabetically). The
+table this module builds carries both, so no later step has to guess which one it holds.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ilsvrc_assets import fileio, release
+
+SYNSET_COLUMNS = ("wnid", "label", "text", "ilsvrc2012_id", "words")
+
+
+class DevkitError(ValueError):
+    """The devkit archive is damaged or not in the official layout; the message names it."""
+
+
+@dataclass(frozen=True)
+class Devkit:
+    """What the preparation reads from ``ILSVRC2012_devkit_t12.tar.gz``."""
+
+    leaves: pd.DataFrame  # columns wnid, ilsvrc2012_id, words: the nodes with num_children == 0
+    num_nodes: int  # leaves plus inner nodes of the hierarchy
+    ground_truth: tuple[int, ...]  # ILSVRC2012_ID of validation image i at position i - 1
+
+
+def read_devkit(path: Path) -> Devkit:
+    """Read meta.mat and the validation ground truth from the devkit archive (streamed)."""
+    wanted = {release.DEVKIT_META_MAT, release.DEVKIT_VALIDATION_GROUND_TRUTH}
+    found: dict[str, bytes] = {}
+    if not path.is_file():
+        raise DevkitError(f"{path}: devkit archive not found")
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if name in wanted and member.isreg():
+                    # Both members are small (a few hundred KB): reading them whole is fine.
+                    found[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DevkitError(f"{path.name}: damaged devkit archive ({e}); delete it and fetch it again") from e
+    for name in sorted(wanted - found.keys()):
+        raise DevkitError(f"{path.name}: member {name} is missing; is this ILSVRC2012_devkit_t12.tar.gz?")
+    leaves, num_nodes = parse_meta_mat(found[release.DEVKIT_META_MAT], f"{path.name} member {release.DEVKIT_META_MAT}")
+    ground_truth = parse_ground_truth(
+        found[release.DEVKIT_VALIDATION_GROUND_TRUTH],
+        f"{path.name} member {release.DEVKIT_VALIDATION_GROUND_TRUTH}",
+    )
+    return Devkit(leaves=leaves, num_nodes=num_nodes, ground_truth=ground_truth)
+
+
+def parse_meta_mat(data: bytes, where: str) -> tuple[pd.DataFrame, int]:
+    """The leaves of the ``synsets`` struct in meta.mat, by field name, and the node count."""
+    import scipy.io  # only this step needs SciPy; keep it off the import path of the rest
+
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)
+    except Exception as e:  # scipy raises a variety of errors for a damaged file
+        raise DevkitError(f"{where}: not a readable MATLAB file ({e})") from e
+    if "synsets" not in mat:
+        raise DevkitError(f"{where}: has no 'synsets' variable")
+    synsets = mat["synsets"]
+    names = synsets.dtype.names or ()
+    missing = [f for f in ("ILSVRC2012_ID", "WNID", "words", "num_children") if f not in names]
+    if missing:
+        raise DevkitError(f"{where}: 'synsets' lacks the field(s) {', '.join(missing)}")
+    rows = []
+    for node in synsets.reshape(-1):
+        if int(node["num_children"]) == 0:
+            rows.append((str(node["WNID"]).strip(), int(node["ILSVRC2012_ID"]), str(node["words"]).strip()))
+    leaves = pd.DataFrame(rows, columns=["wnid", "ilsvrc2012_id", "words"])
+    return leaves, int(synsets.size)
+
+
+def parse_ground_truth(data: bytes, where: str) -> tuple[int, ...]:
+    """One ILSVRC2012_ID per line; line i is validation image i."""
+    ids = []
+    for number, line in enumerate(data.decode("ascii", errors="replace").splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if not line.isdigit():
+            raise DevkitError(f"{where}: line {number} is {line!r}, not an ILSVRC2012_ID")
+        ids.append(int(line))
+    return tuple(ids)
+
+
+def synset_table(devkit: Devkit) -> pd.DataFrame:
+    """The 1,000 classes: WNID, 1-based TF label, text, devkit ILSVRC2012_ID, devkit words.
+
+    The label is 1 + the WNID's position in the sorted list of the devkit's leaves; the text is
+    the reference ``imagenet_metadata.txt`` entry (what the model zoo's records carry), falling
+    back to the devkit's words for a WNID it does not list.
+    """
+    texts = release.synset_texts()
+    table = devkit.leaves.sort_values("wnid", kind="stable").reset_index(drop=True)
+    table.insert(1, "label", range(1, len(table) + 1))
+    table.insert(2, "text", [texts.get(w, words) for w, words in zip(table["wnid"], table["words"])])
+    return table[list(SYNSET_COLUMNS)]
+
+
+def synset_problems(table: pd.DataFrame, num_nodes: int | None = None) -> list[str]:
+    """What is wrong with a synset table against the release facts and the shipped list ([] if nothing)."""
+    problems = []
+    shipped = release.challenge_synsets()
+    wnids = list(table["wnid"])
+    if len(wnids) != release.NUM_SYNSETS:
+        problems.append(f"{len(wnids)} leaf synsets in meta.mat, expected {release.NUM_SYNSETS}")
+    duplicates = sorted(w for w, n in Counter(wnids).items() if n > 1)
+    if duplicates:
+        problems.append(f"duplicate WNIDs: {', '.join(duplicates[:10])}")
+    extra = sorted(set(wnids) - set(shipped))
+    missing = sorted(set(shipped) - set(wnids))
+    if extra:
+        problems.append(f"{len(extra)} WNIDs not in the shipped synset list, e.g. {', '.join(extra[:5])}")
+    if missing:
+        problems.append(f"{len(missing)} shipped WNIDs missing from meta.mat, e.g. {', '.join(missing[:5])}")
+    ids = sorted(table["ilsvrc2012_id"])
+    if ids != list(range(1, len(ids) + 1)):
+        problems.append("the leaves' ILSVRC2012_IDs are not exactly 1..N")
+    if not problems and list(table["label"]) != list(range(1, release.NUM_SYNSETS + 1)):
+        problems.append("TF labels are not 1..1000 in sorted WNID order")
+    return problems
+
+
+def validation_labels(devkit: Devkit, table: pd.DataFrame) -> list[str]:
+    """The devkit's ground truth mapped through meta.mat to WNIDs (element i - 1 is image i)."""
+    by_id = dict(zip(table["ilsvrc2012_id"], table["wnid"]))
+    labels = []
+    for number, devkit_id in enumerate(devkit.ground_truth, start=1):
+        if devkit_id not in by_id:
+            raise DevkitError(
+                f"validation ground truth line {number}: ILSVRC2012_ID {devkit_id} is not a leaf of meta.mat"
+            )
+        labels.append(by_id[devkit_id])
+    return labels
+
+
+def validation_label_problems(labels: Sequence[str], limit: int = 10) -> list[str]:
+    """Differences between the devkit-derived labels and the shipped validation label file."""
+    shipped = release.validation_synsets()
+    problems = []
+    if len(labels) != len(shipped):
+        problems.append(f"the devkit ground truth has {len(labels)} lines, the shipped label file {len(shipped)}")
+    mismatches = [i for i, (a, b) in enumerate(zip(labels, shipped), start=1) if a != b]
+    for i in mismatches[:limit]:
+        problems.append(
+            f"{release.validation_filename(i)}: devkit says {labels[i - 1]}, shipped label file says {shipped[i - 1]}"
+        )
+    if len(mismatches) > limit:
+        problems.append(f"... and {len(mismatches) - limit} more mismatches")
+    return problems
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """Write a table atomically as CSV."""
+    with fileio.atomic_write(path, "w") as f:
+        table.to_csv(f, index=False)
+
+
+def read_synsets(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: synset table not found; materialise the 'synsets' asset first")
+    return pd.read_csv(path, dtype={"wnid": str, "text": str, "words": str}, keep_default_na=False)
+
+
+def write_validation_labels(labels: Sequence[str], path: Path) -> None:
+    table = pd.DataFrame(
+        {"filename": [release.validation_filename(i) for i in range(1, len(labels) + 1)], "synset": list(labels)}
+    )
+    write_csv(table, path)
+
+
+def read_validation_labels(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: validation labels not found; materialise 'validation_labels' first")
+    return list(pd.read_csv(path, dtype=str)["synset"])

@@ -1,0 +1,140 @@
+"""The validation images sorted into one folder per synset: ``<data>/validation/<wnid>/<file>``.
+
+Made in one sequential pass over the validation archive (images read in offset order from the
+index), with no flat extraction first. Each image is written under a temporary name and renamed
+into place, so re-running after an interruption writes only what is missing, and images that
+no longer belong (an earlier run with other labels) are removed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ilsvrc_assets import fileio, images, release
+from ilsvrc_assets.archives import ArchiveError
+
+
+@dataclass(frozen=True)
+class TreeStats:
+    images: int  # in the tree after the build
+    written: int  # newly written by this build
+    skipped: int  # already in place from an earlier build
+    removed: int  # files that did not belong and were deleted
+    bytes: int  # total size of the images in the tree
+
+
+def build(
+    archive: Path,
+    index: pd.DataFrame,
+    dest: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> TreeStats:
+    """Write every indexed validation image to ``dest/<synset>/<filename>``.
+
+    ``index`` has the columns of :data:`archives.VALIDATION_INDEX_COLUMNS`. An image already in
+    place with the right size is kept (it can only be complete: files appear by rename); any
+    other file under ``dest`` is removed.
+    """
+    expected = {Path(s) / f for s, f in zip(index["synset"], index["filename"])}
+    removed = _remove_unexpected(dest, expected)
+    written = skipped = total_bytes = 0
+    rows = index.sort_values("offset")  # one forward pass over the archive
+    with open(archive, "rb") as tar:
+        for done, (filename, synset, offset, size) in enumerate(
+            zip(rows["filename"], rows["synset"], rows["offset"], rows["size"]), start=1
+        ):
+            target = dest / synset / filename
+            total_bytes += int(size)
+            try:
+                if target.stat().st_size == size:
+                    skipped += 1
+                    continue
+            except FileNotFoundError:
+                pass
+            tar.seek(int(offset))
+            data = tar.read(int(size))
+            if len(data) != size:
+                raise ArchiveError(
+                    f"{archive.name}: member {filename!r} is cut short ({len(data)} of {size} bytes); "
+                    f"the archive is truncated: delete it and fetch it again"
+                )
+            images.probe(data, f"{archive.name} member {filename}")  # refuse what is not an image
+            fileio.atomic_write_bytes(target, data)
+            written += 1
+            if progress and done % 5000 == 0:
+                progress(done, len(rows))
+    if progress:
+        progress(len(rows), len(rows))
+    return TreeStats(images=len(rows), written=written, skipped=skipped, removed=removed, bytes=total_bytes)
+
+
+def _remove_unexpected(dest: Path, expected: set[Path]) -> int:
+    """Delete files under ``dest`` that are not expected there (and left-over temp files)."""
+    removed = 0
+    if not dest.is_dir():
+        return 0
+    for root, _dirs, files in os.walk(dest):
+        for name in files:
+            path = Path(root) / name
+            if path.relative_to(dest) not in expected:
+                path.unlink()
+                removed += 1
+    for entry in dest.iterdir():
+        if entry.is_dir() and not any(entry.iterdir()):
+            entry.rmdir()
+    return removed
+
+
+def scan(dest: Path) -> dict[str, list[str]]:
+    """What the tree holds: synset folder -> sorted file names (temp files ignored)."""
+    tree: dict[str, list[str]] = {}
+    if not dest.is_dir():
+        return tree
+    for folder in sorted(dest.iterdir()):
+        if folder.is_dir():
+            tree[folder.name] = sorted(f.name for f in folder.iterdir() if not fileio.is_temp_path(f))
+        elif not fileio.is_temp_path(folder):
+            tree.setdefault("", []).append(folder.name)
+    return tree
+
+
+def problems(
+    tree: Mapping[str, Sequence[str]],
+    labels: Sequence[str] | None = None,
+    limit: int = 10,
+) -> list[str]:
+    """How a scanned tree differs from the validation label file ([] when it matches exactly).
+
+    ``labels[i - 1]`` is the synset of image i (default: the shipped label file). Checks that
+    every synset has exactly 50 images, 50,000 in all, and every image is in its own folder.
+    """
+    labels = release.validation_synsets() if labels is None else labels
+    expected = {(labels[i - 1], release.validation_filename(i)) for i in range(1, len(labels) + 1)}
+    actual = {(synset, name) for synset, names in tree.items() for name in names}
+    found: list[str] = []
+    total = len(actual)
+    if total != release.NUM_VALIDATION_IMAGES:
+        found.append(f"{total} images in the tree, expected {release.NUM_VALIDATION_IMAGES}")
+    counts = Counter(synset for synset, _ in actual)
+    wrong_counts = sorted(
+        (s, counts.get(s, 0)) for s in release.challenge_synsets() if counts.get(s, 0) != release.VALIDATION_IMAGES_PER_SYNSET
+    )
+    for synset, count in wrong_counts[:limit]:
+        found.append(f"{synset}: {count} images, expected {release.VALIDATION_IMAGES_PER_SYNSET}")
+    if len(wrong_counts) > limit:
+        found.append(f"... and {len(wrong_counts) - limit} more synsets with the wrong count")
+    missing = sorted(expected - actual, key=lambda p: p[1])
+    extra = sorted(actual - expected, key=lambda p: p[1])
+    for synset, name in missing[:limit]:
+        found.append(f"missing: {synset}/{name}")
+    for synset, name in extra[:limit]:
+        found.append(f"does not belong: {synset}/{name}" if synset else f"stray file: {name}")
+    if len(missing) + len(extra) > 2 * limit:
+        found.append(f"({len(missing)} missing and {len(extra)} misplaced in all)")
+    return found
