@@ -1,0 +1,157 @@
+"""``ilsvrc-assets``: build everything in one command, write a stand-in release, open the UI.
+
+    ilsvrc-assets build            materialise the whole graph, all partitions, from the configured source
+    ilsvrc-assets sample DEST      write the built-in sample release (five archives + MD5SUMS) to DEST
+    ilsvrc-assets ui               run `dagster dev` on this project's Dagster instance
+
+Runs are recorded in the Dagster instance at $DAGSTER_HOME (default ``./.dagster_home``), so
+everything ``build`` did shows in ``dagster dev`` afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from ilsvrc_assets import settings as settings_module
+
+DEFAULT_DAGSTER_HOME = ".dagster_home"
+DAGSTER_YAML = """\
+# The local Dagster instance of ilsvrc_assets (SQLite storage in this folder).
+telemetry:
+  enabled: false
+"""
+
+
+def ensure_dagster_home(environ: dict[str, str] | None = None) -> Path:
+    """Use $DAGSTER_HOME, or ./.dagster_home; create it (with a dagster.yaml) if missing."""
+    environ = os.environ if environ is None else environ
+    home = Path(environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().absolute()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
+    """(job name, run tags) in dependency order; a shard job covers all its partitions in one run."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from ilsvrc_assets.definitions import JOB_NAMES
+
+    stages = [(JOB_NAMES["inputs"], {})]
+    for split in ("train", "validation"):
+        job = definitions.resolve_job_def(JOB_NAMES[split])
+        keys = job.partitions_def.get_partition_keys()
+        stages.append(
+            (JOB_NAMES[split], {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+        )
+    stages.append((JOB_NAMES["manifest"], {}))
+    return stages
+
+
+def build(args: argparse.Namespace) -> int:
+    """Materialise the whole graph; exit status 1 if a step or a check fails."""
+    home = ensure_dagster_home()
+    settings = settings_module.load()
+    from dagster import DagsterInstance
+
+    from ilsvrc_assets.definitions import build_definitions
+    from ilsvrc_assets.sources import from_settings
+
+    print(f"ilsvrc-assets: source {from_settings(settings).describe()}")
+    print(f"ilsvrc-assets: outputs in {settings.data_dir}; Dagster history in {home}")
+    definitions = build_definitions(settings)
+    run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    started = time.monotonic()
+    failed: list[str] = []
+    with DagsterInstance.get() as instance:
+        for job_name, tags in _stages(definitions):
+            print(f"\n== {job_name} ==", flush=True)
+            job = definitions.resolve_job_def(job_name)
+            result = job.execute_in_process(
+                instance=instance, tags=tags, raise_on_error=False, run_config=run_config
+            )
+            for evaluation in result.get_asset_check_evaluations():
+                mark = "passed" if evaluation.passed else "FAILED"
+                line = f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {mark}"
+                print(line + ("" if evaluation.passed else f": {evaluation.description}"))
+                if not evaluation.passed:
+                    failed.append(f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name}")
+            if not result.success:
+                for event in result.all_events:
+                    if event.is_step_failure:
+                        error = event.step_failure_data.error
+                        message = error.message.strip() if error else "failed"
+                        print(f"  step {event.step_key} FAILED: {message}")
+                        failed.append(f"step {event.step_key}")
+                    elif event.is_step_skipped:
+                        print(f"  step {event.step_key} skipped: blocked by a failed upstream step or check")
+                print(f"\nilsvrc-assets: {job_name} failed (run {result.run_id}); stopping.", file=sys.stderr)
+                break
+    elapsed = time.monotonic() - started
+    if failed:
+        print(f"\nilsvrc-assets: FAILED after {elapsed:.0f} s: {', '.join(failed)}", file=sys.stderr)
+        print("Open the run in the UI for details: ilsvrc-assets ui", file=sys.stderr)
+        return 1
+    print(f"\nilsvrc-assets: done in {elapsed:.0f} s; every check passed.")
+    print(f"  validation tree   {settings.validation_dir}")
+    print(f"  bounding boxes    {settings.bounding_boxes_parquet}")
+    print(f"                    {settings.bounding_boxes_csv}")
+    print(f"  TFRecord shards   {settings.tfrecords_dir}")
+    print(f"  manifest          {settings.manifest_json}")
+    print(f"  history           DAGSTER_HOME={home} dagster dev   (or: ilsvrc-assets ui)")
+    return 0
+
+
+def sample(args: argparse.Namespace) -> int:
+    """Write the built-in sample release to a folder, as a stand-in for the real archives."""
+    from ilsvrc_assets import sample as sample_module
+
+    dest = Path(args.dest).absolute()
+    spec = sample_module.SampleSpec(seed=args.seed)
+    md5s = sample_module.write_release(dest, spec, progress=print)
+    for name, digest in sorted(md5s.items()):
+        print(f"{digest}  {name}")
+    print(f"Wrote a stand-in ILSVRC2012 release to {dest}. Use it with:")
+    print(f"  ILSVRC_SOURCE=local ILSVRC_LOCAL_DIR={dest} ilsvrc-assets build")
+    return 0
+
+
+def ui(args: argparse.Namespace) -> int:
+    """Run ``dagster dev`` on this project's instance and code location."""
+    home = ensure_dagster_home()
+    command = ["dagster", "dev", "-m", "ilsvrc_assets.definitions", "-h", args.host, "-p", str(args.port)]
+    print(f"DAGSTER_HOME={home} {' '.join(command)}", flush=True)
+    os.execvp(command[0], command)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ilsvrc-assets", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("build", help="materialise the whole graph, all partitions")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=build)
+    p = commands.add_parser("sample", help="write the built-in sample release to a folder")
+    p.add_argument("dest")
+    p.add_argument("--seed", type=int, default=2012)
+    p.set_defaults(func=sample)
+    p = commands.add_parser("ui", help="open the Dagster UI (dagster dev) on this project's history")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=ui)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except settings_module.SettingsError as e:
+        print(f"ilsvrc-assets: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The code location: every asset, check, job and resource of ilsvrc_assets, in one place.
+
+``dagster dev`` (via workspace.yaml or ``-m ilsvrc_assets.definitions``) loads ``defs``; tests and
+the CLI call :func:`build_definitions` with their own settings.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job, load_asset_checks_from_modules
+
+from ilsvrc_assets import settings as settings_module
+from ilsvrc_assets.defs import bounding_boxes, image_index, manifest, synsets, validation_tree
+from ilsvrc_assets.defs.archives import archive_assets
+from ilsvrc_assets.defs.resources import resources_for
+from ilsvrc_assets.defs.shards import shards_asset
+from ilsvrc_assets.settings import Settings
+
+CHECK_MODULES = (synsets, image_index, validation_tree, bounding_boxes, manifest)
+
+# Everything upstream of the shards: unpartitioned, one run.
+INPUTS = AssetSelection.groups("archives", "classes", "images", "validation", "boxes")
+JOB_NAMES = {
+    "inputs": "prepare_inputs",
+    "train": "write_train_shards",
+    "validation": "write_validation_shards",
+    "manifest": "check_dataset",
+}
+
+
+def build_definitions(settings: Settings | None = None) -> Definitions:
+    """The code location for ``settings`` (default: from the environment)."""
+    settings = settings or settings_module.load()
+    shard_assets = {split: shards_asset(settings, split) for split in ("train", "validation")}
+    return Definitions(
+        assets=[
+            *archive_assets,
+            synsets.synsets_asset,
+            synsets.validation_labels,
+            image_index.train_images,
+            image_index.validation_images,
+            validation_tree.validation_tree,
+            bounding_boxes.bounding_boxes,
+            *shard_assets.values(),
+            manifest.dataset_manifest,
+        ],
+        asset_checks=load_asset_checks_from_modules(list(CHECK_MODULES)),
+        jobs=[
+            define_asset_job(
+                JOB_NAMES["inputs"],
+                selection=INPUTS,
+                description="Archives, synsets, image indexes, validation tree and bounding boxes.",
+            ),
+            *(
+                define_asset_job(
+                    JOB_NAMES[split],
+                    selection=AssetSelection.assets(asset_def),
+                    partitions_def=asset_def.partitions_def,
+                    description=f"The {split} TFRecord shards (a partition range runs as one run).",
+                )
+                for split, asset_def in shard_assets.items()
+            ),
+            define_asset_job(
+                JOB_NAMES["manifest"],
+                selection=AssetSelection.assets("dataset_manifest"),
+                description="Read every shard back and run the dataset checks.",
+            ),
+        ],
+        resources=resources_for(settings),
+    )
+
+
+defs = build_definitions()

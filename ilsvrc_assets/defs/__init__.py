@@ -1,0 +1,6 @@
+"""The Dagster layer: one module per stage, named for the assets it defines.
+
+Each module only names its assets and checks, wires lineage and records metadata; the work is
+done by the plain module of the same name in ``ilsvrc_assets`` (e.g. ``defs/validation_tree.py``
+calls ``ilsvrc_assets.validation_tree``).
+"""

@@ -1,0 +1,20 @@
+"""Small helpers for the metadata shown with each materialisation in the Dagster UI."""
+
+from __future__ import annotations
+
+import pandas as pd
+from dagster import MetadataValue
+
+
+def markdown_preview(table: pd.DataFrame, rows: int = 10) -> MetadataValue:
+    """The first rows of a table as a Markdown table (no extra dependency)."""
+    head = table.head(rows)
+    lines = [
+        "| " + " | ".join(str(c) for c in head.columns) + " |",
+        "|" + "---|" * len(head.columns),
+    ]
+    for values in head.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |")
+    if len(table) > rows:
+        lines.append(f"\n… {len(table) - rows:,} more rows")
+    return MetadataValue.md("\n".join(lines))

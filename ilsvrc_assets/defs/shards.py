@@ -1,0 +1,127 @@
+"""``train_shards`` and ``validation_shards``: the model zoo's TFRecord shards, one partition each.
+
+A run for a range of partitions (a backfill, or ``ilsvrc-assets build``) is one Dagster run and
+one step (single-run backfill policy) that writes its shards with a pool of worker processes,
+rather than one process start-up per shard.
+"""
+
+from __future__ import annotations
+
+import time
+
+from dagster import (
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    StaticPartitionsDefinition,
+    asset,
+)
+
+from ilsvrc_assets import archives, bounding_boxes, release, shard_plan, shards, synsets
+from ilsvrc_assets.defs.resources import IlsvrcResource
+from ilsvrc_assets.settings import Settings
+
+SPLIT_ARCHIVES = {"train": release.IMG_TRAIN, "validation": release.IMG_VAL}
+
+
+def shard_partitions(settings: Settings, split: str) -> StaticPartitionsDefinition:
+    return StaticPartitionsDefinition(settings.shard_names(split))
+
+
+def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
+    """The partitioned shard asset of one split, with one partition per shard of ``settings``."""
+    archive = SPLIT_ARCHIVES[split]
+
+    @asset(
+        name=f"{split}_shards",
+        group_name="tfrecords",
+        partitions_def=shard_partitions(settings, split),
+        backfill_policy=BackfillPolicy.single_run(),
+        deps=[f"{split}_images", "bounding_boxes", "synsets"],
+        kinds={"tfrecord"},
+        description=f"The {split} TFRecord shards `<data>/tfrecords/{split}-NNNNN-of-MMMMM` in the "
+        "TF/TPU model zoo's format (15 features, 1-based labels, boxes from the bounding-box "
+        "table, PNG/CMYK re-encoded as RGB JPEG). Images are shuffled across shards with a fixed "
+        "seed, so the assignment is deterministic. Read straight out of the archive, never extracted.",
+    )
+    def _asset(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
+        settings = ilsvrc.settings()
+        archive_path = ilsvrc.archive_source().locate(archive, context.log.info)
+        wanted = list(context.partition_keys)
+        _, _, num_shards = release.parse_shard_name(wanted[0])
+        table = bounding_boxes.read_table(settings.bounding_boxes_parquet)
+        jobs = shard_plan.plan_split(
+            split,
+            archives.read_index(settings.image_index(split)),
+            synsets.read_synsets(settings.synsets_csv),
+            bounding_boxes.boxes_by_image(table[table["split"] == split]),
+            archive_path,
+            settings.tfrecords_dir,
+            num_shards,
+            wanted=wanted,
+        )
+        archive_version = ilsvrc.checksum_cache().get(archive_path) or _stat_version(archive_path)
+        ledger = shard_plan.ShardLedger(settings.state_dir / "shards")
+        fingerprints = {name: shard_plan.fingerprint(job, archive_version) for name, job in jobs.items()}
+        to_write = []
+        reused = 0
+        for name in wanted:
+            stats = ledger.reusable(jobs[name], fingerprints[name])
+            if stats is None:
+                to_write.append(jobs[name])
+            else:
+                reused += 1
+                _record(context, stats, reused=True)
+        context.log.info(
+            f"{split}: {len(to_write)} of {len(wanted)} shards to write "
+            f"({reused} unchanged since an earlier run) with {settings.workers} workers"
+        )
+        started = time.monotonic()
+        done = [0, 0]  # shards, records
+
+        def on_done(stats: shards.ShardStats) -> None:
+            ledger.record(stats, fingerprints[stats.name])
+            _record(context, stats, reused=False)
+            done[0] += 1
+            done[1] += stats.records
+            if done[0] % 16 == 0 or done[0] == len(to_write):
+                elapsed = max(time.monotonic() - started, 1e-9)
+                rate = done[1] / elapsed
+                left = sum(len(j.records) for j in to_write) - done[1]
+                context.log.info(
+                    f"{split}: {done[0]} of {len(to_write)} shards, {done[1]:,} records, "
+                    f"{rate:,.0f} images/s, about {left / rate if rate else 0:,.0f} s left"
+                )
+
+        shards.write_shards(to_write, workers=settings.workers, on_done=on_done)
+        return MaterializeResult(
+            metadata={
+                "shards_in_this_run": MetadataValue.int(len(wanted)),
+                "shards_written": MetadataValue.int(len(to_write)),
+                "shards_unchanged": MetadataValue.int(reused),
+                "folder": MetadataValue.path(str(settings.tfrecords_dir)),
+            }
+        )
+
+    return _asset
+
+
+def _record(context: AssetExecutionContext, stats: shards.ShardStats, reused: bool) -> None:
+    context.add_asset_metadata(
+        {
+            "path": MetadataValue.path(str(stats.path)),
+            "records": MetadataValue.int(stats.records),
+            "bytes": MetadataValue.int(stats.bytes),
+            "md5": stats.md5,
+            "converted_to_rgb_jpeg": MetadataValue.json(list(stats.converted)),
+            "unchanged_since_earlier_run": reused,
+        },
+        partition_key=stats.name,
+    )
+
+
+def _stat_version(path) -> str:
+    st = path.stat()
+    return f"size={st.st_size},mtime_ns={st.st_mtime_ns}"
