@@ -54,6 +54,36 @@ def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
     return stages
 
 
+def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[list, list[str]]:
+    """Run the stages in order against ``instance``; stop after the first that fails.
+
+    Returns the in-process results and a list of what failed (steps and checks), empty on success.
+    """
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    results, failed = [], []
+    for job_name, tags in _stages(definitions):
+        echo(f"\n== {job_name} ==")
+        job = definitions.resolve_job_def(job_name)
+        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=run_config)
+        results.append(result)
+        for evaluation in result.get_asset_check_evaluations():
+            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            echo(f"  check {name} " + ("passed" if evaluation.passed else f"FAILED: {evaluation.description}"))
+            if not evaluation.passed:
+                failed.append(f"check {name}")
+        if not result.success:
+            for event in result.all_events:
+                if event.is_step_failure:
+                    error = event.step_failure_data.error
+                    echo(f"  step {event.step_key} FAILED: {error.message.strip() if error else 'failed'}")
+                    failed.append(f"step {event.step_key}")
+                elif event.is_step_skipped:
+                    echo(f"  step {event.step_key} skipped: blocked by a failed upstream step or check")
+            failed.append(f"run {result.run_id} of {job_name}")
+            break
+    return results, failed
+
+
 def build(args: argparse.Namespace) -> int:
     """Materialise the whole graph; exit status 1 if a step or a check fails."""
     home = ensure_dagster_home()
@@ -65,34 +95,9 @@ def build(args: argparse.Namespace) -> int:
 
     print(f"ilsvrc-assets: source {from_settings(settings).describe()}")
     print(f"ilsvrc-assets: outputs in {settings.data_dir}; Dagster history in {home}")
-    definitions = build_definitions(settings)
-    run_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
     started = time.monotonic()
-    failed: list[str] = []
     with DagsterInstance.get() as instance:
-        for job_name, tags in _stages(definitions):
-            print(f"\n== {job_name} ==", flush=True)
-            job = definitions.resolve_job_def(job_name)
-            result = job.execute_in_process(
-                instance=instance, tags=tags, raise_on_error=False, run_config=run_config
-            )
-            for evaluation in result.get_asset_check_evaluations():
-                mark = "passed" if evaluation.passed else "FAILED"
-                line = f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {mark}"
-                print(line + ("" if evaluation.passed else f": {evaluation.description}"))
-                if not evaluation.passed:
-                    failed.append(f"check {evaluation.asset_key.to_user_string()}:{evaluation.check_name}")
-            if not result.success:
-                for event in result.all_events:
-                    if event.is_step_failure:
-                        error = event.step_failure_data.error
-                        message = error.message.strip() if error else "failed"
-                        print(f"  step {event.step_key} FAILED: {message}")
-                        failed.append(f"step {event.step_key}")
-                    elif event.is_step_skipped:
-                        print(f"  step {event.step_key} skipped: blocked by a failed upstream step or check")
-                print(f"\nilsvrc-assets: {job_name} failed (run {result.run_id}); stopping.", file=sys.stderr)
-                break
+        _, failed = run_stages(build_definitions(settings), instance, args.log_level, echo=lambda m: print(m, flush=True))
     elapsed = time.monotonic() - started
     if failed:
         print(f"\nilsvrc-assets: FAILED after {elapsed:.0f} s: {', '.join(failed)}", file=sys.stderr)

@@ -1,0 +1,44 @@
+import pytest
+
+from ilsvrc_assets import fileio
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_write(target) as f:
+            f.write(b"half")
+            raise RuntimeError("interrupted")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_replaces_only_when_complete(tmp_path):
+    target = tmp_path / "out.txt"
+    fileio.atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with fileio.atomic_write(target, "w") as f:
+            f.write("new")
+            raise RuntimeError
+    assert target.read_text() == "old"
+    fileio.atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+
+
+def test_stale_temp_files_are_recognised_and_removed(tmp_path):
+    stale = fileio.temp_path_for(tmp_path / "x")
+    stale.write_bytes(b"partial")
+    (tmp_path / "keep").write_bytes(b"")
+    assert fileio.is_temp_path(stale)
+    assert fileio.remove_stale_temp_files(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+
+
+def test_md5sums_round_trip_and_errors(tmp_path):
+    path = tmp_path / "MD5SUMS"
+    sums = {"a.tar": "0" * 32, "b.tgz": "f" * 32}
+    path.write_text(fileio.format_md5sums(sums) + "# comment\n\n" + "ab" * 16 + " *sub/c.tar\n")
+    assert fileio.read_md5sums(path) == {**sums, "c.tar": "ab" * 16}
+    path.write_text("not-a-digest  a.tar\n")
+    with pytest.raises(ValueError, match="line 1"):
+        fileio.read_md5sums(path)
