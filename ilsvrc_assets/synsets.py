@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ def read_devkit(path: Path) -> Devkit:
                 if name in wanted and member.isreg():
                     # Both members are small (a few hundred KB): reading them whole is fine.
                     found[name] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
+    # tarfile's stream reader lets some damage through as TypeError/zlib.error; all mean the same.
+    except (tarfile.TarError, OSError, EOFError, zlib.error, TypeError) as e:
         raise DevkitError(f"{path.name}: damaged devkit archive ({e}); delete it and fetch it again") from e
     for name in sorted(wanted - found.keys()):
         raise DevkitError(f"{path.name}: member {name} is missing; is this ILSVRC2012_devkit_t12.tar.gz?")

@@ -1,0 +1,79 @@
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import scipy.io
+
+from ilsvrc_assets import release, synsets
+from ilsvrc_assets.synsets import DevkitError
+
+
+@pytest.fixture(scope="module")
+def devkit(sample_release):
+    return synsets.read_devkit(sample_release / release.DEVKIT.name)
+
+
+def test_devkit_leaves_and_ground_truth(devkit):
+    assert devkit.num_nodes == release.NUM_HIERARCHY_NODES
+    assert len(devkit.leaves) == 1000 and len(devkit.ground_truth) == 50000
+
+
+def test_synset_table_has_both_numberings(devkit):
+    table = synsets.synset_table(devkit)
+    assert synsets.synset_problems(table) == []
+    assert list(table["wnid"]) == list(release.challenge_synsets())
+    assert list(table["label"]) == list(range(1, 1001))
+    by_wnid = table.set_index("wnid")
+    assert by_wnid.loc["n01440764", "text"] == "tench, Tinca tinca"
+    # The devkit IDs are a different order from the sorted WNIDs.
+    assert list(table["ilsvrc2012_id"]) != list(range(1, 1001))
+
+
+def test_validation_labels_map_devkit_ids_to_wnids(devkit):
+    labels = synsets.validation_labels(devkit, synsets.synset_table(devkit))
+    assert labels[0] == "n01751748"  # sea snake, as the facts sheet says
+    assert synsets.validation_label_problems(labels) == []
+    labels[9] = "n01440764" if labels[9] != "n01440764" else "n01443537"
+    problems = synsets.validation_label_problems(labels)
+    assert len(problems) == 1 and release.validation_filename(10) in problems[0]
+
+
+def test_synset_problems_are_specific(devkit):
+    table = synsets.synset_table(devkit)
+    short = table.iloc[:-1]
+    assert any("999 leaf synsets" in p for p in synsets.synset_problems(short))
+    changed = table.copy()
+    changed.loc[0, "wnid"] = "n99999999"
+    assert any("n99999999" in p for p in synsets.synset_problems(changed))
+
+
+def _devkit_with(tmp_path, members):
+    path = tmp_path / release.DEVKIT.name
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_damaged_devkits_are_named(tmp_path):
+    with pytest.raises(DevkitError, match="meta.mat is missing"):
+        synsets.read_devkit(_devkit_with(tmp_path, {release.DEVKIT_VALIDATION_GROUND_TRUTH: b"1\n"}))
+    with pytest.raises(DevkitError, match="not a readable MATLAB file"):
+        synsets.read_devkit(
+            _devkit_with(tmp_path, {release.DEVKIT_META_MAT: b"junk", release.DEVKIT_VALIDATION_GROUND_TRUTH: b"1\n"})
+        )
+    mat = io.BytesIO()
+    scipy.io.savemat(mat, {"synsets": np.zeros((2, 1), dtype=[("WNID", object)])})
+    with pytest.raises(DevkitError, match="lacks the field"):
+        synsets.read_devkit(
+            _devkit_with(tmp_path, {release.DEVKIT_META_MAT: mat.getvalue(), release.DEVKIT_VALIDATION_GROUND_TRUTH: b"1\n"})
+        )
+    path = tmp_path / "broken.tar.gz"
+    path.write_bytes(b"\x1f\x8b\x08not gzip")
+    with pytest.raises(DevkitError, match="broken.tar.gz"):
+        synsets.read_devkit(path)
+    with pytest.raises(DevkitError, match="line 2"):
+        synsets.parse_ground_truth(b"1\nx\n", "gt")
