@@ -24,7 +24,13 @@ JOB_NAMES = {
     "train": "write_train_shards",
     "validation": "write_validation_shards",
     "manifest": "check_dataset",
+    "audit": "audit_outputs",
 }
+# Checks that judge outputs already on disk; they can run on their own, without rebuilding.
+# (The archive checksums are evaluated while fetching and need no separate run.)
+AUDIT = AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
+    *(archive_asset.key for archive_asset in archive_assets)
+)
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
@@ -63,6 +69,11 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
                 JOB_NAMES["manifest"],
                 selection=AssetSelection.assets("dataset_manifest"),
                 description="Read every shard back and run the dataset checks.",
+            ),
+            define_asset_job(
+                JOB_NAMES["audit"],
+                selection=AUDIT,
+                description="Run the checks again against what is already built; materialises nothing.",
             ),
         ],
         resources=resources_for(settings),

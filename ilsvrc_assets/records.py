@@ -209,7 +209,7 @@ def _record_batches(path: Path, size: int) -> Iterator[tuple[list[bytes], str | 
             batch = list(next(batches))
         except StopIteration:
             return
-        except tf.errors.OpError as e:
+        except (tf.errors.OpError, UnicodeDecodeError) as e:  # TF may fail to decode its own message
             # TFRecordDataset checks each record's CRCs, so flipped bytes or a cut-off end stop it.
             # The records of the failing batch before the damage were not returned: read them
             # one at a time.
@@ -218,7 +218,7 @@ def _record_batches(path: Path, size: int) -> Iterator[tuple[list[bytes], str | 
             try:
                 for raw in tf.data.TFRecordDataset(str(path)).skip(done).take(size).as_numpy_iterator():
                     rest.append(raw)
-            except tf.errors.OpError as again:
+            except (tf.errors.OpError, UnicodeDecodeError) as again:  # TF may fail to decode its own message
                 error = _first_line(again)
             yield rest, error
             return
@@ -263,13 +263,13 @@ def _check_batch(raws: list[bytes], first_index: int, decode: bool) -> list[_Che
     # The model zoo's parse; per record only if the batch fails.
     try:
         checks.parse_batch(raws)
-    except tf.errors.OpError:
+    except (tf.errors.OpError, UnicodeDecodeError):
         for raw, record in zip(raws, checked):
             if record.example is None:
                 continue  # already reported as not a tf.train.Example
             try:
                 checks.parse_one(raw)
-            except tf.errors.OpError as e:
+            except (tf.errors.OpError, UnicodeDecodeError) as e:  # TF may fail to decode its own message
                 record.format_issues.insert(0, f"parse_single_example fails: {_first_line(e)}")
 
     if decode:
@@ -279,13 +279,13 @@ def _check_batch(raws: list[bytes], first_index: int, decode: bool) -> list[_Che
             shapes = checks.decode_batch([r.to_decode[0] for r in batched]).numpy() if batched else []
             _compare_shapes(batched, shapes)
             single = [r for r in pending if r.to_decode[1] != 8]
-        except tf.errors.OpError:
+        except (tf.errors.OpError, UnicodeDecodeError):
             single = pending
         for record in single:
             data, ratio, _ = record.to_decode
             try:
                 shape = checks.decode_one(data, ratio).numpy()
-            except tf.errors.OpError as e:
+            except (tf.errors.OpError, UnicodeDecodeError) as e:  # TF may fail to decode its own message
                 record.image_issue = f"tf.io.decode_jpeg fails: {_first_line(e)}"
                 continue
             _compare_shapes([record], [shape])

@@ -84,7 +84,7 @@ def rewrite_tar(
     ``edit(info, data)`` returns the members to write in its place ([] drops it).
     """
     mode_in, mode_out = ("r|gz", "w|gz") if compressed else ("r|", "w|")
-    with tarfile.open(original, mode_in) as src, tarfile.open(target, mode_out) as out:
+    with tarfile.open(str(original), mode_in) as src, tarfile.open(str(target), mode_out) as out:
         for info in src:
             data = src.extractfile(info).read() if info.isreg() else b""
             for new_info, new_data in edit(info, data) if info.isreg() else [(info, b"")]:

@@ -1,6 +1,5 @@
 """``bounding_boxes``: one table of training and validation boxes, plus the reference CSV."""
 
-from __future__ import annotations
 
 from dagster import (
     AssetCheckExecutionContext,

@@ -4,7 +4,6 @@ Made from tar headers only (``ilsvrc_assets.archives``); every later step reads 
 one seek and one read, so nothing is ever extracted to disk first.
 """
 
-from __future__ import annotations
 
 from dagster import (
     AssetCheckExecutionContext,

@@ -1,6 +1,5 @@
 """``dataset_manifest``: every shard read back and summarised, and the checks on the whole dataset."""
 
-from __future__ import annotations
 
 from dagster import (
     AssetCheckExecutionContext,

@@ -1,6 +1,5 @@
 """Small helpers for the metadata shown with each materialisation in the Dagster UI."""
 
-from __future__ import annotations
 
 import pandas as pd
 from dagster import MetadataValue

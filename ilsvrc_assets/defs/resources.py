@@ -1,6 +1,5 @@
 """The one resource every asset uses: the deployment's settings and its archive source."""
 
-from __future__ import annotations
 
 from pathlib import Path
 

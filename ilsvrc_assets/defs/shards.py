@@ -5,12 +5,14 @@ one step (single-run backfill policy) that writes its shards with a pool of work
 rather than one process start-up per shard.
 """
 
-from __future__ import annotations
 
 import time
 
 from dagster import (
+    AssetCheckKey,
     AssetExecutionContext,
+    AssetKey,
+    Failure,
     AssetsDefinition,
     BackfillPolicy,
     MaterializeResult,
@@ -24,6 +26,40 @@ from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.settings import Settings
 
 SPLIT_ARCHIVES = {"train": release.IMG_TRAIN, "validation": release.IMG_VAL}
+
+# Blocking checks upstream of each split's shards. Dagster skips downstream steps of a failed
+# blocking check within one run; the shards run in their own run (a partition range), so they
+# also refuse to start while the latest evaluation of any of these is not a pass.
+UPSTREAM_CHECKS = {
+    split: [
+        AssetCheckKey(AssetKey(f"{split}_archive"), "checksum"),
+        AssetCheckKey(AssetKey("synsets"), "one_thousand_synsets"),
+        AssetCheckKey(AssetKey(f"{split}_images"), index_check),
+        AssetCheckKey(AssetKey("bounding_boxes"), "boxes_are_valid"),
+    ]
+    for split, index_check in (("train", "every_synset_has_training_images"), ("validation", "fifty_per_synset"))
+}
+
+
+def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> None:
+    """Raise a Failure naming every upstream blocking check whose latest evaluation did not pass."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    blocked = []
+    for key in keys:
+        record = latest.get(key)
+        name = f"{key.asset_key.to_user_string()}:{key.name}"
+        if record is None:
+            blocked.append(f"{name} has not been evaluated (materialise the upstream assets first)")
+        elif record.status != AssetCheckExecutionRecordStatus.SUCCEEDED:
+            evaluation = record.event.dagster_event.event_specific_data if record.event and record.event.dagster_event else None
+            detail = getattr(evaluation, "description", None) or record.status.value.lower()
+            blocked.append(f"{name}: {detail}")
+    if blocked:
+        raise Failure(
+            description="Blocked by upstream checks: " + "; ".join(blocked) + ". Fix the input and materialise again."
+        )
 
 
 def shard_partitions(settings: Settings, split: str) -> StaticPartitionsDefinition:
@@ -47,6 +83,7 @@ def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
         "seed, so the assignment is deterministic. Read straight out of the archive, never extracted.",
     )
     def _asset(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
+        require_upstream_checks_passed(context, UPSTREAM_CHECKS[split])
         settings = ilsvrc.settings()
         archive_path = ilsvrc.archive_source().locate(archive, context.log.info)
         wanted = list(context.partition_keys)

@@ -1,6 +1,5 @@
 """``synsets`` (the 1,000 classes) and ``validation_labels`` (the devkit ground truth), from the devkit."""
 
-from __future__ import annotations
 
 from dagster import (
     AssetCheckExecutionContext,

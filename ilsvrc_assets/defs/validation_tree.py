@@ -1,6 +1,5 @@
 """``validation_tree``: ``<data>/validation/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG``."""
 
-from __future__ import annotations
 
 from dagster import (
     AssetCheckExecutionContext,

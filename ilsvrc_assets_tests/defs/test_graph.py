@@ -1,0 +1,272 @@
+"""The whole graph on the built-in sample: every check evaluated and passing, outputs right."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance
+from PIL import Image
+
+from ilsvrc_assets import archives, release, shard_plan, synsets
+from ilsvrc_assets.bounding_boxes import boxes_by_image, read_table
+from ilsvrc_assets_tests.conftest import make_settings
+from ilsvrc_assets_tests.defs.graph import ALL_CHECKS, build_all, evaluations
+
+
+@pytest.fixture(scope="module")
+def built(sample_release: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The graph built once from the sample source, with a persistent instance."""
+    root = tmp_path_factory.mktemp("graph")
+    settings = make_settings(root / "data", None, source="sample", sample_dir=sample_release)
+    (root / "dagster_home").mkdir()
+    instance = DagsterInstance.local_temp(str(root / "dagster_home"))
+    results, failed = build_all(settings, instance)
+    yield settings, instance, results, failed
+    instance.dispose()
+
+
+def test_every_stage_succeeds_and_every_check_passes(built):
+    settings, instance, results, failed = built
+    assert failed == []
+    assert all(r.success for r in results)
+    found = evaluations(*results)
+    assert set(found) == ALL_CHECKS
+    assert {name for name, e in found.items() if not e.passed} == set()
+
+
+def test_history_is_kept_in_the_instance(built):
+    settings, instance, results, failed = built
+    for key in ["train_archive", "synsets", "validation_tree", "bounding_boxes", "dataset_manifest"]:
+        assert instance.get_latest_materialization_event(AssetKey(key)) is not None, key
+    materialized = instance.get_materialized_partitions(AssetKey("train_shards"))
+    assert materialized == set(settings.shard_names("train"))
+    assert len(instance.get_runs()) == 4  # inputs, train shards, validation shards, manifest
+
+
+def test_each_shard_partition_records_count_bytes_and_checksum(built):
+    settings, instance, results, failed = built
+    train_run = results[1]
+    events = [e for e in train_run.get_asset_materialization_events()]
+    by_partition = {e.partition: e.materialization.metadata for e in events}
+    assert set(by_partition) == set(settings.shard_names("train"))
+    total = 0
+    for name, metadata in by_partition.items():
+        path = settings.tfrecords_dir / name
+        assert metadata["bytes"].value == path.stat().st_size
+        assert len(metadata["md5"].value) == 32
+        total += metadata["records"].value
+    assert total == len(archives.read_index(settings.image_index("train")))
+
+
+def test_synsets_table(built):
+    settings = built[0]
+    table = synsets.read_synsets(settings.synsets_csv)
+    assert list(table["wnid"]) == list(release.challenge_synsets())
+    assert list(table["label"]) == list(range(1, 1001))
+    assert table.set_index("wnid").loc["n01440764", "text"] == "tench, Tinca tinca"
+    # The devkit numbering is a different order from the TF labels.
+    assert list(table["ilsvrc2012_id"]) != list(range(1, 1001))
+    assert sorted(table["ilsvrc2012_id"]) == list(range(1, 1001))
+
+
+def test_validation_tree_matches_the_label_file(built):
+    settings = built[0]
+    labels = release.validation_synsets()
+    for number in (1, 2, 293, 50000):
+        path = settings.validation_dir / labels[number - 1] / release.validation_filename(number)
+        assert path.is_file(), path
+    assert sum(1 for _ in settings.validation_dir.rglob("*.JPEG")) == 50000
+
+
+def test_reference_csv_is_the_kept_training_boxes(built):
+    settings = built[0]
+    table = read_table(settings.bounding_boxes_parquet)
+    lines = settings.bounding_boxes_csv.read_text().splitlines()
+    kept = table[(table["split"] == "train") & table["kept"]]
+    assert len(lines) == len(kept) > 0
+    name, *coords = lines[0].split(",")
+    assert name.endswith(".JPEG") and all(len(c.split(".")[1]) == 4 for c in coords)
+    assert (~table["kept"]).sum() > 0  # the sample has boxes the reference drops
+
+
+def _read_records(paths):
+    import tensorflow as tf
+
+    from ilsvrc_assets.records import feature_spec
+
+    for path in paths:
+        for raw in tf.data.TFRecordDataset(str(path)):
+            yield path.name, tf.io.parse_single_example(raw, feature_spec()), raw.numpy()
+
+
+def test_records_hold_every_image_once_with_the_right_content(built):
+    """Independent of the writer: every image in exactly one record, right label, text, size, boxes."""
+    import tensorflow as tf
+
+    settings = built[0]
+    table = synsets.read_synsets(settings.synsets_csv)
+    label_of = dict(zip(table["wnid"], table["label"]))
+    text_of = dict(zip(table["wnid"], table["text"]))
+    boxes = read_table(settings.bounding_boxes_parquet)
+    for split, archive in (("train", release.IMG_TRAIN), ("validation", release.IMG_VAL)):
+        index = archives.read_index(settings.image_index(split)).set_index("filename")
+        kept = boxes_by_image(boxes[boxes["split"] == split])
+        archive_path = settings.sample_dir / archive.name
+        seen = Counter()
+        paths = [settings.tfrecords_dir / n for n in settings.shard_names(split)]
+        for shard, f, raw in _read_records(paths):
+            filename = f["image/filename"].numpy().decode()
+            seen[filename] += 1
+            synset = index.loc[filename, "synset"]
+            assert f["image/class/synset"].numpy().decode() == synset
+            assert int(f["image/class/label"].numpy()[0]) == label_of[synset] == release.tf_labels()[synset]
+            assert f["image/class/text"].numpy().decode() == text_of[synset]
+            encoded = f["image/encoded"].numpy()
+            assert encoded[:2] == b"\xff\xd8", filename  # every record holds a JPEG
+            with Image.open(io.BytesIO(encoded)) as image:
+                assert image.format == "JPEG" and image.mode in ("RGB", "L"), (filename, image.mode)
+                assert (int(f["image/width"].numpy()), int(f["image/height"].numpy())) == image.size
+            original = archives.read_member(
+                archive_path, index.loc[filename, "offset"], index.loc[filename, "size"], filename
+            )
+            if filename in release.png_train_files() or filename in release.cmyk_train_files():
+                assert encoded != original  # re-encoded as RGB JPEG
+            else:
+                assert encoded == original  # stored as it is
+            xmin = tf.sparse.to_dense(f["image/object/bbox/xmin"]).numpy().tolist()
+            expected = kept.get(filename, [])
+            assert len(xmin) == len(expected)
+            assert xmin == pytest.approx([b[0] for b in expected], abs=1e-6)
+            assert tf.sparse.to_dense(f["image/object/bbox/label"]).numpy().tolist() == [label_of[synset]] * len(expected)
+        assert set(seen) == set(index.index), split
+        assert set(seen.values()) == {1}, split
+
+
+def test_shard_assignment_is_deterministic_and_mixes_classes(built):
+    settings = built[0]
+    index = archives.read_index(settings.image_index("train"))
+    table = synsets.read_synsets(settings.synsets_csv)
+    plan_a = shard_plan.plan_split("train", index, table, {}, Path("a"), Path("out"), 8)
+    plan_b = shard_plan.plan_split("train", index.sample(frac=1, random_state=1), table, {}, Path("a"), Path("out"), 8)
+    assert {n: [r.filename for r in j.records] for n, j in plan_a.items()} == {
+        n: [r.filename for r in j.records] for n, j in plan_b.items()
+    }
+    first = plan_a["train-00000-of-00008"].records
+    assert len({r.synset for r in first}) > 100  # shuffled across shards, not class by class
+
+
+def test_second_build_reuses_what_is_done(built):
+    settings, instance, results, failed = built
+    before = {p.name: p.stat().st_mtime_ns for p in settings.tfrecords_dir.iterdir()}
+    results2, failed2 = build_all(settings, instance)
+    assert failed2 == []
+    train_run = results2[1]
+    reused = [e.materialization.metadata["unchanged_since_earlier_run"].value for e in train_run.get_asset_materialization_events()]
+    assert reused and all(reused)
+    tree_meta = results2[0].asset_materializations_for_node("validation_tree")[0].metadata
+    assert tree_meta["written"].value == 0 and tree_meta["already_in_place"].value == 50000
+    after = {p.name: p.stat().st_mtime_ns for p in settings.tfrecords_dir.iterdir() if p.name != "manifest.json"}
+    assert all(before[n] == m for n, m in after.items())
+
+
+# --- The checks on outputs, made to fail by damaging what was built (these run last) ----------
+
+from ilsvrc_assets.definitions import JOB_NAMES  # noqa: E402
+from ilsvrc_assets_tests.defs.graph import run_job  # noqa: E402
+
+
+def _evaluate(settings, instance, job):
+    return evaluations(run_job(settings, instance, job))
+
+
+def test_audit_fails_when_a_validation_image_is_moved(built):
+    settings, instance, _, _ = built
+    labels = release.validation_synsets()
+    source = settings.validation_dir / labels[0] / release.validation_filename(1)
+    wrong = settings.validation_dir / labels[-1] / source.name
+    source.rename(wrong)
+    try:
+        found = _evaluate(settings, instance, JOB_NAMES["audit"])
+        check = found["validation_tree:matches_validation_label_file"]
+        assert not check.passed
+        assert f"missing: {labels[0]}/{source.name}" in check.description
+        assert all(e.passed for n, e in found.items() if n != "validation_tree:matches_validation_label_file")
+    finally:
+        wrong.rename(source)
+
+
+@pytest.fixture
+def restore_shards(built):
+    """Put the shards back as built, after a test that damages them."""
+    import shutil
+
+    settings = built[0]
+    backup = settings.data_dir.parent / "tfrecords-backup"
+    shutil.copytree(settings.tfrecords_dir, backup, dirs_exist_ok=True)
+    yield settings.tfrecords_dir
+    shutil.rmtree(settings.tfrecords_dir)
+    shutil.copytree(backup, settings.tfrecords_dir)
+
+
+def _rewrite_shard(path, keep_or_replace):
+    """Rewrite a shard record by record: keep_or_replace(raw, parsed) -> list of raw records."""
+    import tensorflow as tf
+
+    from ilsvrc_assets.records import feature_spec
+
+    raws = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for raw in raws:
+            for out in keep_or_replace(raw, tf.io.parse_single_example(raw, feature_spec())):
+                writer.write(out)
+
+
+def test_missing_shard_fails_presence_and_totals(built, restore_shards):
+    settings, instance, _, _ = built
+    (settings.tfrecords_dir / "validation-00002-of-00004").unlink()
+    found = _evaluate(settings, instance, JOB_NAMES["manifest"])
+    assert "validation-00002-of-00004: missing" in found["dataset_manifest:every_shard_present"].description
+    assert not found["dataset_manifest:record_totals"].passed
+    assert found["dataset_manifest:images_decode"].passed
+
+
+def test_a_label_without_records_fails_every_label_in_each_split(built, restore_shards):
+    settings, instance, _, _ = built
+    for path in settings.tfrecords_dir.glob("train-*"):
+        _rewrite_shard(path, lambda raw, f: [] if int(f["image/class/label"].numpy()[0]) == 1 else [raw])
+    found = _evaluate(settings, instance, JOB_NAMES["manifest"])
+    assert "train: 1 labels have no record, e.g. [1]" in found["dataset_manifest:every_label_in_each_split"].description
+    assert not found["dataset_manifest:record_totals"].passed
+
+
+def test_record_that_is_not_an_example_fails_records_parse(built, restore_shards):
+    settings, instance, _, _ = built
+    path = settings.tfrecords_dir / "train-00001-of-00008"
+    _rewrite_shard(path, lambda raw, f: [raw, b"\x08\x96\x01 this is not a tf.train.Example"])
+    found = _evaluate(settings, instance, JOB_NAMES["manifest"])
+    check = found["dataset_manifest:records_parse"]
+    assert not check.passed and "train-00001-of-00008" in check.description
+
+
+def test_png_in_image_encoded_fails_images_decode(built, restore_shards):
+    import tensorflow as tf
+
+    settings, instance, _, _ = built
+    path = settings.tfrecords_dir / "validation-00000-of-00004"
+    png = io.BytesIO()
+    Image.new("RGB", (9, 9)).save(png, "PNG")
+
+    def swap_image(raw, f):
+        example = tf.train.Example.FromString(raw)
+        example.features.feature["image/encoded"].bytes_list.value[0] = png.getvalue()
+        return [example.SerializeToString()]
+
+    _rewrite_shard(path, swap_image)
+    found = _evaluate(settings, instance, JOB_NAMES["manifest"])
+    check = found["dataset_manifest:images_decode"]
+    assert not check.passed and "validation-00000-of-00004" in check.description
+    assert found["dataset_manifest:records_parse"].passed
