@@ -23,6 +23,10 @@ or drop a good one), objects are counted by ``<object>/<bndbox>`` elements (the 
 ``<xmin>`` elements anywhere), and a frame whose width or height truncates to 0 or less marks the
 file's boxes ``bad_frame`` where the script would crash with ZeroDivisionError.
 
+Reading is streamed (the archive is never extracted) and fast: tar headers are read directly
+from the gzip stream, XML is parsed with lxml in the main process and in helper processes, and
+the rules are applied to all boxes at once with numpy; see the sections below.
+
 The XML is untrusted input: it is parsed with entity resolution, DTD loading and network access
 off, documents over :data:`MAX_XML_BYTES` are refused, and so is any DOCTYPE declaring entities
 (the "billion laughs" and external-entity attacks).
@@ -150,10 +154,10 @@ def _number(text: str | None, where: str, what: str) -> float:
 
 _ENTITIES = "the DOCTYPE declares entities; refusing it (entity expansion and external entities are attacks, never annotations)"
 
-Box = tuple[str, float, float, float, float]
+_Box = tuple[str, float, float, float, float]
 
 
-def _parse(xml: bytes, where: str) -> tuple[float, float, str | None, list[Box]]:
+def _parse(xml: bytes, where: str) -> tuple[float, float, str | None, list[_Box]]:
     """(width, height, filename, objects) of one annotation; the work of :func:`parse_annotation`."""
     if len(xml) > MAX_XML_BYTES:
         raise BoundingBoxError(f"{where}: {len(xml):,} bytes, more than the {MAX_XML_BYTES:,} an annotation can be; refusing to parse it")
@@ -175,7 +179,7 @@ def _parse(xml: bytes, where: str) -> tuple[float, float, str | None, list[Box]]
     # one counts (as with find).
     size: dict[str, str | None] | None = None
     filename = None
-    objects: list[Box] = []
+    objects: list[_Box] = []
     for child in root.iterchildren("object", "size", "filename"):
         tag = child.tag
         if tag == "object":
@@ -308,7 +312,7 @@ def _apply_rules(
     return normalised, kept, reason
 
 
-def _frame(split: str, files: list[tuple[str, str, float, float, list[Box]]], synsets: Collection[str]) -> pd.DataFrame:
+def _frame(split: str, files: list[tuple[str, str, float, float, list[_Box]]], synsets: Collection[str]) -> pd.DataFrame:
     """(image, synset, width, height, objects) per file -> the table of a split, sorted by image then box."""
     # Sorting by image name makes the table independent of member order in the archive; each
     # file's boxes keep their order in the file.
@@ -318,7 +322,7 @@ def _frame(split: str, files: list[tuple[str, str, float, float, list[Box]]], sy
     widths: list[float] = []
     heights: list[float] = []
     box_numbers: list[int] = []
-    objects: list[Box] = []
+    objects: list[_Box] = []
     for image, synset, width, height, file_objects in files:
         n = len(file_objects)
         if n == 1:  # the common case, without building lists of one
@@ -558,10 +562,10 @@ _BATCH = 2000  # members per task: pickling overhead small, memory in flight sma
 _QUEUED_PER_HELPER = 2  # batches a helper may have waiting; beyond that the main process parses
 _MAX_WORKERS = 4  # past this the serial reading of the stream is the limit
 
-Parsed = list[tuple[float, float, tuple[Box, ...]]]
+_Parsed = list[tuple[float, float, tuple[_Box, ...]]]
 
 
-def _parse_batch(batch: list[tuple[str, bytes]]) -> Parsed:
+def _parse_batch(batch: list[tuple[str, bytes]]) -> _Parsed:
     """(width, height, objects) of each (where, XML bytes); runs in a helper process or in place."""
     parsed = []
     for where, data in batch:
@@ -572,15 +576,21 @@ def _parse_batch(batch: list[tuple[str, bytes]]) -> Parsed:
     return parsed
 
 
+def _ready() -> bool:
+    """A helper's first task: unpickling it imports this module, so the helper is then ready."""
+    return True
+
+
 class _Helpers:
     """Helper processes for :func:`_parse_batch`, started on first use."""
 
     def __init__(self, workers: int | None) -> None:
         self.size = (min(os.cpu_count() or 1, _MAX_WORKERS) if workers is None else max(1, workers)) - 1
         self.pool: ProcessPoolExecutor | None = None
+        self.warm_up: list[Future] = []
 
     def submit(self, batch: list[tuple[str, bytes]]) -> Future | None:
-        """The batch's future, or None when there are no helpers (the caller parses it)."""
+        """The batch's future, or None when no helper is ready (the caller parses it)."""
         if self.size <= 0:
             return None
         try:
@@ -589,12 +599,22 @@ class _Helpers:
                 # deadlock. gc.disable: see _gc_paused.
                 context = multiprocessing.get_context("spawn")
                 self.pool = ProcessPoolExecutor(self.size, mp_context=context, initializer=gc.disable)
+                # A helper takes about a second to start and import pandas and lxml; batches
+                # queued before that would keep the main process waiting at the end, so it
+                # parses everything itself until the helpers are ready.
+                self.warm_up = [self.pool.submit(_ready) for _ in range(self.size)]
+            if not all(f.done() for f in self.warm_up):
+                return None
+            if self.warm_up:
+                for future in self.warm_up:
+                    future.result()  # a helper that could not start raises BrokenProcessPool
+                self.warm_up = []
             return self.pool.submit(_parse_batch, batch)
         except Exception:  # e.g. a daemonic process may not start children: parse in place
             self.size = 0
             return None
 
-    def outcome(self, future: Future, batch: list[tuple[str, bytes]]) -> Parsed:
+    def outcome(self, future: Future, batch: list[tuple[str, bytes]]) -> _Parsed:
         """A submitted batch's result; parsed here if the helper died (killed, or could not start)."""
         try:
             return future.result()
@@ -650,7 +670,7 @@ def _read(
     process found it.
     """
     located: list[tuple[str, str]] = []  # (image, synset) per file, in archive order
-    parts: list[Parsed] = []  # parsed batches, in archive order ([] while with a helper)
+    parts: list[_Parsed] = []  # parsed batches, in archive order ([] while with a helper)
     pending: deque[tuple[int, Future, list[tuple[str, bytes]]]] = deque()  # (part, future, batch), in order
     batch: list[tuple[str, bytes]] = []
 

@@ -481,8 +481,19 @@ def worker_init() -> None:
     # The work is CPU-only (protobufs, CRCs, JPEG decoding). Hiding GPUs keeps each of the N
     # workers from initialising CUDA and reserving most of a GPU's memory, as TF does by default.
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-    # TF's INFO lines (CPU instructions) would repeat once per worker; keep its warnings.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # TF's C++ log lines (start-up notices, per-op warnings on damaged records, which the scan
+    # reports itself) would repeat once per worker; errors still surface as Python exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Some start-up lines are written before TF's logging reads that setting: import TF once here
+    # with stderr pointed at /dev/null, then restore it.
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def scan_shards(paths: Sequence[Path], workers: int, decode: bool = True) -> Iterator[ShardScan]:

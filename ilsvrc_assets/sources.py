@@ -78,8 +78,8 @@ class ArchiveSource(ABC):
         """Locate the archive and compute its MD5 (reused from ``cache`` when the file is unchanged)."""
         path = self.locate(archive, log)
         expected, expected_from = self.expected_md5s(log)
-        log(f"{archive.name}: computing MD5 of {path.stat().st_size:,} bytes" if cache is None or cache.get(path) is None else f"{archive.name}: MD5 unchanged since last verified")
         md5, cached = md5_of(path, cache)
+        log(f"{archive.name}: MD5 {md5} " + ("(unchanged since last verified)" if cached else "computed"))
         return FetchedArchive(
             archive=archive,
             path=path,
@@ -126,7 +126,9 @@ class SampleSource(ArchiveSource):
         if not self._ready:
             from ilsvrc_assets import sample
 
-            sample.ensure_sample(self.cache_dir, progress=log)
+            if not sample.is_complete(self.cache_dir, sample.SampleSpec()):
+                log(f"generating the built-in sample release in {self.cache_dir}")
+                sample.ensure_sample(self.cache_dir, progress=log)
             self._ready = True
         return self.cache_dir
 

@@ -29,6 +29,25 @@ def sample_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sample.ensure_sample(folder)
 
 
+@pytest.fixture(scope="session")
+def built_sample_graph(sample_release: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The whole graph built once from the sample source, with a persistent instance.
+
+    Yields (settings, instance, results, failed). Tests that damage its outputs restore them.
+    """
+    from dagster import DagsterInstance
+
+    from ilsvrc_assets_tests.defs.graph import build_all
+
+    root = tmp_path_factory.mktemp("graph")
+    settings = make_settings(root / "data", None, source="sample", sample_dir=sample_release)
+    (root / "dagster_home").mkdir()
+    instance = DagsterInstance.local_temp(str(root / "dagster_home"))
+    results, failed = build_all(settings, instance)
+    yield settings, instance, results, failed
+    instance.dispose()
+
+
 def make_settings(data_dir: Path, local_dir: Path, **overrides) -> Settings:
     """Settings for a local-folder source and a private output folder."""
     values = dict(

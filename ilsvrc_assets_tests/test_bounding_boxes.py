@@ -615,32 +615,46 @@ def _many_members(count: int) -> dict[str, bytes]:
     return members
 
 
-def test_helper_processes_give_the_same_table(tmp_path: Path, monkeypatch) -> None:
-    archive = make_archive(tmp_path / TRAIN, _many_members(60))
-    alone = bb.read_train_boxes(archive, SYNSETS, workers=1)
-    monkeypatch.setattr(bb, "_BATCH", 4)  # many batches, so that a helper starts and gets some
-    submitted = []
+@pytest.fixture
+def eager_helpers(monkeypatch) -> list[bool]:
+    """Small batches, and helpers waited for once started, so that even a tiny archive uses them.
+
+    Returns, per full batch, whether it went to a helper.
+    """
+    from concurrent.futures import wait
+
+    monkeypatch.setattr(bb, "_BATCH", 4)
+    submitted: list[bool] = []
     submit = bb._Helpers.submit
 
-    def counting_submit(self, batch):
+    def submit_when_ready(self, batch):
         future = submit(self, batch)
+        if future is None and self.warm_up:
+            wait(self.warm_up)
+            future = submit(self, batch)
         submitted.append(future is not None)
         return future
 
-    monkeypatch.setattr(bb._Helpers, "submit", counting_submit)
+    monkeypatch.setattr(bb._Helpers, "submit", submit_when_ready)
+    return submitted
+
+
+def test_helper_processes_give_the_same_table(tmp_path: Path, eager_helpers: list[bool]) -> None:
+    archive = make_archive(tmp_path / TRAIN, _many_members(60))
+    alone = bb.read_train_boxes(archive, SYNSETS, workers=1)
+    assert eager_helpers == []
     pd.testing.assert_frame_equal(bb.read_train_boxes(archive, SYNSETS, workers=2), alone)
-    assert any(submitted)
+    assert any(eager_helpers)
     assert len(alone) == 60 and alone["image"].is_monotonic_increasing
 
 
-def test_helper_processes_report_the_first_problem_in_archive_order(tmp_path: Path, monkeypatch) -> None:
+def test_helper_processes_report_the_first_problem_in_archive_order(tmp_path: Path, eager_helpers: list[bool]) -> None:
     members = _many_members(40)
     names = list(members)
     members[names[9]] = b"<annotation>"  # the first problem
     members[names[30]] = voc(TENCH, "f", (10, 10), [(TENCH, (1, "x", 3, 4))])
     members["n09999999/n09999999_1.xml"] = members.pop(names[35])
     archive = make_archive(tmp_path / TRAIN, members)
-    monkeypatch.setattr(bb, "_BATCH", 4)
     for workers in (1, 2):
         with pytest.raises(BoundingBoxError, match=f"^{TRAIN} member {names[9]}: malformed XML"):
             bb.read_train_boxes(archive, SYNSETS, workers=workers)
@@ -650,6 +664,7 @@ def test_helper_processes_report_the_first_problem_in_archive_order(tmp_path: Pa
     for workers in (1, 2):
         with pytest.raises(BoundingBoxError, match=f"^{TRAIN} member {names[30]}: box 0 <bndbox>/<ymin> is not a number"):
             bb.read_train_boxes(archive, SYNSETS, workers=workers)
+    assert any(eager_helpers)
 
 
 def test_without_working_helpers_the_main_process_parses_everything(tmp_path: Path, monkeypatch) -> None:

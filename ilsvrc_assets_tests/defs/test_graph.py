@@ -8,25 +8,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey
 from PIL import Image
 
 from ilsvrc_assets import archives, release, shard_plan, synsets
 from ilsvrc_assets.bounding_boxes import boxes_by_image, read_table
-from ilsvrc_assets_tests.conftest import make_settings
 from ilsvrc_assets_tests.defs.graph import ALL_CHECKS, build_all, evaluations
 
 
 @pytest.fixture(scope="module")
-def built(sample_release: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The graph built once from the sample source, with a persistent instance."""
-    root = tmp_path_factory.mktemp("graph")
-    settings = make_settings(root / "data", None, source="sample", sample_dir=sample_release)
-    (root / "dagster_home").mkdir()
-    instance = DagsterInstance.local_temp(str(root / "dagster_home"))
-    results, failed = build_all(settings, instance)
-    yield settings, instance, results, failed
-    instance.dispose()
+def built(built_sample_graph):
+    return built_sample_graph
 
 
 def test_every_stage_succeeds_and_every_check_passes(built):
