@@ -160,7 +160,9 @@ _Box = tuple[str, float, float, float, float]
 def _parse(xml: bytes, where: str) -> tuple[float, float, str | None, list[_Box]]:
     """(width, height, filename, objects) of one annotation; the work of :func:`parse_annotation`."""
     if len(xml) > MAX_XML_BYTES:
-        raise BoundingBoxError(f"{where}: {len(xml):,} bytes, more than the {MAX_XML_BYTES:,} an annotation can be; refusing to parse it")
+        raise BoundingBoxError(
+            f"{where}: {len(xml):,} bytes, more than the {MAX_XML_BYTES:,} an annotation can be; refusing to parse it"
+        )
     # Cheap early refusal for the usual (ASCII-compatible) spelling; the check after parsing
     # catches the same in any other encoding.
     if b"<!ENTITY" in xml:
@@ -191,7 +193,12 @@ def _parse(xml: bytes, where: str) -> tuple[float, float, str | None, list[_Box]
                     for value in part.iterchildren("xmin", "ymin", "xmax", "ymax"):
                         values.setdefault(value.tag, value.text)
                     try:
-                        box = (float(values["xmin"]), float(values["ymin"]), float(values["xmax"]), float(values["ymax"]))  # type: ignore[arg-type]
+                        box = (
+                            float(values["xmin"]),  # type: ignore[arg-type]
+                            float(values["ymin"]),  # type: ignore[arg-type]
+                            float(values["xmax"]),  # type: ignore[arg-type]
+                            float(values["ymax"]),  # type: ignore[arg-type]
+                        )
                         total = box[0] + box[1] + box[2] + box[3]
                         finite = total - total == 0.0  # False for any inf or NaN (and, harmlessly, on overflow)
                     except (KeyError, TypeError, ValueError):
@@ -516,9 +523,13 @@ def _tar_files(blocks: _Blocks, archive: str) -> Iterator[tuple[str, bytes]]:
             )
         is_dir = kind == b"5" or (kind == b"\x00" and text.endswith("/"))
         if not is_dir and kind not in _REGULAR:
-            raise BoundingBoxError(f"{archive} member {text}: unsupported tar member type {kind!r}; the release holds only XML files")
+            raise BoundingBoxError(
+                f"{archive} member {text}: unsupported tar member type {kind!r}; the release holds only XML files"
+            )
         if size > MAX_XML_BYTES:
-            raise BoundingBoxError(f"{archive} member {text}: {size:,} bytes, more than the {MAX_XML_BYTES:,} an annotation can be")
+            raise BoundingBoxError(
+                f"{archive} member {text}: {size:,} bytes, more than the {MAX_XML_BYTES:,} an annotation can be"
+            )
         data = blocks.take(size)
         blocks.skip(-size % _BLOCK)
         if not is_dir:
@@ -546,10 +557,16 @@ def _xml_members(archive: Path) -> Iterator[tuple[str, str, bytes]]:
                 yield name, where, data
             blocks.drain()
     except _Truncated:
-        raise BoundingBoxError(f"{name_of_archive}: the tar ends in the middle of a member; the archive is truncated: delete it and fetch it again") from None
+        raise BoundingBoxError(
+            f"{name_of_archive}: the tar ends in the middle of a member; the archive is truncated: "
+            f"delete it and fetch it again"
+        ) from None
     except (EOFError, OSError, zlib.error) as e:
         # gzip reports a bad header, CRC or length as OSError (BadGzipFile), a cut-off stream as EOFError.
-        raise BoundingBoxError(f"{name_of_archive}: cannot be read as a gzip-compressed tar ({e}); if it is damaged or truncated, delete it and fetch it again") from e
+        raise BoundingBoxError(
+            f"{name_of_archive}: cannot be read as a gzip-compressed tar ({e}); "
+            f"if it is damaged or truncated, delete it and fetch it again"
+        ) from e
 
 
 # --- Parsing in parallel -----------------------------------------------------------------------

@@ -238,6 +238,16 @@ def test_names_are_compared_as_written(tmp_path: Path) -> None:
     assert table["kept"].tolist() == [True] and table["name"].tolist() == [f" {GOLDFISH} "]
 
 
+def test_no_boxes_at_all_gives_an_empty_table(tmp_path: Path) -> None:
+    archive = make_archive(tmp_path / TRAIN, {f"{TENCH}/{TENCH}_7.xml": voc(TENCH, "f", (10, 10), [])})
+    table = bb.read_train_boxes(archive, SYNSETS)
+    assert len(table) == 0 and tuple(table.columns) == bb.COLUMNS
+    assert table["kept"].dtype == bool and table["xmin"].dtype == "float64" and table["box"].dtype == "int64"
+    bb.write_outputs(table, tmp_path / "b.parquet", tmp_path / "b.csv")
+    assert (tmp_path / "b.csv").read_text() == ""
+    pd.testing.assert_frame_equal(bb.read_table(tmp_path / "b.parquet"), table)
+
+
 def test_round4_equals_the_printed_value() -> None:
     import numpy as np
 
@@ -610,7 +620,10 @@ def _many_members(count: int) -> dict[str, bytes]:
     members = {}
     for i in range(count):
         wnid = sorted(SYNSETS)[i % 3]
-        boxes = [(wnid, (rng.randint(-5, 60), rng.randint(-5, 60), rng.randint(0, 110), rng.randint(0, 110))) for _ in range(i % 3)]
+        boxes = [
+            (wnid, (rng.randint(-5, 60), rng.randint(-5, 60), rng.randint(0, 110), rng.randint(0, 110)))
+            for _ in range(i % 3)
+        ]
         members[f"{wnid}/{wnid}_{i}.xml"] = voc(wnid, f"{wnid}_{i}", (100, 80), boxes)
     return members
 
@@ -662,7 +675,8 @@ def test_helper_processes_report_the_first_problem_in_archive_order(tmp_path: Pa
     del members[names[9]]
     archive = make_archive(tmp_path / "2" / TRAIN, members)
     for workers in (1, 2):
-        with pytest.raises(BoundingBoxError, match=f"^{TRAIN} member {names[30]}: box 0 <bndbox>/<ymin> is not a number"):
+        expected = f"^{TRAIN} member {names[30]}: box 0 <bndbox>/<ymin> is not a number"
+        with pytest.raises(BoundingBoxError, match=expected):
             bb.read_train_boxes(archive, SYNSETS, workers=workers)
     assert any(eager_helpers)
 
