@@ -130,9 +130,10 @@ def sample(args: argparse.Namespace) -> int:
 def ui(args: argparse.Namespace) -> int:
     """Run ``dagster dev`` on this project's instance and code location."""
     home = ensure_dagster_home()
-    command = ["dagster", "dev", "-m", "ilsvrc_assets.definitions", "-h", args.host, "-p", str(args.port)]
-    print(f"DAGSTER_HOME={home} {' '.join(command)}", flush=True)
-    os.execvp(command[0], command)
+    # `python -m dagster` from this interpreter: works whether or not the venv is on PATH.
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "ilsvrc_assets.definitions", "-h", args.host, "-p", str(args.port)]
+    print(f"DAGSTER_HOME={home} dagster dev -m ilsvrc_assets.definitions on http://{args.host}:{args.port}", flush=True)
+    os.execv(command[0], command)
     return 0  # not reached
 
 

@@ -33,7 +33,7 @@ def bounding_boxes(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> Ma
     validation_archive = source.locate(release.BBOX_VAL, context.log.info)
     known = set(synsets.read_synsets(settings.synsets_csv)["wnid"])
     labels = synsets.read_validation_labels(settings.validation_labels_csv)
-    table = boxes.build_table(train_archive, validation_archive, known, labels)
+    table = boxes.build_table(train_archive, validation_archive, known, labels, workers=settings.workers)
     boxes.write_outputs(
         table,
         settings.bounding_boxes_parquet,
