@@ -54,6 +54,19 @@ def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
     return stages
 
 
+def failure_message(step_failure_data) -> str:
+    """What went wrong in a failed step, in the words of the error that caused it."""
+    user = step_failure_data.user_failure_data
+    if user is not None and user.description:
+        return user.description
+    error = step_failure_data.error
+    if error is None:
+        return "failed"
+    while error.cause is not None:  # Dagster wraps the step's own exception; show that one
+        error = error.cause
+    return error.message.strip()
+
+
 def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[list, list[str]]:
     """Run the stages in order against ``instance``; stop after the first that fails.
 
@@ -74,8 +87,7 @@ def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tu
         if not result.success:
             for event in result.all_events:
                 if event.is_step_failure:
-                    error = event.step_failure_data.error
-                    echo(f"  step {event.step_key} FAILED: {error.message.strip() if error else 'failed'}")
+                    echo(f"  step {event.step_key} FAILED: {failure_message(event.step_failure_data)}")
                     failed.append(f"step {event.step_key}")
                 elif event.is_step_skipped:
                     echo(f"  step {event.step_key} skipped: blocked by a failed upstream step or check")

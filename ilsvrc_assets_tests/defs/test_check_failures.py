@@ -18,6 +18,7 @@ import scipy.io
 from dagster import DagsterInstance
 
 from ilsvrc_assets import release
+from ilsvrc_assets.cli import failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets_tests.conftest import rewrite_tar, variant_release
 from ilsvrc_assets_tests.defs.graph import build_all, evaluations, materialized, run_job
@@ -154,7 +155,7 @@ def test_missing_synset_in_the_train_archive_fails_and_the_shards_refuse_to_run(
     )
     assert not shards.success
     failure = next(e for e in shards.all_events if e.is_step_failure)
-    assert "every_synset_has_training_images" in str(failure.step_failure_data.user_failure_data or failure.step_failure_data.error)
+    assert "every_synset_has_training_images" in failure_message(failure.step_failure_data)
     assert not any(settings.tfrecords_dir.glob("train-*")) if settings.tfrecords_dir.exists() else True
 
 
