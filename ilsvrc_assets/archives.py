@@ -92,7 +92,9 @@ def member_name(member: tarfile.TarInfo, archive: str) -> str:
         name = name[2:]
     normalised = posixpath.normpath(name) if name else name
     if name.startswith("/") or normalised == ".." or normalised.startswith("../"):
-        raise ArchiveError(f"{archive}: member {member.name!r} points outside the archive; refusing to read it")
+        raise ArchiveError(
+            f"{archive}: member {member.name!r} points outside the archive; refusing to read it"
+        )
     return name
 
 
@@ -122,7 +124,9 @@ def open_tar(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, mode="r:")
     except tarfile.TarError as e:
-        raise ArchiveError(f"{path.name}: not a readable uncompressed tar ({e}); the file is damaged: delete it and fetch it again") from e
+        raise ArchiveError(
+            f"{path.name}: not a readable uncompressed tar ({e}); the file is damaged: delete it and fetch it again"
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,9 @@ def index_train_archive(
                         f"is this the official ILSVRC2012_img_train.tar?"
                     )
                 if wnid not in synsets:
-                    raise ArchiveError(f"{archive}: inner tar {name!r} is not one of the 1,000 challenge synsets")
+                    raise ArchiveError(
+                        f"{archive}: inner tar {name!r} is not one of the 1,000 challenge synsets"
+                    )
                 if wnid in seen_synsets:
                     raise ArchiveError(f"{archive}: inner tar {name!r} appears twice")
                 seen_synsets.add(wnid)
@@ -184,8 +190,13 @@ def index_train_archive(
                             if filename in seen_files:
                                 raise ArchiveError(f"{where}: image {filename!r} appears twice")
                             seen_files.add(filename)
-                            if base + image.offset_data + image.size > inner_info.offset_data + inner_info.size:
-                                raise ArchiveError(f"{where}: member {filename!r} runs past the end of the inner tar; the archive is truncated")
+                            if (
+                                base + image.offset_data + image.size
+                                > inner_info.offset_data + inner_info.size
+                            ):
+                                raise ArchiveError(
+                                    f"{where}: member {filename!r} runs past the end of the inner tar; the archive is truncated"
+                                )
                             columns["filename"].append(filename)
                             columns["synset"].append(wnid)
                             columns["offset"].append(base + image.offset_data)
@@ -195,7 +206,9 @@ def index_train_archive(
                 if progress:
                     progress(done, len(synsets), wnid)
         except tarfile.TarError as e:
-            raise ArchiveError(f"{archive}: damaged or truncated tar ({e}); delete it and fetch it again") from e
+            raise ArchiveError(
+                f"{archive}: damaged or truncated tar ({e}); delete it and fetch it again"
+            ) from e
     _check_fits(path, columns)
     return pd.DataFrame(columns).astype({"offset": "int64", "size": "int64"})
 
@@ -233,7 +246,9 @@ def index_validation_archive(path: Path, validation_synsets: list[str] | tuple[s
                 columns["offset"].append(member.offset_data)
                 columns["size"].append(member.size)
         except tarfile.TarError as e:
-            raise ArchiveError(f"{archive}: damaged or truncated tar ({e}); delete it and fetch it again") from e
+            raise ArchiveError(
+                f"{archive}: damaged or truncated tar ({e}); delete it and fetch it again"
+            ) from e
     _check_fits(path, columns)
     return pd.DataFrame(columns).astype({"number": "int64", "offset": "int64", "size": "int64"})
 
@@ -268,7 +283,9 @@ def read_member(archive: Path, offset: int, size: int, name: str) -> bytes:
         f.seek(offset)
         data = f.read(size)
     if len(data) != size:
-        raise ArchiveError(f"{archive.name}: member {name!r} is cut short ({len(data)} of {size} bytes); the archive is truncated")
+        raise ArchiveError(
+            f"{archive.name}: member {name!r} is cut short ({len(data)} of {size} bytes); the archive is truncated"
+        )
     return data
 
 

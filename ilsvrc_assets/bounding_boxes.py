@@ -118,7 +118,9 @@ class Annotation:
     width: float  # <size><width>
     height: float  # <size><height>
     filename: str | None  # <filename>; informative only, it can be junk such as '%s'
-    objects: tuple[tuple[str, float, float, float, float], ...]  # (name, xmin, ymin, xmax, ymax) per <object>/<bndbox>
+    objects: tuple[
+        tuple[str, float, float, float, float], ...
+    ]  # (name, xmin, ymin, xmax, ymax) per <object>/<bndbox>
 
 
 _parsers = threading.local()  # lxml parsers must not be shared between threads
@@ -175,7 +177,9 @@ def _parse(xml: bytes, where: str) -> tuple[float, float, str | None, list[_Box]
     if dtd is not None and any(True for _ in dtd.entities()):
         raise BoundingBoxError(f"{where}: {_ENTITIES}")
     if root.tag != "annotation":
-        raise BoundingBoxError(f"{where}: root element is <{root.tag}>, not <annotation>; not a PASCAL VOC annotation")
+        raise BoundingBoxError(
+            f"{where}: root element is <{root.tag}>, not <annotation>; not a PASCAL VOC annotation"
+        )
     # iterchildren() with tag names filters in C and is two to three times faster than
     # find()/findtext(), which matters at 544,546 files. Where an element repeats, the first
     # one counts (as with find).
@@ -200,7 +204,9 @@ def _parse(xml: bytes, where: str) -> tuple[float, float, str | None, list[_Box]
                             float(values["ymax"]),  # type: ignore[arg-type]
                         )
                         total = box[0] + box[1] + box[2] + box[3]
-                        finite = total - total == 0.0  # False for any inf or NaN (and, harmlessly, on overflow)
+                        finite = (
+                            total - total == 0.0
+                        )  # False for any inf or NaN (and, harmlessly, on overflow)
                     except (KeyError, TypeError, ValueError):
                         finite = False
                     if not finite:
@@ -304,7 +310,9 @@ def _apply_rules(
     zero_area = (normalised["xmin"] >= normalised["xmax"]) | (normalised["ymin"] >= normalised["ymax"])
     # A <name> that is a challenge WNID other than the image's synset drops the box; any other
     # name (e.g. the text label 'Scottish_deerhound') keeps it under the image's synset.
-    other_synset = pd.Series(names, dtype=object).isin(frozenset(synsets)).to_numpy() & (names != synsets_of_boxes)
+    other_synset = pd.Series(names, dtype=object).isin(frozenset(synsets)).to_numpy() & (
+        names != synsets_of_boxes
+    )
     # The reference checks the label before the geometry; bad_frame sits between because the
     # reference would have crashed there (ZeroDivisionError).
     reason = np.select(
@@ -319,7 +327,9 @@ def _apply_rules(
     return normalised, kept, reason
 
 
-def _frame(split: str, files: list[tuple[str, str, float, float, list[_Box]]], synsets: Collection[str]) -> pd.DataFrame:
+def _frame(
+    split: str, files: list[tuple[str, str, float, float, list[_Box]]], synsets: Collection[str]
+) -> pd.DataFrame:
     """(image, synset, width, height, objects) per file -> the table of a split, sorted by image then box."""
     # Sorting by image name makes the table independent of member order in the archive; each
     # file's boxes keep their order in the file.
@@ -352,7 +362,9 @@ def _frame(split: str, files: list[tuple[str, str, float, float, list[_Box]]], s
     width_array = np.array(widths, dtype=np.float64)
     height_array = np.array(heights, dtype=np.float64)
     synset_array = np.array(synsets_of_boxes, dtype=object)
-    normalised, kept, reason = _apply_rules(synset_array, names_array, width_array, height_array, pixels, synsets)
+    normalised, kept, reason = _apply_rules(
+        synset_array, names_array, width_array, height_array, pixels, synsets
+    )
     data = {
         "split": np.full(len(images), split, dtype=object),
         "image": np.array(images, dtype=object),
@@ -383,11 +395,19 @@ def _typed(table: pd.DataFrame) -> pd.DataFrame:
 # writers emit (v7, ustar with prefix, GNU long names, pax path/size records), checks every
 # header checksum and refuses links and special files.
 _BLOCK = 512
-_READ_CHUNK = 1 << 18  # decompressed bytes per read; big enough that refills are rare, small enough to stay in cache
+_READ_CHUNK = (
+    1 << 18
+)  # decompressed bytes per read; big enough that refills are rare, small enough to stay in cache
 _POSIX_MAGIC = b"ustar\x0000"
 _ZEROS = bytes(_BLOCK)
 _REGULAR = (b"0", b"\x00", b"7")  # regular file, old-style regular file, contiguous file
-_LINKS_AND_SPECIAL = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device", b"6": "FIFO"}
+_LINKS_AND_SPECIAL = {
+    b"1": "hard link",
+    b"2": "symbolic link",
+    b"3": "character device",
+    b"4": "block device",
+    b"6": "FIFO",
+}
 
 
 class _Truncated(Exception):
@@ -451,7 +471,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
     """``"<length> <key>=<value>\\n"`` records of a pax extended header."""
     records = {}
     pos = 0
-    while pos < len(data) and data[pos:pos + 1] != b"\x00":
+    while pos < len(data) and data[pos : pos + 1] != b"\x00":
         space = data.index(b" ", pos)
         length = int(data[pos:space])
         if length <= space - pos:
@@ -487,7 +507,9 @@ def _tar_files(blocks: _Blocks, archive: str) -> Iterator[tuple[str, bytes]]:
             if size < 0:
                 raise ValueError(f"negative size {size}")
         except ValueError as e:
-            raise BoundingBoxError(f"{archive}: damaged tar header ({e}); delete the archive and fetch it again") from None
+            raise BoundingBoxError(
+                f"{archive}: damaged tar header ({e}); delete the archive and fetch it again"
+            ) from None
         kind = header[156:157]
         name = header[:100].split(b"\x00", 1)[0]
         if header[257:265] == _POSIX_MAGIC and header[345] != 0:
@@ -495,7 +517,9 @@ def _tar_files(blocks: _Blocks, archive: str) -> Iterator[tuple[str, bytes]]:
         text = name.decode("utf-8", "surrogateescape")
         if kind in (b"L", b"x", b"g", b"K"):  # metadata for the next member
             if size > MAX_XML_BYTES:
-                raise BoundingBoxError(f"{archive}: a {size:,}-byte tar metadata header; this is not the release's archive")
+                raise BoundingBoxError(
+                    f"{archive}: a {size:,}-byte tar metadata header; this is not the release's archive"
+                )
             data = blocks.take(size)
             blocks.skip(-size % _BLOCK)
             if kind == b"L":
@@ -761,7 +785,9 @@ def _read_train(archive: Path, synsets: Collection[str], helpers: _Helpers) -> p
                 f"{where}: not an annotation '<wnid>/<wnid>_<n>.xml'; is this the official {release.BBOX_TRAIN.name}?"
             )
         if folder not in known:
-            raise BoundingBoxError(f"{where}: folder {folder!r} is not one of the {len(known):,} challenge synsets")
+            raise BoundingBoxError(
+                f"{where}: folder {folder!r} is not one of the {len(known):,} challenge synsets"
+            )
         return stem + ".JPEG", folder
 
     return _read(archive, "train", locate, known, helpers)
@@ -807,7 +833,9 @@ def _read_validation(archive: Path, validation_synsets: Sequence[str], helpers: 
             )
         number = int(digits)
         if not 1 <= number <= len(labels):
-            raise BoundingBoxError(f"{where}: image number {number} has no ground-truth label (there are {len(labels):,})")
+            raise BoundingBoxError(
+                f"{where}: image number {number} has no ground-truth label (there are {len(labels):,})"
+            )
         return stem + ".JPEG", labels[number - 1]
 
     return _read(archive, "validation", locate, known, helpers)
@@ -929,7 +957,9 @@ def find_problems(
         xmin, ymin, xmax, ymax = values[row].tolist()
         label = f"{splits[row]} {images[row]} box {boxes[row]} ({synsets[row]})"
         if outside[row].any():
-            wrong = ", ".join(f"{c} {v!r}" for c, v, bad in zip(_COORDINATES, values[row].tolist(), outside[row]) if bad)
+            wrong = ", ".join(
+                f"{c} {v!r}" for c, v, bad in zip(_COORDINATES, values[row].tolist(), outside[row]) if bad
+            )
             found.append((row, f"{label}: {wrong} outside [0, 1]"))
         if not_x[row]:
             found.append((row, f"{label}: xmin {xmin!r} is not below xmax {xmax!r}"))

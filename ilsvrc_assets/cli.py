@@ -48,7 +48,10 @@ def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
         job = definitions.resolve_job_def(JOB_NAMES[split])
         keys = job.partitions_def.get_partition_keys()
         stages.append(
-            (JOB_NAMES[split], {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+            (
+                JOB_NAMES[split],
+                {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+            )
         )
     stages.append((JOB_NAMES["manifest"], {}))
     return stages
@@ -77,11 +80,15 @@ def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tu
     for job_name, tags in _stages(definitions):
         echo(f"\n== {job_name} ==")
         job = definitions.resolve_job_def(job_name)
-        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=run_config)
+        result = job.execute_in_process(
+            instance=instance, tags=tags, raise_on_error=False, run_config=run_config
+        )
         results.append(result)
         for evaluation in result.get_asset_check_evaluations():
             name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-            echo(f"  check {name} " + ("passed" if evaluation.passed else f"FAILED: {evaluation.description}"))
+            echo(
+                f"  check {name} " + ("passed" if evaluation.passed else f"FAILED: {evaluation.description}")
+            )
             if not evaluation.passed:
                 failed.append(f"check {name}")
         if not result.success:
@@ -109,7 +116,9 @@ def build(args: argparse.Namespace) -> int:
     print(f"ilsvrc-assets: outputs in {settings.data_dir}; Dagster history in {home}")
     started = time.monotonic()
     with DagsterInstance.get() as instance:
-        _, failed = run_stages(build_definitions(settings), instance, args.log_level, echo=lambda m: print(m, flush=True))
+        _, failed = run_stages(
+            build_definitions(settings), instance, args.log_level, echo=lambda m: print(m, flush=True)
+        )
     elapsed = time.monotonic() - started
     if failed:
         print(f"\nilsvrc-assets: FAILED after {elapsed:.0f} s: {', '.join(failed)}", file=sys.stderr)
@@ -143,8 +152,22 @@ def ui(args: argparse.Namespace) -> int:
     """Run ``dagster dev`` on this project's instance and code location."""
     home = ensure_dagster_home()
     # `python -m dagster` from this interpreter: works whether or not the venv is on PATH.
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "ilsvrc_assets.definitions", "-h", args.host, "-p", str(args.port)]
-    print(f"DAGSTER_HOME={home} dagster dev -m ilsvrc_assets.definitions on http://{args.host}:{args.port}", flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-m",
+        "ilsvrc_assets.definitions",
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
+    print(
+        f"DAGSTER_HOME={home} dagster dev -m ilsvrc_assets.definitions on http://{args.host}:{args.port}",
+        flush=True,
+    )
     os.execv(command[0], command)
     return 0  # not reached
 

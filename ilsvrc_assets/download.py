@@ -96,7 +96,9 @@ class Credentials:
         if self.username is not None and ":" in self.username:
             raise ValueError("Credentials: a basic-auth username cannot contain ':'")
         if self.password is not None and self.username is None and self.token is None:
-            raise ValueError(f"Credentials: a password was given without a username; set {ENV_USERNAME} as well")
+            raise ValueError(
+                f"Credentials: a password was given without a username; set {ENV_USERNAME} as well"
+            )
 
     def __repr__(self) -> str:
         def shown(value: str | None) -> str:
@@ -141,7 +143,9 @@ def archive_url(base_url: str, name: str) -> str:
     """
     base = base_url.strip()
     if not base:
-        raise ValueError("archive_url: the base URL is empty; set ILSVRC_HTTP_URL to the folder holding the archives")
+        raise ValueError(
+            "archive_url: the base URL is empty; set ILSVRC_HTTP_URL to the folder holding the archives"
+        )
     parts = urllib.parse.urlsplit(base)
     # Join on the path only, so a query string on the base (a signed URL) stays at the end.
     path = parts.path if parts.path.endswith("/") else parts.path + "/"
@@ -195,7 +199,11 @@ class _SameHostAuthRedirect(urllib.request.HTTPRedirectHandler):
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
     parts = urllib.parse.urlsplit(url)
-    return parts.scheme.lower(), parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return (
+        parts.scheme.lower(),
+        parts.hostname,
+        parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower()),
+    )
 
 
 def _opener() -> urllib.request.OpenerDirector:
@@ -223,7 +231,9 @@ def _prepare(url: str, credentials: Credentials) -> tuple[str, Credentials]:
 
 
 def _auth_refused(shown: str, code: int, credentials: Credentials) -> DownloadError:
-    what = "refused the credentials given" if credentials.given else "requires credentials and none were given"
+    what = (
+        "refused the credentials given" if credentials.given else "requires credentials and none were given"
+    )
     return DownloadError(
         f"{shown}: the server {what} (HTTP {code}). Set {ENV_USERNAME} and {ENV_PASSWORD} "
         f"(basic auth) or {ENV_TOKEN} (bearer token) to an account that may download the archives, then run again.",
@@ -437,7 +447,9 @@ def _attempt(
                 partial.reset()
             total = body_length
         else:
-            raise DownloadError(f"{shown}: unexpected answer HTTP {status} {response.reason}; check {ENV_URL}")
+            raise DownloadError(
+                f"{shown}: unexpected answer HTTP {status} {response.reason}; check {ENV_URL}"
+            )
 
         while True:
             try:
@@ -508,7 +520,9 @@ def download(
             return actual
         bad = bad_md5_path(dest)
         os.replace(dest, bad)
-        log.warning("%s: MD5 %s, expected %s; moved it to %s and downloading again", dest, actual, expected, bad)
+        log.warning(
+            "%s: MD5 %s, expected %s; moved it to %s and downloading again", dest, actual, expected, bad
+        )
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial_file = partial_path(dest)
@@ -541,7 +555,12 @@ def download(
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, MAX_BACKOFF))
                 log.warning(
-                    "%s: %s; attempt %d of %d, trying again in %.1f s", shown, exc, attempt + 1, retries + 1, delay
+                    "%s: %s; attempt %d of %d, trying again in %.1f s",
+                    shown,
+                    exc,
+                    attempt + 1,
+                    retries + 1,
+                    delay,
                 )
                 time.sleep(delay)
                 attempt += 1
@@ -599,7 +618,9 @@ def remote_info(
             length: int | None
             if isinstance(response, HTTPError):
                 response.close()
-                request = urllib.request.Request(request_url, headers={**headers, "Range": "bytes=0-0"}, method="GET")
+                request = urllib.request.Request(
+                    request_url, headers={**headers, "Range": "bytes=0-0"}, method="GET"
+                )
                 response = _open(opener, request, timeout, shown, credentials)
                 with response:  # closing without reading the body: we only need the headers
                     if response.status == 206:

@@ -63,14 +63,34 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         f.write(text)
 
 
+def _writer_alive(path: Path) -> bool:
+    """Whether the process that made temp file ``path`` (its pid is in the name) still runs here."""
+    try:
+        pid = int(path.name.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
-    """Delete temporary files left in ``folder`` (not recursive) by a killed run; return how many."""
+    """Delete temporary files left in ``folder`` (not recursive) by a killed run; return how many.
+
+    A temp file whose writer is still alive (another run at work) is left alone.
+    """
     removed = 0
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     for entry in folder.iterdir():
-        if entry.is_file() and is_temp_path(entry):
+        if entry.is_file() and is_temp_path(entry) and not _writer_alive(entry):
             entry.unlink(missing_ok=True)
             removed += 1
     return removed
@@ -99,7 +119,9 @@ def read_md5sums(path: str | os.PathLike[str]) -> dict[str, str]:
         digest, _, name = line.partition(" ")
         name = name.lstrip(" ").removeprefix("*")
         if len(digest) != 32 or any(c not in "0123456789abcdefABCDEF" for c in digest) or not name:
-            raise ValueError(f"{path}: line {number} is not in md5sum format ('<md5>  <file name>'): {line!r}")
+            raise ValueError(
+                f"{path}: line {number} is not in md5sum format ('<md5>  <file name>'): {line!r}"
+            )
         sums[os.path.basename(name)] = digest.lower()
     return sums
 

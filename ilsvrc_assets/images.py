@@ -128,23 +128,30 @@ def _probe_jpeg(data: bytes | memoryview, n: int, where: str) -> ImageInfo:
             raise _not_an_image(where, f"JPEG header truncated at byte {n}, inside marker FF{marker:02X}")
         length = (data[pos] << 8) | data[pos + 1]
         if length < 2:
-            raise _not_an_image(where, f"JPEG segment FF{marker:02X} at byte {pos - 2} has invalid length {length}")
+            raise _not_an_image(
+                where, f"JPEG segment FF{marker:02X} at byte {pos - 2} has invalid length {length}"
+            )
         if marker in _SOF_MARKERS:
             # Frame header: length(2) precision(1) height(2) width(2) components(1), then 3 bytes
             # per component.
             if pos + 8 > n:
-                raise _not_an_image(where, f"JPEG header truncated at byte {n}, inside the frame header (SOF)")
+                raise _not_an_image(
+                    where, f"JPEG header truncated at byte {n}, inside the frame header (SOF)"
+                )
             height = (data[pos + 3] << 8) | data[pos + 4]
             width = (data[pos + 5] << 8) | data[pos + 6]
             components = data[pos + 7]
             if components == 0 or length < 8 + 3 * components:
                 raise _not_an_image(
-                    where, f"JPEG frame header (FF{marker:02X}) is malformed: {components} components, length {length}"
+                    where,
+                    f"JPEG frame header (FF{marker:02X}) is malformed: {components} components, length {length}",
                 )
             if width == 0 or height == 0:
                 # Height 0 means "given later by a DNL marker", which no decoder the readers use
                 # supports; width 0 is invalid.
-                raise _not_an_image(where, f"JPEG frame header (FF{marker:02X}) gives a size of {width}x{height}")
+                raise _not_an_image(
+                    where, f"JPEG frame header (FF{marker:02X}) gives a size of {width}x{height}"
+                )
             return ImageInfo("JPEG", width, height, components)
         pos += length
 

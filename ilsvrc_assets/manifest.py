@@ -41,9 +41,7 @@ def build(
     from ilsvrc_assets.records import scan_shards
 
     old = {
-        s["name"]: s
-        for split in (previous or {}).get("splits", {}).values()
-        for s in split.get("shards", [])
+        s["name"]: s for split in (previous or {}).get("splits", {}).values() for s in split.get("shards", [])
     }
     entries: dict[str, dict] = {}
     to_scan: list[Path] = []
@@ -104,7 +102,9 @@ def _limited(problems: list[str], limit: int) -> list[str]:
     return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
 
 
-def missing_shards(manifest: dict, folder: Path, shard_names: Mapping[str, Sequence[str]], limit: int = 10) -> list[str]:
+def missing_shards(
+    manifest: dict, folder: Path, shard_names: Mapping[str, Sequence[str]], limit: int = 10
+) -> list[str]:
     """Shards absent from the folder, or changed on disk since the manifest read them."""
     problems = []
     listed = {s["name"]: s for split in manifest["splits"].values() for s in split["shards"]}
@@ -117,7 +117,9 @@ def missing_shards(manifest: dict, folder: Path, shard_names: Mapping[str, Seque
             elif entry is None or entry.get("missing"):
                 problems.append(f"{name}: not in the manifest; materialise dataset_manifest again")
             elif entry.get("bytes") != stamp[0]:
-                problems.append(f"{name}: {stamp[0]} bytes on disk, {entry.get('bytes')} when the manifest read it")
+                problems.append(
+                    f"{name}: {stamp[0]} bytes on disk, {entry.get('bytes')} when the manifest read it"
+                )
     return _limited(problems, limit)
 
 
@@ -127,9 +129,13 @@ def total_problems(manifest: dict, official: Mapping[str, bool]) -> list[str]:
     problems = []
     for split, info in manifest["splits"].items():
         if info["records"] != info["expected_images"]:
-            problems.append(f"{split}: {info['records']:,} records, but the archive holds {info['expected_images']:,} images")
+            problems.append(
+                f"{split}: {info['records']:,} records, but the archive holds {info['expected_images']:,} images"
+            )
         if official.get(split) and info["records"] != official_counts[split]:
-            problems.append(f"{split}: {info['records']:,} records, the official release has {official_counts[split]:,}")
+            problems.append(
+                f"{split}: {info['records']:,} records, the official release has {official_counts[split]:,}"
+            )
     return problems
 
 

@@ -66,7 +66,9 @@ def encode_example(source: RecordSource, image: bytes, info: images.ImageInfo) -
         )
     for box in source.boxes:
         if len(box) != 4 or not all(0.0 <= v <= 1.0 for v in box):
-            raise ValueError(f"{source.filename}: bounding box {box!r} is not (xmin, ymin, xmax, ymax) within [0, 1]")
+            raise ValueError(
+                f"{source.filename}: bounding box {box!r} is not (xmin, ymin, xmax, ymax) within [0, 1]"
+            )
 
     def int64s(values: Sequence[int]) -> Any:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
@@ -115,9 +117,21 @@ def feature_spec() -> dict[str, Any]:
         "image/class/label": tf.io.FixedLenFeature([1], tf.int64),
         "image/object/bbox/label": tf.io.VarLenFeature(tf.int64),
     }
-    for key in ("image/colorspace", "image/class/synset", "image/class/text", "image/format", "image/filename", "image/encoded"):
+    for key in (
+        "image/colorspace",
+        "image/class/synset",
+        "image/class/text",
+        "image/format",
+        "image/filename",
+        "image/encoded",
+    ):
         spec[key] = tf.io.FixedLenFeature([], tf.string)
-    for key in ("image/object/bbox/xmin", "image/object/bbox/xmax", "image/object/bbox/ymin", "image/object/bbox/ymax"):
+    for key in (
+        "image/object/bbox/xmin",
+        "image/object/bbox/xmax",
+        "image/object/bbox/ymin",
+        "image/object/bbox/ymax",
+    ):
         spec[key] = tf.io.VarLenFeature(tf.float32)
     return spec
 
@@ -143,7 +157,9 @@ class ShardScan:
     synsets_ok: bool = True
     parse_errors: int = 0
     decode_errors: int = 0
-    problems: list[str] = field(default_factory=list)  # the first MAX_PROBLEMS, each naming shard, record, file
+    problems: list[str] = field(
+        default_factory=list
+    )  # the first MAX_PROBLEMS, each naming shard, record, file
 
 
 # Records are checked in batches: one TensorFlow call per batch instead of one per record, since
@@ -348,7 +364,9 @@ def scan_shard(path: Path, decode: bool = True) -> ShardScan:
         if error is not None:
             # What follows the damage cannot be read; it counts as one more record in error.
             scan.parse_errors += 1
-            problem(f"record {scan.records} and after: unreadable, the file is corrupt or truncated ({error})")
+            problem(
+                f"record {scan.records} and after: unreadable, the file is corrupt or truncated ({error})"
+            )
             break
     else:
         if consumed != scan.bytes:
@@ -365,7 +383,11 @@ def scan_shard(path: Path, decode: bool = True) -> ShardScan:
 
 
 def _bytes_value(feature: Any, key: str) -> bytes | None:
-    if key not in feature or feature[key].WhichOneof("kind") != "bytes_list" or len(feature[key].bytes_list.value) != 1:
+    if (
+        key not in feature
+        or feature[key].WhichOneof("kind") != "bytes_list"
+        or len(feature[key].bytes_list.value) != 1
+    ):
         return None
     return feature[key].bytes_list.value[0]
 
@@ -412,11 +434,15 @@ def _format_issues(feature: Any) -> list[str]:
             issues.append("bbox coordinates outside [0, 1]")
         label = _int_values(feature, "image/class/label")
         if label and any(b != label[0] for b in box_labels):
-            issues.append(f"image/object/bbox/label {box_labels[:5]} differs from image/class/label {label[0]}")
+            issues.append(
+                f"image/object/bbox/label {box_labels[:5]} differs from image/class/label {label[0]}"
+            )
     return issues
 
 
-def _synset_issue(feature: Any, label: int | None, seen: dict[str, tuple[int, str]], synset_of_label: dict[int, str]) -> str | None:
+def _synset_issue(
+    feature: Any, label: int | None, seen: dict[str, tuple[int, str]], synset_of_label: dict[int, str]
+) -> str | None:
     """Whether this record's label, synset and text agree with each other and with earlier records."""
     synset_raw = _bytes_value(feature, "image/class/synset")
     text_raw = _bytes_value(feature, "image/class/text")
@@ -442,7 +468,9 @@ def _synset_issue(feature: Any, label: int | None, seen: dict[str, tuple[int, st
     return None
 
 
-def _image_issue(feature: Any, decode: bool) -> tuple[str | None, tuple[bytes, int, tuple[int, int, int]] | None]:
+def _image_issue(
+    feature: Any, decode: bool
+) -> tuple[str | None, tuple[bytes, int, tuple[int, int, int]] | None]:
     """Why this record's image would not give the model zoo an RGB image of the recorded size, from
     its header; else what to decode (JPEG bytes, ratio, expected shape) if ``decode``."""
     encoded = _bytes_value(feature, "image/encoded")
@@ -459,11 +487,17 @@ def _image_issue(feature: Any, decode: bool) -> tuple[str | None, tuple[bytes, i
     if info.format != "JPEG":
         return f"image/encoded is a {info.format}, not a JPEG", None
     if info.needs_conversion:
-        return f"image/encoded is a JPEG with {info.components} components (CMYK?), not RGB or grayscale", None
+        return (
+            f"image/encoded is a JPEG with {info.components} components (CMYK?), not RGB or grayscale",
+            None,
+        )
     if height is None or width is None or len(height) != 1 or len(width) != 1:
         return None, None  # already a format issue; there is no size to compare with
     if (info.height, info.width) != (height[0], width[0]):
-        return f"the JPEG header says {info.width}x{info.height}, the record says {width[0]}x{height[0]}", None
+        return (
+            f"the JPEG header says {info.width}x{info.height}, the record says {width[0]}x{height[0]}",
+            None,
+        )
     if not decode:
         return None, None
     # At 1/8 scale libjpeg skips most of the inverse DCT and gives ceil(size / 8); tiny images

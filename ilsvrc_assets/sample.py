@@ -216,7 +216,9 @@ def _plan_train(spec: SampleSpec) -> tuple[list[str], dict[str, list[_Image]]]:
         images = []
         for number in numbers:
             width, height = _size(rng, spec)
-            images.append(_Image(f"{wnid}_{number}.JPEG", width, height, fixed.get(number, "rgb"), rng.getrandbits(64)))
+            images.append(
+                _Image(f"{wnid}_{number}.JPEG", width, height, fixed.get(number, "rgb"), rng.getrandbits(64))
+            )
         rng.shuffle(images)  # tar member order is not sorted in the release either
         train[wnid] = images
     # About 1% grayscale JPEGs, chosen among the ordinary ones.
@@ -239,7 +241,9 @@ def _plan_validation(spec: SampleSpec) -> tuple[list[_Image], list[int], list[tu
         width, height = _size(rng, spec)
         kind = "gray" if number in gray else "rgb"
         images.append(_Image(release.validation_filename(number), width, height, kind, rng.getrandbits(64)))
-        boxes.append(tuple(_Object(wnid, _box(_inside(rng, width, height))) for _ in range(rng.randint(1, 3))))
+        boxes.append(
+            tuple(_Object(wnid, _box(_inside(rng, width, height))) for _ in range(rng.randint(1, 3)))
+        )
     order = list(range(1, len(labels) + 1))
     rng.shuffle(order)
     return images, order, boxes
@@ -272,7 +276,9 @@ def _objects_for(
         objects = normal() + [_Object(wnid, _box(box))]
     elif oddity == "reversed_min_max":
         xmin, ymin, xmax, ymax = _inside(rng, w, h)
-        objects = [_Object(wnid, _box((xmax, ymin, xmin, ymax) if occurrence % 2 == 0 else (xmax, ymax, xmin, ymin)))]
+        objects = [
+            _Object(wnid, _box((xmax, ymin, xmin, ymax) if occurrence % 2 == 0 else (xmax, ymax, xmin, ymin)))
+        ]
     elif oddity == "zero_area":
         xmin, ymin, xmax, ymax = _inside(rng, w, h)
         objects = [_Object(wnid, _box((xmin, ymin, xmin, ymax)))] + (normal() if occurrence % 2 else [])
@@ -356,10 +362,14 @@ def _plan(spec: SampleSpec) -> _Plan:
     validation, validation_order, validation_boxes = _plan_validation(spec)
     annotations, oddities = _plan_train_boxes(spec, synset_order, train)
     ids = _plan_ids(spec)
-    return _Plan(synset_order, train, validation, validation_order, validation_boxes, annotations, ids, oddities)
+    return _Plan(
+        synset_order, train, validation, validation_order, validation_boxes, annotations, ids, oddities
+    )
 
 
-def reference_kept_boxes(folder: str, frame: tuple[int, int], objects: Sequence[tuple[str, Sequence[str]]]) -> int:
+def reference_kept_boxes(
+    folder: str, frame: tuple[int, int], objects: Sequence[tuple[str, Sequence[str]]]
+) -> int:
     """How many of an XML's boxes the reference CSV keeps (the facts sheet's rules).
 
     A box named with a different WNID is dropped; a text label counts for the folder's synset.
@@ -405,7 +415,9 @@ class _Renderer:
         mask = self.masks[((look >> 48) & 0xFF) % len(self.masks)].crop((0, 0, w, h))
         picture = Image.composite(Image.new("RGB", (w, h), c1), Image.new("RGB", (w, h), c2), mask)
         x, y = ((look >> 56) & 0xF) * w // 16, ((look >> 60) & 0xF) * h // 16
-        picture.paste((255 - c1[0], 255 - c1[1], 255 - c1[2]), (x, y, min(w, x + w // 3 + 1), min(h, y + h // 3 + 1)))
+        picture.paste(
+            (255 - c1[0], 255 - c1[1], 255 - c1[2]), (x, y, min(w, x + w // 3 + 1), min(h, y + h // 3 + 1))
+        )
         return picture
 
     def encode(self, image: _Image) -> bytes:
@@ -557,7 +569,11 @@ def _tar_writer(path: Path, gzipped: bool, result: list[_Written]) -> Iterator[t
     with fileio.atomic_write(path) as f:
         out = _HashingWriter(f)
         # tarfile's own "w:gz" would put the current time (and the file name) in the gzip header.
-        gz = gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="", compresslevel=GZIP_LEVEL) if gzipped else None
+        gz = (
+            gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="", compresslevel=GZIP_LEVEL)
+            if gzipped
+            else None
+        )
         try:
             with tarfile.open(fileobj=gz or out, mode="w|", format=TAR_FORMAT) as tar:
                 yield tar
@@ -731,7 +747,11 @@ def is_complete(dest: Path, spec: SampleSpec = SampleSpec()) -> bool:
         sums = fileio.read_md5sums(dest / MD5SUMS)
     except (OSError, ValueError):
         return False
-    if not isinstance(info, dict) or info.get("version") != SAMPLE_VERSION or info.get("spec") != spec.as_json():
+    if (
+        not isinstance(info, dict)
+        or info.get("version") != SAMPLE_VERSION
+        or info.get("spec") != spec.as_json()
+    ):
         return False
     archives = info.get("archives") or {}
     for archive in release.ARCHIVES:
@@ -753,10 +773,14 @@ def _owned_names() -> set[str]:
 def _check_replaceable(cache_dir: Path) -> None:
     """Refuse to replace a folder that holds anything but a (stale) sample: it is not ours to delete."""
     if cache_dir.exists() and not cache_dir.is_dir():
-        raise SampleError(f"{cache_dir}: exists and is not a folder; point the sample cache elsewhere or remove it")
+        raise SampleError(
+            f"{cache_dir}: exists and is not a folder; point the sample cache elsewhere or remove it"
+        )
     if cache_dir.is_dir():
         owned = _owned_names()
-        foreign = sorted(p.name for p in cache_dir.iterdir() if p.name not in owned and not fileio.is_temp_path(p))
+        foreign = sorted(
+            p.name for p in cache_dir.iterdir() if p.name not in owned and not fileio.is_temp_path(p)
+        )
         if foreign:
             raise SampleError(
                 f"{cache_dir}: holds files that are not part of the sample ({', '.join(foreign[:5])}); "
@@ -807,7 +831,9 @@ def _install(tmp: Path, cache_dir: Path, spec: SampleSpec) -> None:
         _check_replaceable(cache_dir)
         # A stale or partial sample is in the way: rename it aside (atomic, so only one process
         # does it) and delete it there, never in place where a reader could see it half-deleted.
-        stale = cache_dir.with_name(f".{cache_dir.name}.stale{fileio.TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+        stale = cache_dir.with_name(
+            f".{cache_dir.name}.stale{fileio.TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+        )
         try:
             os.rename(cache_dir, stale)
         except FileNotFoundError:

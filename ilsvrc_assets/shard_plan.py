@@ -38,12 +38,17 @@ def plan_split(
     """The shard jobs of a split (only those named in ``wanted``, default all), by shard name."""
     labels = dict(zip(synset_table["wnid"], synset_table["label"]))
     texts = dict(zip(synset_table["wnid"], synset_table["text"]))
-    rows = {f: (s, int(o), int(n)) for f, s, o, n in zip(index["filename"], index["synset"], index["offset"], index["size"])}
+    rows = {
+        f: (s, int(o), int(n))
+        for f, s, o, n in zip(index["filename"], index["synset"], index["offset"], index["size"])
+    }
     assignment = assign_to_shards(list(rows), num_shards, seed=seed)
     names = release.shard_names(split, num_shards)
     wanted_set = set(names if wanted is None else wanted)
     if unknown := wanted_set - set(names):
-        raise ValueError(f"not shards of this plan ({num_shards} {split} shards): {', '.join(sorted(unknown)[:5])}")
+        raise ValueError(
+            f"not shards of this plan ({num_shards} {split} shards): {', '.join(sorted(unknown)[:5])}"
+        )
     jobs = {}
     for name, filenames in zip(names, assignment):
         if name not in wanted_set:
@@ -71,7 +76,9 @@ def fingerprint(job: ShardJob, archive_version: str) -> str:
     digest = hashlib.sha256()
     digest.update(f"{job.name}\n{archive_version}\n".encode())
     for r in job.records:
-        digest.update(f"{r.filename}|{r.synset}|{r.label}|{r.text}|{r.offset}|{r.size}|{r.boxes!r}\n".encode())
+        digest.update(
+            f"{r.filename}|{r.synset}|{r.label}|{r.text}|{r.offset}|{r.size}|{r.boxes!r}\n".encode()
+        )
     return digest.hexdigest()
 
 

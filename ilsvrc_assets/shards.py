@@ -68,7 +68,9 @@ def assign_to_shards(
     keyed = sorted(((sort_key(image), i) for i, image in enumerate(images)), key=lambda pair: pair[0])
     for (a, _), (b, _) in zip(keyed, keyed[1:]):
         if a == b:
-            raise ValueError(f"two images have the same sort key {a!r}; the shard assignment would depend on input order")
+            raise ValueError(
+                f"two images have the same sort key {a!r}; the shard assignment would depend on input order"
+            )
     ordered = [images[i] for _, i in keyed]
     random.Random(seed).shuffle(ordered)
     n = len(ordered)
@@ -175,7 +177,9 @@ def write_shards(
     )
     failure: BaseException | None = None
     try:
-        index_of: dict[Future[ShardStats], int] = {executor.submit(write_shard, job): i for i, job in enumerate(jobs)}
+        index_of: dict[Future[ShardStats], int] = {
+            executor.submit(write_shard, job): i for i, job in enumerate(jobs)
+        }
         pending = set(index_of)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)

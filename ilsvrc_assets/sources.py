@@ -104,7 +104,9 @@ class LocalSource(ArchiveSource):
 
     def folder(self, log: Log) -> Path:
         if not self.root.is_dir():
-            raise SourceError(f"{self.root}: no such folder; set {ENV_LOCAL_DIR} to the folder holding the archives")
+            raise SourceError(
+                f"{self.root}: no such folder; set {ENV_LOCAL_DIR} to the folder holding the archives"
+            )
         return self.root
 
 
@@ -173,7 +175,10 @@ class HttpSource(ArchiveSource):
                 self._expected = official, "the official release"
             else:
                 listed = fileio.read_md5sums(target)
-                self._expected = {n: listed.get(n, md5) for n, md5 in official.items()}, f"{download.redact_url(url)}"
+                self._expected = (
+                    {n: listed.get(n, md5) for n, md5 in official.items()},
+                    f"{download.redact_url(url)}",
+                )
         return self._expected
 
     def locate(self, archive: Archive, log: Log) -> Path:

@@ -53,7 +53,9 @@ def read_devkit(path: Path) -> Devkit:
         raise DevkitError(f"{path.name}: damaged devkit archive ({e}); delete it and fetch it again") from e
     for name in sorted(wanted - found.keys()):
         raise DevkitError(f"{path.name}: member {name} is missing; is this ILSVRC2012_devkit_t12.tar.gz?")
-    leaves, num_nodes = parse_meta_mat(found[release.DEVKIT_META_MAT], f"{path.name} member {release.DEVKIT_META_MAT}")
+    leaves, num_nodes = parse_meta_mat(
+        found[release.DEVKIT_META_MAT], f"{path.name} member {release.DEVKIT_META_MAT}"
+    )
     ground_truth = parse_ground_truth(
         found[release.DEVKIT_VALIDATION_GROUND_TRUTH],
         f"{path.name} member {release.DEVKIT_VALIDATION_GROUND_TRUTH}",
@@ -153,7 +155,9 @@ def validation_label_problems(labels: Sequence[str], limit: int = 10) -> list[st
     shipped = release.validation_synsets()
     problems = []
     if len(labels) != len(shipped):
-        problems.append(f"the devkit ground truth has {len(labels)} lines, the shipped label file {len(shipped)}")
+        problems.append(
+            f"the devkit ground truth has {len(labels)} lines, the shipped label file {len(shipped)}"
+        )
     mismatches = [i for i, (a, b) in enumerate(zip(labels, shipped), start=1) if a != b]
     for i in mismatches[:limit]:
         problems.append(
@@ -178,7 +182,10 @@ def read_synsets(path: Path) -> pd.DataFrame:
 
 def write_validation_labels(labels: Sequence[str], path: Path) -> None:
     table = pd.DataFrame(
-        {"filename": [release.validation_filename(i) for i in range(1, len(labels) + 1)], "synset": list(labels)}
+        {
+            "filename": [release.validation_filename(i) for i in range(1, len(labels) + 1)],
+            "synset": list(labels),
+        }
     )
     write_csv(table, path)
 

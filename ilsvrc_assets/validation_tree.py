@@ -123,7 +123,9 @@ def problems(
         found.append(f"{total} images in the tree, expected {release.NUM_VALIDATION_IMAGES}")
     counts = Counter(synset for synset, _ in actual)
     wrong_counts = sorted(
-        (s, counts.get(s, 0)) for s in release.challenge_synsets() if counts.get(s, 0) != release.VALIDATION_IMAGES_PER_SYNSET
+        (s, counts.get(s, 0))
+        for s in release.challenge_synsets()
+        if counts.get(s, 0) != release.VALIDATION_IMAGES_PER_SYNSET
     )
     for synset, count in wrong_counts[:limit]:
         found.append(f"{synset}: {count} images, expected {release.VALIDATION_IMAGES_PER_SYNSET}")

@@ -71,7 +71,9 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
-def variant_release(sample_dir: Path, dest: Path, update_md5sums: bool = True, **replacements: Callable[[Path, Path], None]) -> Path:
+def variant_release(
+    sample_dir: Path, dest: Path, update_md5sums: bool = True, **replacements: Callable[[Path, Path], None]
+) -> Path:
     """A copy of the sample in ``dest`` with some archives rewritten.
 
     Unchanged archives are symlinked (no copying of the large ones). ``replacements`` maps an

@@ -88,7 +88,9 @@ def test_validation_index(tmp_path):
     assert archives.read_member(path, row["offset"], row["size"], row["filename"]) == b"one!"
     with pytest.raises(ArchiveError, match="no ground-truth label"):
         archives.index_validation_archive(path, ["n01440764"])
-    path.write_bytes(_tar_bytes({"ILSVRC2012_val_00000001.JPEG": b"a", "./ILSVRC2012_val_00000001.JPEG": b"b"}))
+    path.write_bytes(
+        _tar_bytes({"ILSVRC2012_val_00000001.JPEG": b"a", "./ILSVRC2012_val_00000001.JPEG": b"b"})
+    )
     with pytest.raises(ArchiveError, match="appears twice"):
         archives.index_validation_archive(path, ["n01440764"])
     path.write_bytes(_tar_bytes({"val.txt": b"a"}))
@@ -110,4 +112,9 @@ def test_checksum_cache_reuses_only_unchanged_files(tmp_path):
 def test_checksum_problem_says_what_to_do():
     assert archives.checksum_problem("x.tar", "a" * 32, "a" * 32) is None
     message = archives.checksum_problem("ILSVRC2012_img_val.tar", "29b2" + "0" * 28, "7b55" + "0" * 28)
-    assert "ILSVRC2012_img_val.tar" in message and "29b2" in message and "7b55" in message and "delete" in message
+    assert (
+        "ILSVRC2012_img_val.tar" in message
+        and "29b2" in message
+        and "7b55" in message
+        and "delete" in message
+    )

@@ -44,7 +44,9 @@ def voc(
         "\t<source>\n\t\t<database>ILSVRC_2012</database>\n\t</source>\n",
     ]
     if size is not None:
-        parts.append(f"\t<size>\n\t\t<width>{size[0]}</width>\n\t\t<height>{size[1]}</height>\n\t\t<depth>3</depth>\n\t</size>\n")
+        parts.append(
+            f"\t<size>\n\t\t<width>{size[0]}</width>\n\t\t<height>{size[1]}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+        )
     parts.append("\t<segmented>0</segmented>\n")
     for name, (xmin, ymin, xmax, ymax) in objects:
         parts.append(
@@ -115,10 +117,15 @@ TRAIN_MEMBERS = {
     f"{GOLDFISH}/{GOLDFISH}_31.xml": voc(GOLDFISH, "%s", (250, 200), [(GOLDFISH, (25, 20, 250, 150))]),
     # Text labels instead of the WNID in a dog folder: kept under the folder's synset.
     f"{DEERHOUND}/{DEERHOUND}_5.xml": voc(
-        DEERHOUND, f"{DEERHOUND}_5", (400, 300), [("Scottish_deerhound", (40, 30, 200, 150)), (TENCH, (1, 1, 9, 9))]
+        DEERHOUND,
+        f"{DEERHOUND}_5",
+        (400, 300),
+        [("Scottish_deerhound", (40, 30, 200, 150)), (TENCH, (1, 1, 9, 9))],
     ),
     # An exact binary tie for %.4f: 1 / 32 = 0.03125 prints as 0.0312 (round half to even).
-    f"{DEERHOUND}/{DEERHOUND}_10.xml": voc(DEERHOUND, f"{DEERHOUND}_10", (32, 64), [(DEERHOUND, (1, 2, 31, 63))]),
+    f"{DEERHOUND}/{DEERHOUND}_10.xml": voc(
+        DEERHOUND, f"{DEERHOUND}_10", (32, 64), [(DEERHOUND, (1, 2, 31, 63))]
+    ),
 }
 
 # image, box, name, kept, reason, (xmin, ymin, xmax, ymax) as the CSV prints them
@@ -180,7 +187,12 @@ def test_train_boxes_follow_the_reference_rules(train_archive: Path) -> None:
 def test_pixel_columns_and_frame_are_as_written(train_archive: Path) -> None:
     table = bb.read_train_boxes(train_archive, SYNSETS)
     first = table[(table["image"] == f"{TENCH}_96.JPEG") & (table["box"] == 0)].iloc[0]
-    assert (first["xmin_px"], first["ymin_px"], first["xmax_px"], first["ymax_px"]) == (64.0994, 10.9, 300.7, 200.2)
+    assert (first["xmin_px"], first["ymin_px"], first["xmax_px"], first["ymax_px"]) == (
+        64.0994,
+        10.9,
+        300.7,
+        200.2,
+    )
     assert (first["frame_width"], first["frame_height"]) == (500.0, 375.0)
     frame = table[table["image"] == f"{GOLDFISH}_31.JPEG"].iloc[0]
     assert (frame["frame_width"], frame["frame_height"]) == (250.0, 200.0)
@@ -202,7 +214,9 @@ def test_reference_csv_text_exactly(train_archive: Path) -> None:
 def test_table_does_not_depend_on_member_order(tmp_path: Path, train_archive: Path) -> None:
     reversed_members = dict(reversed(list(TRAIN_MEMBERS.items())))
     other = make_archive(tmp_path / "other" / TRAIN, reversed_members, directories=False, prefix="./")
-    pd.testing.assert_frame_equal(bb.read_train_boxes(train_archive, SYNSETS), bb.read_train_boxes(other, SYNSETS))
+    pd.testing.assert_frame_equal(
+        bb.read_train_boxes(train_archive, SYNSETS), bb.read_train_boxes(other, SYNSETS)
+    )
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
@@ -221,7 +235,9 @@ def test_every_tar_format_and_long_names(tmp_path: Path, fmt: int) -> None:
 def test_a_bad_frame_drops_the_file_boxes_instead_of_crashing(tmp_path: Path) -> None:
     members = {
         f"{TENCH}/{TENCH}_1.xml": voc(TENCH, f"{TENCH}_1", (0, 375), [(TENCH, (1, 2, 3, 4))]),
-        f"{TENCH}/{TENCH}_2.xml": voc(TENCH, f"{TENCH}_2", ("0.9", 375), [(TENCH, (1, 2, 3, 4))]),  # truncates to 0
+        f"{TENCH}/{TENCH}_2.xml": voc(
+            TENCH, f"{TENCH}_2", ("0.9", 375), [(TENCH, (1, 2, 3, 4))]
+        ),  # truncates to 0
         f"{TENCH}/{TENCH}_3.xml": voc(TENCH, f"{TENCH}_3", (500, -3), [(GOLDFISH, (1, 2, 3, 4))]),
     }
     table = bb.read_train_boxes(make_archive(tmp_path / TRAIN, members), SYNSETS)
@@ -233,7 +249,9 @@ def test_a_bad_frame_drops_the_file_boxes_instead_of_crashing(tmp_path: Path) ->
 
 def test_names_are_compared_as_written(tmp_path: Path) -> None:
     # The reference compares <name> text as it is: ' n01443537 ' is no challenge WNID, so kept.
-    members = {f"{TENCH}/{TENCH}_1.xml": voc(TENCH, f"{TENCH}_1", (10, 10), [(f" {GOLDFISH} ", (1, 1, 5, 5))])}
+    members = {
+        f"{TENCH}/{TENCH}_1.xml": voc(TENCH, f"{TENCH}_1", (10, 10), [(f" {GOLDFISH} ", (1, 1, 5, 5))])
+    }
     table = bb.read_train_boxes(make_archive(tmp_path / TRAIN, members), SYNSETS)
     assert table["kept"].tolist() == [True] and table["name"].tolist() == [f" {GOLDFISH} "]
 
@@ -271,7 +289,9 @@ def test_validation_boxes_use_the_ground_truth_synset(tmp_path: Path) -> None:
     members = {
         val_member(3): voc("val", "ILSVRC2012_val_00000003", (400, 200), [(DEERHOUND, (40, 20, 200, 100))]),
         # <name> differs from the ground truth and is a validation synset: dropped.
-        val_member(2): voc("val", "ILSVRC2012_val_00000002", (100, 100), [(TENCH, (0, 0, 50, 50)), (GOLDFISH, (1, 1, 2, 2))]),
+        val_member(2): voc(
+            "val", "ILSVRC2012_val_00000002", (100, 100), [(TENCH, (0, 0, 50, 50)), (GOLDFISH, (1, 1, 2, 2))]
+        ),
         val_member(1): voc("val", "ILSVRC2012_val_00000001", (500, 375), [(GOLDFISH, ("10.5", 0, 499, 374))]),
     }
     table = bb.read_validation_boxes(make_archive(tmp_path / VAL, members), labels)
@@ -308,7 +328,10 @@ def test_validation_member_errors(tmp_path: Path, member: str, message: str) -> 
 def test_build_table_is_sorted_by_split_image_box(tmp_path: Path, train_archive: Path) -> None:
     validation = make_archive(
         tmp_path / VAL,
-        {val_member(2): voc("val", "v", (10, 10), [(TENCH, (1, 1, 5, 5))]), val_member(1): voc("val", "v", (10, 10), [])},
+        {
+            val_member(2): voc("val", "v", (10, 10), [(TENCH, (1, 1, 5, 5))]),
+            val_member(1): voc("val", "v", (10, 10), []),
+        },
     )
     table = bb.build_table(train_archive, validation, SYNSETS, [GOLDFISH, TENCH])
     assert list(table["split"]) == ["train"] * len(EXPECTED_TRAIN) + ["validation"]
@@ -320,7 +343,9 @@ def test_build_table_is_sorted_by_split_image_box(tmp_path: Path, train_archive:
 
 BILLION_LAUGHS = (
     '<?xml version="1.0"?>\n<!DOCTYPE annotation [\n <!ENTITY lol "lol">\n'
-    + "".join(f' <!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">\n' for i in range(1, 10))
+    + "".join(
+        f' <!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">\n' for i in range(1, 10)
+    )
     + "]>\n<annotation><size><width>&lol9;</width><height>1</height></size></annotation>\n"
 )
 EXTERNAL_ENTITY = (
@@ -336,11 +361,20 @@ EXTERNAL_ENTITY = (
     [
         (b"<annotation><size><width>1</width>", "malformed XML"),
         (b"", "malformed XML"),
-        (voc(TENCH, "f", (500, 375), [(TENCH, (1, "twelve", 3, 4))]), r"box 0 <bndbox>/<ymin> is not a number: 'twelve'"),
-        (voc(TENCH, "f", (500, 375), [(TENCH, (1, 2, 3, 4)), (TENCH, (1, 2, "inf", 4))]), "box 1 <bndbox>/<xmax> is not a number"),
+        (
+            voc(TENCH, "f", (500, 375), [(TENCH, (1, "twelve", 3, 4))]),
+            r"box 0 <bndbox>/<ymin> is not a number: 'twelve'",
+        ),
+        (
+            voc(TENCH, "f", (500, 375), [(TENCH, (1, 2, 3, 4)), (TENCH, (1, 2, "inf", 4))]),
+            "box 1 <bndbox>/<xmax> is not a number",
+        ),
         (voc(TENCH, "f", (500, 375), [(TENCH, (1, 2, 3, "nan"))]), "is not a number"),
         (voc(TENCH, "f", (500, 375), [(TENCH, (1, 2, 3, ""))]), "<ymax> is missing or empty"),
-        (voc(TENCH, "f", (500, 375), [(TENCH, (1, 2, 3, 4))]).replace(b"<xmin>1</xmin>", b""), "<xmin> is missing"),
+        (
+            voc(TENCH, "f", (500, 375), [(TENCH, (1, 2, 3, 4))]).replace(b"<xmin>1</xmin>", b""),
+            "<xmin> is missing",
+        ),
         (voc(TENCH, "f", ("wide", 375), []), r"<size>/<width> is not a number: 'wide'"),
         (voc(TENCH, "f", None, [(TENCH, (1, 2, 3, 4))]), "no <size> element"),
         (b"<html><size><width>1</width><height>1</height></size></html>", "not <annotation>"),
@@ -352,14 +386,19 @@ EXTERNAL_ENTITY = (
             BILLION_LAUGHS.replace('version="1.0"', 'version="1.0" encoding="UTF-16"').encode("utf-16"),
             "declares entities|entity amplification",
         ),
-        (EXTERNAL_ENTITY.replace('version="1.0"', 'version="1.0" encoding="UTF-16"').encode("utf-16"), "declares entities"),
+        (
+            EXTERNAL_ENTITY.replace('version="1.0"', 'version="1.0" encoding="UTF-16"').encode("utf-16"),
+            "declares entities",
+        ),
         # An undeclared entity is simply malformed.
         (voc(TENCH, "f", (10, 10), [(TENCH, ("&x;", 2, 3, 4))]), "malformed XML"),
     ],
 )
 def test_bad_xml_raises_naming_the_member(tmp_path: Path, xml: bytes, message: str) -> None:
     member = f"{TENCH}/{TENCH}_96.xml"
-    archive = make_archive(tmp_path / TRAIN, {f"{GOLDFISH}/{GOLDFISH}_1.xml": voc(GOLDFISH, "g", (5, 5), []), member: xml})
+    archive = make_archive(
+        tmp_path / TRAIN, {f"{GOLDFISH}/{GOLDFISH}_1.xml": voc(GOLDFISH, "g", (5, 5), []), member: xml}
+    )
     with pytest.raises(BoundingBoxError, match=message) as error:
         bb.read_train_boxes(archive, SYNSETS)
     assert str(error.value).startswith(f"{TRAIN} member {member}: ")
@@ -369,7 +408,9 @@ def test_bad_xml_raises_naming_the_member(tmp_path: Path, xml: bytes, message: s
 
 
 def test_parse_annotation_returns_values_as_written() -> None:
-    xml = voc("val", "%s", ("500.5", 375), [("Scottish_deerhound", ("64.0994", -3, 10, 20)), (TENCH, (1, 2, 3, 4))])
+    xml = voc(
+        "val", "%s", ("500.5", 375), [("Scottish_deerhound", ("64.0994", -3, 10, 20)), (TENCH, (1, 2, 3, 4))]
+    )
     annotation = bb.parse_annotation(xml, "somewhere")
     assert annotation == bb.Annotation(
         width=500.5,
@@ -474,7 +515,9 @@ def test_a_tar_without_end_blocks_is_complete(tmp_path: Path, train_archive: Pat
     bare = tmp_path / "bare" / TRAIN
     bare.parent.mkdir()
     bare.write_bytes(gzip.compress(raw[:end]))
-    pd.testing.assert_frame_equal(bb.read_train_boxes(bare, SYNSETS), bb.read_train_boxes(train_archive, SYNSETS))
+    pd.testing.assert_frame_equal(
+        bb.read_train_boxes(bare, SYNSETS), bb.read_train_boxes(train_archive, SYNSETS)
+    )
 
 
 # --- Outputs -----------------------------------------------------------------------------------
@@ -485,7 +528,9 @@ def table(tmp_path: Path, train_archive: Path) -> pd.DataFrame:
     validation = make_archive(
         tmp_path / VAL,
         {
-            val_member(1): voc("val", "v", (100, 100), [(GOLDFISH, (10, 10, 50, 50)), (GOLDFISH, (60, 60, 60, 90))]),
+            val_member(1): voc(
+                "val", "v", (100, 100), [(GOLDFISH, (10, 10, 50, 50)), (GOLDFISH, (60, 60, 60, 90))]
+            ),
             val_member(2): voc("val", "v", (100, 100), [(TENCH, (0, 0, 100, 100))]),
         },
     )
@@ -531,7 +576,11 @@ def test_write_outputs_refuses_a_table_that_is_not_one(tmp_path: Path) -> None:
 
 def test_boxes_by_image(table: pd.DataFrame) -> None:
     boxes = bb.boxes_by_image(table)
-    assert boxes[f"{TENCH}_96.JPEG"] == [(0.128, 0.0267, 0.6, 0.5333), (0.2, 0.1333, 0.6, 0.5333), (0.0, 0.0, 1.0, 1.0)]
+    assert boxes[f"{TENCH}_96.JPEG"] == [
+        (0.128, 0.0267, 0.6, 0.5333),
+        (0.2, 0.1333, 0.6, 0.5333),
+        (0.0, 0.0, 1.0, 1.0),
+    ]
     assert boxes[f"{TENCH}_1200.JPEG"] == [(0.02, 0.0267, 0.04, 0.0533), (0.002, 0.0027, 0.006, 0.008)]
     assert boxes["ILSVRC2012_val_00000001.JPEG"] == [(0.1, 0.1, 0.5, 0.5)]  # the zero-area box is not there
     assert f"{TENCH}_7.JPEG" not in boxes
@@ -572,14 +621,24 @@ def _edit(table: pd.DataFrame, at_image: str, at_box: int, **values) -> pd.DataF
 @pytest.mark.parametrize(
     "image, box, values, message",
     [
-        (f"{TENCH}_96.JPEG", 0, {"xmax": 1.5}, f"train {TENCH}_96.JPEG box 0 ({TENCH}): xmax 1.5 outside [0, 1]"),
+        (
+            f"{TENCH}_96.JPEG",
+            0,
+            {"xmax": 1.5},
+            f"train {TENCH}_96.JPEG box 0 ({TENCH}): xmax 1.5 outside [0, 1]",
+        ),
         (f"{TENCH}_96.JPEG", 0, {"ymin": -0.1}, "ymin -0.1 outside [0, 1]"),
         (f"{TENCH}_96.JPEG", 1, {"xmin": 0.6}, "xmin 0.6 is not below xmax 0.6"),
         (f"{TENCH}_96.JPEG", 1, {"ymax": 0.1}, "ymin 0.1333 is not below ymax 0.1"),
         (f"{TENCH}_96.JPEG", 0, {"image": f"{TENCH}_404.JPEG"}, "no such image in the train archive"),
         (f"{TENCH}_96.JPEG", 0, {"synset": GOLDFISH}, f"the image is in synset {TENCH} in the train archive"),
         ("ILSVRC2012_val_00000002.JPEG", 0, {"synset": GOLDFISH}, f"the ground truth says {TENCH}"),
-        ("ILSVRC2012_val_00000002.JPEG", 0, {"image": "ILSVRC2012_val_00000003.JPEG"}, "beyond the 2 validation images"),
+        (
+            "ILSVRC2012_val_00000002.JPEG",
+            0,
+            {"image": "ILSVRC2012_val_00000003.JPEG"},
+            "beyond the 2 validation images",
+        ),
         ("ILSVRC2012_val_00000002.JPEG", 0, {"image": "val_2.JPEG"}, "not a validation image name"),
         (f"{TENCH}_96.JPEG", 0, {"split": "test"}, "unknown split 'test'"),
     ],
@@ -590,7 +649,9 @@ def test_find_problems_catches(table: pd.DataFrame, image: str, box: int, values
 
 
 def test_find_problems_catches_nan(table: pd.DataFrame) -> None:
-    problems = bb.find_problems(_edit(table, f"{TENCH}_96.JPEG", 0, xmin=math.nan), TRAIN_IMAGES, [GOLDFISH, TENCH])
+    problems = bb.find_problems(
+        _edit(table, f"{TENCH}_96.JPEG", 0, xmin=math.nan), TRAIN_IMAGES, [GOLDFISH, TENCH]
+    )
     assert problems == [
         f"train {TENCH}_96.JPEG box 0 ({TENCH}): xmin nan outside [0, 1]",
         f"train {TENCH}_96.JPEG box 0 ({TENCH}): xmin nan is not below xmax 0.6",
@@ -599,7 +660,10 @@ def test_find_problems_catches_nan(table: pd.DataFrame) -> None:
 
 def test_find_problems_ignores_dropped_boxes(table: pd.DataFrame) -> None:
     # The zero-area box (kept False) is out of order by design; the check is about kept boxes.
-    assert bb.find_problems(_edit(table, f"{TENCH}_1200.JPEG", 0, xmin=7.0), TRAIN_IMAGES, [GOLDFISH, TENCH]) == []
+    assert (
+        bb.find_problems(_edit(table, f"{TENCH}_1200.JPEG", 0, xmin=7.0), TRAIN_IMAGES, [GOLDFISH, TENCH])
+        == []
+    )
 
 
 def test_find_problems_limit(table: pd.DataFrame) -> None:
@@ -661,7 +725,9 @@ def test_helper_processes_give_the_same_table(tmp_path: Path, eager_helpers: lis
     assert len(alone) == 60 and alone["image"].is_monotonic_increasing
 
 
-def test_helper_processes_report_the_first_problem_in_archive_order(tmp_path: Path, eager_helpers: list[bool]) -> None:
+def test_helper_processes_report_the_first_problem_in_archive_order(
+    tmp_path: Path, eager_helpers: list[bool]
+) -> None:
     members = _many_members(40)
     names = list(members)
     members[names[9]] = b"<annotation>"  # the first problem

@@ -213,7 +213,9 @@ def test_archive_url_joins_with_or_without_trailing_slash() -> None:
     expected = "https://image-net.org/data/ILSVRC/2012/ILSVRC2012_img_val.tar"
     assert archive_url("https://image-net.org/data/ILSVRC/2012/", "ILSVRC2012_img_val.tar") == expected
     assert archive_url("https://image-net.org/data/ILSVRC/2012", "ILSVRC2012_img_val.tar") == expected
-    assert archive_url("https://mirror.example/x?sig=abc", "a.tar") == "https://mirror.example/x/a.tar?sig=abc"
+    assert (
+        archive_url("https://mirror.example/x?sig=abc", "a.tar") == "https://mirror.example/x/a.tar?sig=abc"
+    )
     with pytest.raises(ValueError, match="ILSVRC_HTTP_URL"):
         archive_url("  ", "a.tar")
 
@@ -246,6 +248,7 @@ def test_credentials_reject_a_password_without_username_without_showing_it() -> 
 def test_download_streams_to_dest_and_returns_md5(server: FileServer, tmp_path: Path) -> None:
     dest = tmp_path / "archives" / NAME
     calls: list[tuple[int, int | None]] = []
+
     def progress(done: int, total: int | None) -> None:
         calls.append((done, total))
 
@@ -316,7 +319,9 @@ def test_existing_dest_is_not_downloaded_again(server: FileServer, tmp_path: Pat
     assert server.seen == []
 
 
-def test_existing_dest_with_wrong_md5_is_quarantined_and_downloaded_again(server: FileServer, tmp_path: Path) -> None:
+def test_existing_dest_with_wrong_md5_is_quarantined_and_downloaded_again(
+    server: FileServer, tmp_path: Path
+) -> None:
     dest = tmp_path / NAME
     dest.write_bytes(b"not the devkit")
     assert download(server.url, dest, expected_md5=DATA_MD5, **FAST) == DATA_MD5
@@ -338,7 +343,9 @@ def test_wrong_md5_quarantines_the_download(server: FileServer, tmp_path: Path) 
     assert dl.bad_md5_path(dest).read_bytes() == DATA
 
 
-def test_corrupt_leftover_partial_is_caught_by_md5_and_a_rerun_recovers(server: FileServer, tmp_path: Path) -> None:
+def test_corrupt_leftover_partial_is_caught_by_md5_and_a_rerun_recovers(
+    server: FileServer, tmp_path: Path
+) -> None:
     dest = tmp_path / NAME
     dl.partial_path(dest).write_bytes(b"\0" * 100_000)  # same length as real bytes, wrong content
     with pytest.raises(DownloadError, match=DATA_MD5):
@@ -379,7 +386,9 @@ def test_404_names_the_url_and_the_setting_without_retrying(server: FileServer, 
     with pytest.raises(DownloadError) as excinfo:
         download(url, tmp_path / "x.tar", **FAST)
     assert url in str(excinfo.value) and "ILSVRC_HTTP_URL" in str(excinfo.value)
-    assert excinfo.value.not_found and excinfo.value.status == 404  # lets callers treat optional files as absent
+    assert (
+        excinfo.value.not_found and excinfo.value.status == 404
+    )  # lets callers treat optional files as absent
     assert len(server.gets()) == 1
 
 
@@ -414,9 +423,16 @@ def test_auth_with_credentials_and_no_secret_leaks(
     progress_seen: list[str] = []
     dest = tmp_path / NAME
     with caplog.at_level(logging.DEBUG):
-        assert download(
-            server.url, dest, credentials=good, progress=lambda d, t: progress_seen.append(f"{d} {t}"), **FAST
-        ) == DATA_MD5
+        assert (
+            download(
+                server.url,
+                dest,
+                credentials=good,
+                progress=lambda d, t: progress_seen.append(f"{d} {t}"),
+                **FAST,
+            )
+            == DATA_MD5
+        )
         with pytest.raises(DownloadError) as excinfo:
             download(server.url, tmp_path / "other.tar", credentials=bad, **FAST)
     assert "refused the credentials" in str(excinfo.value)
@@ -446,7 +462,10 @@ def test_redirect_to_another_host_drops_the_credentials(server: FileServer, tmp_
     base = f"http://127.0.0.1:{port}"
     assert download(f"{base}/same", tmp_path / "same.tar", credentials=creds, **FAST) == DATA_MD5
     assert download(f"{base}/elsewhere", tmp_path / "elsewhere.tar", credentials=creds, **FAST) == DATA_MD5
-    by_host = [(s.path, s.headers.get("Host", "").split(":")[0], s.headers.get("Authorization")) for s in server.gets()]
+    by_host = [
+        (s.path, s.headers.get("Host", "").split(":")[0], s.headers.get("Authorization"))
+        for s in server.gets()
+    ]
     assert by_host == [
         ("/same", "127.0.0.1", f"Bearer {TOKEN}"),
         (PATH, "127.0.0.1", f"Bearer {TOKEN}"),
@@ -510,4 +529,6 @@ def test_remote_info_errors(server: FileServer) -> None:
     with pytest.raises(DownloadError, match=ENV_USERNAME) as excinfo:
         remote_info(server.url, Credentials("alice", "Wr0ng-Pa55"), 2.0, backoff=0.001)
     assert "Wr0ng-Pa55" not in error_text(excinfo)
-    assert remote_info(server.url, Credentials("alice", PASSWORD), 2.0, backoff=0.001)["content_length"] == len(DATA)
+    assert remote_info(server.url, Credentials("alice", PASSWORD), 2.0, backoff=0.001)[
+        "content_length"
+    ] == len(DATA)

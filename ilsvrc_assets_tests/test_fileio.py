@@ -26,12 +26,20 @@ def test_atomic_write_replaces_only_when_complete(tmp_path):
 
 
 def test_stale_temp_files_are_recognised_and_removed(tmp_path):
-    stale = fileio.temp_path_for(tmp_path / "x")
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".x{fileio.TEMP_MARKER}{int(dead.stdout)}-abcd"  # its writer has exited
     stale.write_bytes(b"partial")
+    live = fileio.temp_path_for(tmp_path / "y")  # this process: a writer still at work
+    live.write_bytes(b"in progress")
     (tmp_path / "keep").write_bytes(b"")
-    assert fileio.is_temp_path(stale)
+    assert fileio.is_temp_path(stale) and fileio.is_temp_path(live)
     assert fileio.remove_stale_temp_files(tmp_path) == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["keep", live.name])
 
 
 def test_md5sums_round_trip_and_errors(tmp_path):

@@ -118,7 +118,20 @@ def test_probe_skips_stray_bytes_before_a_marker_like_libjpeg() -> None:
         (b"\xff\xd8\xff\xe0\x00\x01", "invalid length"),
         (b"\xff\xd8\xff\xc0\x00\x0b\x08\x00\x00\x00\x10\x01\x01\x11\x00", "0"),
     ],
-    ids=["gif", "html", "text", "empty", "jpeg-cut", "soi-only", "jpeg-cut-in-length", "png-cut", "sos-first", "eoi", "bad-length", "zero-height"],
+    ids=[
+        "gif",
+        "html",
+        "text",
+        "empty",
+        "jpeg-cut",
+        "soi-only",
+        "jpeg-cut-in-length",
+        "png-cut",
+        "sos-first",
+        "eoi",
+        "bad-length",
+        "zero-height",
+    ],
 )
 def test_probe_rejects_what_is_not_a_jpeg_or_png(data: bytes, detail: str) -> None:
     with pytest.raises(ImageError) as caught:
@@ -148,14 +161,20 @@ def test_needs_conversion() -> None:
 # --- prepare ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", [rgb_jpeg(), gray_jpeg(), rgb_jpeg(64, 48, progressive=True)], ids=["rgb", "gray", "progressive"])
+@pytest.mark.parametrize(
+    "data", [rgb_jpeg(), gray_jpeg(), rgb_jpeg(64, 48, progressive=True)], ids=["rgb", "gray", "progressive"]
+)
 def test_prepare_keeps_rgb_and_grayscale_jpegs_unchanged(data: bytes) -> None:
     stored, info = images.prepare(data, WHERE)
     assert stored is data
     assert info == images.probe(data, WHERE)
 
 
-@pytest.mark.parametrize("data", [png(), png(40, 30, "RGBA"), png(40, 30, "L"), cmyk_jpeg()], ids=["png", "png-rgba", "png-gray", "cmyk"])
+@pytest.mark.parametrize(
+    "data",
+    [png(), png(40, 30, "RGBA"), png(40, 30, "L"), cmyk_jpeg()],
+    ids=["png", "png-rgba", "png-gray", "cmyk"],
+)
 def test_prepare_converts_png_and_cmyk_to_rgb_jpeg(data: bytes) -> None:
     stored, info = images.prepare(data, WHERE)
     assert stored != data

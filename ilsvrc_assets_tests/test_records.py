@@ -79,7 +79,9 @@ def test_encode_example_has_exactly_the_15_keys_and_the_label_as_given() -> None
     example = tf.train.Example.FromString(record)
     assert sorted(example.features.feature) == sorted(release.FEATURE_KEYS)
     assert len(release.FEATURE_KEYS) == 15
-    assert list(example.features.feature["image/class/label"].int64_list.value) == [1000]  # 1-based, not shifted
+    assert list(example.features.feature["image/class/label"].int64_list.value) == [
+        1000
+    ]  # 1-based, not shifted
 
 
 def test_encode_example_allows_no_boxes() -> None:
@@ -123,7 +125,11 @@ def test_modules_do_not_import_tensorflow_at_import_time() -> None:
 def test_scan_shard_of_good_records(tmp_path: Path) -> None:
     path = write_records(
         tmp_path / "validation-00000-of-00001",
-        [encode(TENCH, rgb_jpeg(40, 30)), encode(TOILET_TISSUE, gray_jpeg(7, 5)), encode(TENCH, rgb_jpeg(64, 48, progressive=True))],
+        [
+            encode(TENCH, rgb_jpeg(40, 30)),
+            encode(TOILET_TISSUE, gray_jpeg(7, 5)),
+            encode(TENCH, rgb_jpeg(64, 48, progressive=True)),
+        ],
     )
     scan = scan_shard(path)
     assert scan == ShardScan(
@@ -148,7 +154,9 @@ def test_scan_shard_of_an_empty_file(tmp_path: Path) -> None:
 
 def test_scan_shard_counts_a_png_record_as_a_decode_error(tmp_path: Path) -> None:
     # tf.io.decode_jpeg itself decodes PNG bytes without complaint; the header check catches them.
-    path = write_records(tmp_path / "train-00000-of-00001", [encode(TENCH, rgb_jpeg()), encode(TOILET_TISSUE, png())])
+    path = write_records(
+        tmp_path / "train-00000-of-00001", [encode(TENCH, rgb_jpeg()), encode(TOILET_TISSUE, png())]
+    )
     for decode in (True, False):
         scan = scan_shard(path, decode=decode)
         assert (scan.records, scan.parse_errors, scan.decode_errors) == (2, 0, 1)
@@ -168,7 +176,10 @@ def test_scan_shard_finds_cmyk_wrong_size_and_damaged_jpegs(tmp_path: Path) -> N
     scan = scan_shard(path)
     assert (scan.records, scan.parse_errors, scan.decode_errors) == (3, 0, 3)
     assert "record 0 (n01440764_10026.JPEG): image/encoded is a JPEG with 4 components" in scan.problems[0]
-    assert "record 1 (n01440764_10026.JPEG): the JPEG header says 64x48, the record says 65x48" in scan.problems[1]
+    assert (
+        "record 1 (n01440764_10026.JPEG): the JPEG header says 64x48, the record says 65x48"
+        in scan.problems[1]
+    )
     assert "record 2 (n01440764_10026.JPEG): tf.io.decode_jpeg fails" in scan.problems[2]
     # Without decoding, only what the header shows is found.
     assert scan_shard(path, decode=False).decode_errors == 2
@@ -209,7 +220,9 @@ def test_scan_shard_checks_synset_label_and_text_agree(tmp_path: Path) -> None:
     assert scan_shard(path).synsets_ok
 
     zero = edited(good, lambda f: f["image/class/label"].int64_list.value.__setitem__(0, 0))
-    zero = edited(zero, lambda f: f["image/object/bbox/label"].int64_list.value.__setitem__(slice(None), [0, 0]))
+    zero = edited(
+        zero, lambda f: f["image/object/bbox/label"].int64_list.value.__setitem__(slice(None), [0, 0])
+    )
     scan = scan_shard(write_records(tmp_path / "b", [good, zero]))
     assert not scan.synsets_ok and scan.labels == {1: 1, 0: 1}
     assert "record 1 (n01440764_10026.JPEG): label 0 is outside 1..1000" in scan.problems[0]
@@ -247,7 +260,12 @@ def test_scan_shard_counts_exactly_across_batches(tmp_path: Path) -> None:
     records[2 * BATCH + 3] = encode_example(TENCH, cut, images.probe(cut, "cut"))
     path = write_records(tmp_path / "train-00000-of-00001", records)
     scan = scan_shard(path)
-    assert (scan.records, scan.parse_errors, scan.decode_errors, scan.labels) == (300, 0, 2, {1: 299, 1000: 1})
+    assert (scan.records, scan.parse_errors, scan.decode_errors, scan.labels) == (
+        300,
+        0,
+        2,
+        {1: 299, 1000: 1},
+    )
     assert f"record {BATCH + 5} (ILSVRC2012_val_00000293.JPEG): image/encoded is a PNG" in scan.problems[0]
     assert f"record {2 * BATCH + 3} (n01440764_10026.JPEG): tf.io.decode_jpeg fails" in scan.problems[1]
 
@@ -259,5 +277,7 @@ def test_scan_shard_counts_exactly_across_batches(tmp_path: Path) -> None:
         cut_file.parent.mkdir()
         cut_file.write_bytes(path.read_bytes()[: start + into])
         scan = scan_shard(cut_file, decode=False)
-        assert (scan.records, scan.parse_errors, scan.decode_errors) == (280, 1, 1), into  # the PNG; no decoding
+        assert (scan.records, scan.parse_errors, scan.decode_errors) == (280, 1, 1), (
+            into
+        )  # the PNG; no decoding
         assert scan.problems[-1].startswith("train-00000-of-00001: record 280 and after: unreadable"), into

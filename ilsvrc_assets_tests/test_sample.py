@@ -139,7 +139,12 @@ def test_release_folder_and_md5sums(release_dir: Path, info: dict) -> None:
         assert digest != release.ARCHIVES_BY_NAME[name].md5  # never mistaken for the official archive
         assert info["archives"][name] == {"size": (release_dir / name).stat().st_size, "md5": digest}
     assert info["version"] == sample.SAMPLE_VERSION
-    assert info["spec"] == {"seed": 2012, "train_images_per_synset": [2, 6], "image_size": [24, 64], "jpeg_quality": 75}
+    assert info["spec"] == {
+        "seed": 2012,
+        "train_images_per_synset": [2, 6],
+        "image_size": [24, 64],
+        "jpeg_quality": 75,
+    }
     assert sample.is_complete(release_dir, DEFAULT)
     assert not sample.is_complete(release_dir, SMALL)
 
@@ -235,7 +240,12 @@ def test_validation_archive_layout(validation: dict, info: dict) -> None:
 
 def test_devkit_members(devkit: dict) -> None:
     root = "ILSVRC2012_devkit_t12"
-    wanted = (release.DEVKIT_META_MAT, release.DEVKIT_VALIDATION_GROUND_TRUTH, f"{root}/readme.txt", f"{root}/evaluation/demo_eval.m")
+    wanted = (
+        release.DEVKIT_META_MAT,
+        release.DEVKIT_VALIDATION_GROUND_TRUTH,
+        f"{root}/readme.txt",
+        f"{root}/evaluation/demo_eval.m",
+    )
     for name in wanted:
         assert name in devkit["names"]
 
@@ -259,7 +269,9 @@ def test_meta_mat_hierarchy(devkit: dict, train: dict) -> None:
     # The children lists form one tree over all nodes.
     parent: dict[int, int] = {}
     for node_id, s in nodes.items():
-        kids = [int(k) for k in (s["children"].ravel() if hasattr(s["children"], "ravel") else [s["children"]])]
+        kids = [
+            int(k) for k in (s["children"].ravel() if hasattr(s["children"], "ravel") else [s["children"]])
+        ]
         assert len(kids) == int(s["num_children"]), node_id
         for kid in kids:
             assert kid in nodes and kid not in parent, f"{kid} has two parents"
@@ -457,9 +469,13 @@ def test_ensure_sample_regenerates_identically_when_an_archive_is_missing(small_
         "image_size=(8, 16), jpeg_quality=50))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "4242"}
-    subprocess.run([sys.executable, "-c", code, str(small_cache)], check=True, env=env, cwd=Path(__file__).parents[1])
+    subprocess.run(
+        [sys.executable, "-c", code, str(small_cache)], check=True, env=env, cwd=Path(__file__).parents[1]
+    )
     assert sample.is_complete(small_cache, SMALL)
-    assert (small_cache / sample.MD5SUMS).read_text() == sums_before, "same spec must give byte-identical archives"
+    assert (small_cache / sample.MD5SUMS).read_text() == sums_before, (
+        "same spec must give byte-identical archives"
+    )
     after = _stamps(small_cache)
     assert set(after) == set(before)
     assert all(after[name] != before.get(name) for name in after), "the whole folder is replaced, not patched"
@@ -521,8 +537,18 @@ def test_describe_names_the_folder(tmp_path: Path) -> None:
 def test_reference_kept_boxes_rules() -> None:
     frame = (100, 50)
     assert sample.reference_kept_boxes("n01440764", frame, [("n01440764", ("10", "5", "20", "15"))]) == 1
-    assert sample.reference_kept_boxes("n01440764", frame, [("n01440764", ("20", "15", "10", "5"))]) == 1  # swapped
-    assert sample.reference_kept_boxes("n01440764", frame, [("n01440764", ("10", "5", "10", "15"))]) == 0  # zero width
-    assert sample.reference_kept_boxes("n01440764", frame, [("n01440764", ("103", "5", "120", "15"))]) == 0  # outside
-    assert sample.reference_kept_boxes("n01440764", frame, [("n01443537", ("10", "5", "20", "15"))]) == 0  # other WNID
-    assert sample.reference_kept_boxes("n01440764", frame, [("tench", ("-3.5", "5", "200", "15"))]) == 1  # text, clamped
+    assert (
+        sample.reference_kept_boxes("n01440764", frame, [("n01440764", ("20", "15", "10", "5"))]) == 1
+    )  # swapped
+    assert (
+        sample.reference_kept_boxes("n01440764", frame, [("n01440764", ("10", "5", "10", "15"))]) == 0
+    )  # zero width
+    assert (
+        sample.reference_kept_boxes("n01440764", frame, [("n01440764", ("103", "5", "120", "15"))]) == 0
+    )  # outside
+    assert (
+        sample.reference_kept_boxes("n01440764", frame, [("n01443537", ("10", "5", "20", "15"))]) == 0
+    )  # other WNID
+    assert (
+        sample.reference_kept_boxes("n01440764", frame, [("tench", ("-3.5", "5", "200", "15"))]) == 1
+    )  # text, clamped

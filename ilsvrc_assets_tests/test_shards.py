@@ -74,7 +74,13 @@ def test_assignment_refuses_duplicates_and_no_shards() -> None:
 
 
 def test_filename_sort_key_compares_numbers_numerically() -> None:
-    names = ["n01440764_10.JPEG", "n01440764_9.JPEG", "n01440764_100.JPEG", "n01443537_2.JPEG", "ILSVRC2012_val_00000010.JPEG"]
+    names = [
+        "n01440764_10.JPEG",
+        "n01440764_9.JPEG",
+        "n01440764_100.JPEG",
+        "n01443537_2.JPEG",
+        "ILSVRC2012_val_00000010.JPEG",
+    ]
     assert sorted(names, key=filename_sort_key) == [
         "ILSVRC2012_val_00000010.JPEG",
         "n01440764_9.JPEG",
@@ -86,7 +92,11 @@ def test_filename_sort_key_compares_numbers_numerically() -> None:
 
 # --- writing shards --------------------------------------------------------------------------
 
-SYNSETS = {"n01440764": (1, "tench, Tinca tinca"), "n01443537": (2, "goldfish, Carassius auratus"), "n15075141": (1000, "toilet tissue")}
+SYNSETS = {
+    "n01440764": (1, "tench, Tinca tinca"),
+    "n01443537": (2, "goldfish, Carassius auratus"),
+    "n15075141": (1000, "toilet tissue"),
+}
 PNG_NAME = "n01443537_2933.JPEG"
 CMYK_NAME = "n15075141_77.JPEG"
 
@@ -119,7 +129,9 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Record
             synset = member.name.split("_")[0]
             label, text = SYNSETS[synset]
             boxes = ((0.1, 0.2, 0.9, 0.8),) if member.name.endswith("_1.JPEG") else ()
-            sources.append(RecordSource(member.name, synset, label, text, member.offset_data, member.size, boxes))
+            sources.append(
+                RecordSource(member.name, synset, label, text, member.offset_data, member.size, boxes)
+            )
     return path, sources, dict(members)
 
 
@@ -180,27 +192,41 @@ def test_write_shard_of_no_records_writes_an_empty_file(archive, tmp_path: Path)
 def test_write_shard_stops_at_a_short_read_and_leaves_nothing(archive, tmp_path: Path) -> None:
     path, sources, _ = archive
     beyond = replace(sources[3], offset=path.stat().st_size - 100)
-    job = ShardJob("train-00007-of-01024", tmp_path / "train-00007-of-01024", path, (sources[0], beyond, sources[4]))
+    job = ShardJob(
+        "train-00007-of-01024", tmp_path / "train-00007-of-01024", path, (sources[0], beyond, sources[4])
+    )
     with pytest.raises(ShardError) as caught:
         write_shard(job)
     message = str(caught.value)
-    assert message.startswith(f"train-00007-of-01024: ILSVRC2012_img_train.tar member {PNG_NAME} is cut short (100 of ")
+    assert message.startswith(
+        f"train-00007-of-01024: ILSVRC2012_img_train.tar member {PNG_NAME} is cut short (100 of "
+    )
     assert not job.path.exists()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_write_shard_keeps_an_existing_shard_when_it_fails(archive, tmp_path: Path) -> None:
     path, sources, _ = archive
-    job = ShardJob("train-00001-of-01024", tmp_path / "train-00001-of-01024", path, (replace(sources[0], offset=sources[0].offset + 1),))
+    job = ShardJob(
+        "train-00001-of-01024",
+        tmp_path / "train-00001-of-01024",
+        path,
+        (replace(sources[0], offset=sources[0].offset + 1),),
+    )
     job.path.write_bytes(b"the previous shard")
-    with pytest.raises(ShardError, match=r"^train-00001-of-01024: ILSVRC2012_img_train.tar member n01440764_1.JPEG: not a JPEG or PNG image"):
+    with pytest.raises(
+        ShardError,
+        match=r"^train-00001-of-01024: ILSVRC2012_img_train.tar member n01440764_1.JPEG: not a JPEG or PNG image",
+    ):
         write_shard(job)
     assert job.path.read_bytes() == b"the previous shard"
     assert leftovers(tmp_path) == []
 
 
 def test_write_shard_names_a_missing_archive(archive, tmp_path: Path) -> None:
-    job = ShardJob("train-00001-of-01024", tmp_path / "train-00001-of-01024", tmp_path / "gone.tar", archive[1][:1])
+    job = ShardJob(
+        "train-00001-of-01024", tmp_path / "train-00001-of-01024", tmp_path / "gone.tar", archive[1][:1]
+    )
     with pytest.raises(ShardError, match=r"^train-00001-of-01024: cannot open the archive .*gone.tar"):
         write_shard(job)
     assert list(tmp_path.iterdir()) == []
@@ -234,7 +260,10 @@ def test_write_shards_raises_the_first_failure_naming_the_shard(archive, tmp_pat
     jobs = _jobs(archive, tmp_path)
     path, sources, _ = archive
     jobs[1] = replace(jobs[1], records=(replace(sources[0], offset=10**9),))
-    with pytest.raises(ShardError, match=r"^train-00001-of-00004: ILSVRC2012_img_train.tar member n01440764_1.JPEG is cut short"):
+    with pytest.raises(
+        ShardError,
+        match=r"^train-00001-of-00004: ILSVRC2012_img_train.tar member n01440764_1.JPEG is cut short",
+    ):
         write_shards(jobs, workers=1)
     assert not jobs[1].path.exists()
     assert leftovers(tmp_path) == []
@@ -252,7 +281,9 @@ def test_write_shards_of_nothing() -> None:
 def written(archive, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path, sources, _ = archive
     folder = tmp_path_factory.mktemp("written")
-    return write_shard(ShardJob("train-00000-of-00001", folder / "train-00000-of-00001", path, tuple(sources))).path
+    return write_shard(
+        ShardJob("train-00000-of-00001", folder / "train-00000-of-00001", path, tuple(sources))
+    ).path
 
 
 def test_scan_shard_reports_flipped_bytes(written: Path, tmp_path: Path) -> None:
@@ -263,7 +294,9 @@ def test_scan_shard_reports_flipped_bytes(written: Path, tmp_path: Path) -> None
     damaged.write_bytes(data)
     scan = scan_shard(damaged)
     assert 0 < scan.records < 20 and scan.parse_errors == 1
-    assert scan.problems[0].startswith(f"{written.name}: record {scan.records} and after: unreadable, the file is corrupt or truncated")
+    assert scan.problems[0].startswith(
+        f"{written.name}: record {scan.records} and after: unreadable, the file is corrupt or truncated"
+    )
 
 
 def test_scan_shard_reports_a_truncated_file(written: Path, tmp_path: Path) -> None:

@@ -63,13 +63,18 @@ def test_damaged_devkits_are_named(tmp_path):
         synsets.read_devkit(_devkit_with(tmp_path, {release.DEVKIT_VALIDATION_GROUND_TRUTH: b"1\n"}))
     with pytest.raises(DevkitError, match="not a readable MATLAB file"):
         synsets.read_devkit(
-            _devkit_with(tmp_path, {release.DEVKIT_META_MAT: b"junk", release.DEVKIT_VALIDATION_GROUND_TRUTH: b"1\n"})
+            _devkit_with(
+                tmp_path, {release.DEVKIT_META_MAT: b"junk", release.DEVKIT_VALIDATION_GROUND_TRUTH: b"1\n"}
+            )
         )
     mat = io.BytesIO()
     scipy.io.savemat(mat, {"synsets": np.zeros((2, 1), dtype=[("WNID", object)])})
     with pytest.raises(DevkitError, match="lacks the field"):
         synsets.read_devkit(
-            _devkit_with(tmp_path, {release.DEVKIT_META_MAT: mat.getvalue(), release.DEVKIT_VALIDATION_GROUND_TRUTH: b"1\n"})
+            _devkit_with(
+                tmp_path,
+                {release.DEVKIT_META_MAT: mat.getvalue(), release.DEVKIT_VALIDATION_GROUND_TRUTH: b"1\n"},
+            )
         )
     path = tmp_path / "broken.tar.gz"
     path.write_bytes(b"\x1f\x8b\x08not gzip")

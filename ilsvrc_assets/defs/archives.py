@@ -6,7 +6,6 @@ check, evaluated in the same step (the MD5 is computed once), so nothing downstr
 archive runs.
 """
 
-
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,

@@ -1,6 +1,5 @@
 """``bounding_boxes``: one table of training and validation boxes, plus the reference CSV."""
 
-
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -12,7 +11,7 @@ from dagster import (
 )
 
 from ilsvrc_assets import archives, bounding_boxes as boxes, release, synsets
-from ilsvrc_assets.defs.metadata import markdown_preview
+from ilsvrc_assets.defs.metadata import check_result, markdown_preview
 from ilsvrc_assets.defs.resources import IlsvrcResource
 
 
@@ -49,8 +48,12 @@ def bounding_boxes(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> Ma
             "boxes": MetadataValue.int(len(table)),
             "kept_train_boxes": MetadataValue.int(int((kept["split"] == "train").sum())),
             "kept_validation_boxes": MetadataValue.int(int((kept["split"] == "validation").sum())),
-            "annotated_train_images": MetadataValue.int(int(kept.loc[kept["split"] == "train", "image"].nunique())),
-            "dropped": MetadataValue.json({str(k): int(v) for k, v in dropped["drop_reason"].value_counts().items()}),
+            "annotated_train_images": MetadataValue.int(
+                int(kept.loc[kept["split"] == "train", "image"].nunique())
+            ),
+            "dropped": MetadataValue.json(
+                {str(k): int(v) for k, v in dropped["drop_reason"].value_counts().items()}
+            ),
             "preview": markdown_preview(table),
         }
     )
@@ -71,8 +74,6 @@ def boxes_are_valid(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource)
     train_images = dict(zip(index["filename"], index["synset"]))
     labels = synsets.read_validation_labels(settings.validation_labels_csv)
     problems = boxes.find_problems(table, train_images, labels)
-    return AssetCheckResult(
-        passed=not problems,
-        description="; ".join(problems) or f"{int(table['kept'].sum()):,} kept boxes, all valid",
-        metadata={"kept_boxes": int(table["kept"].sum())},
+    return check_result(
+        problems, f"{int(table['kept'].sum()):,} kept boxes, all valid", kept_boxes=int(table["kept"].sum())
     )

@@ -4,7 +4,6 @@ Made from tar headers only (``ilsvrc_assets.archives``); every later step reads 
 one seek and one read, so nothing is ever extracted to disk first.
 """
 
-
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -16,7 +15,7 @@ from dagster import (
 )
 
 from ilsvrc_assets import archives, release, synsets
-from ilsvrc_assets.defs.metadata import markdown_preview
+from ilsvrc_assets.defs.metadata import check_result, markdown_preview
 from ilsvrc_assets.defs.resources import IlsvrcResource
 
 GROUP = "images"
@@ -73,11 +72,15 @@ def every_synset_has_training_images(
         problems.append(f"{len(missing)} synsets have no training images, e.g. {', '.join(missing[:5])}")
     official = _is_official(context, ilsvrc, release.IMG_TRAIN)
     if official and len(index) != release.NUM_TRAIN_IMAGES:
-        problems.append(f"{len(index):,} training images, the official release has {release.NUM_TRAIN_IMAGES:,}")
-    return AssetCheckResult(
-        passed=not problems,
-        description="; ".join(problems) or f"{len(index):,} images over {len(present)} synsets",
-        metadata={"images": len(index), "synsets": len(present), "official_archive": official},
+        problems.append(
+            f"{len(index):,} training images, the official release has {release.NUM_TRAIN_IMAGES:,}"
+        )
+    return check_result(
+        problems,
+        f"{len(index):,} images over {len(present)} synsets",
+        images=len(index),
+        synsets=len(present),
+        official_archive=official,
     )
 
 
@@ -109,8 +112,7 @@ def validation_images(context: AssetExecutionContext, ilsvrc: IlsvrcResource) ->
 @asset_check(
     asset=validation_images,
     blocking=True,
-    description="Exactly 50 validation images per synset and 50,000 in all, each number "
-    "1..50,000 once.",
+    description="Exactly 50 validation images per synset and 50,000 in all, each number 1..50,000 once.",
 )
 def fifty_per_synset(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> AssetCheckResult:
     settings = ilsvrc.settings()
@@ -126,15 +128,17 @@ def fifty_per_synset(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource
     wrong = counts[counts != release.VALIDATION_IMAGES_PER_SYNSET]
     if len(wrong):
         shown = ", ".join(f"{s}: {n}" for s, n in wrong.head(5).items())
-        problems.append(f"{len(wrong)} synsets without exactly {release.VALIDATION_IMAGES_PER_SYNSET} images ({shown})")
-    return AssetCheckResult(
-        passed=not problems,
-        description="; ".join(problems) or "50,000 images, 50 per synset",
-        metadata={"images": len(index), "synsets_with_wrong_count": len(wrong)},
+        problems.append(
+            f"{len(wrong)} synsets without exactly {release.VALIDATION_IMAGES_PER_SYNSET} images ({shown})"
+        )
+    return check_result(
+        problems, "50,000 images, 50 per synset", images=len(index), synsets_with_wrong_count=len(wrong)
     )
 
 
-def _is_official(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource, archive: release.Archive) -> bool:
+def _is_official(
+    context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource, archive: release.Archive
+) -> bool:
     """True when the archive on disk is the official one (by its verified MD5)."""
     path = ilsvrc.archive_source().locate(archive, context.log.info)
     md5 = ilsvrc.checksum_cache().get(path)

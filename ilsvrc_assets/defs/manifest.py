@@ -1,6 +1,5 @@
 """``dataset_manifest``: every shard read back and summarised, and the checks on the whole dataset."""
 
-
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -12,6 +11,7 @@ from dagster import (
 )
 
 from ilsvrc_assets import archives, manifest, release
+from ilsvrc_assets.defs.metadata import check_result
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.settings import Settings
 
@@ -56,10 +56,6 @@ def dataset_manifest(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> 
     )
 
 
-def _result(problems: list[str], ok: str, **metadata) -> AssetCheckResult:
-    return AssetCheckResult(passed=not problems, description="; ".join(problems) or ok, metadata=metadata)
-
-
 def _manifest(settings: Settings) -> dict:
     found = manifest.read(settings.manifest_json)
     if found is None:
@@ -67,12 +63,14 @@ def _manifest(settings: Settings) -> dict:
     return found
 
 
-@asset_check(asset=dataset_manifest, description="Every shard of both splits is present, as the manifest read it.")
+@asset_check(
+    asset=dataset_manifest, description="Every shard of both splits is present, as the manifest read it."
+)
 def every_shard_present(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> AssetCheckResult:
     settings = ilsvrc.settings()
     names = _shard_names(settings)
     problems = manifest.missing_shards(_manifest(settings), settings.tfrecords_dir, names)
-    return _result(problems, f"all {sum(map(len, names.values()))} shards present")
+    return check_result(problems, f"all {sum(map(len, names.values()))} shards present")
 
 
 @asset_check(
@@ -90,12 +88,16 @@ def record_totals(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -
         official[split] = cache.get(source.locate(archive, context.log.info)) == archive.md5
     problems = manifest.total_problems(found, official)
     totals = {split: info["records"] for split, info in found["splits"].items()}
-    return _result(problems, ", ".join(f"{s}: {n:,} records" for s, n in totals.items()), **totals)
+    return check_result(problems, ", ".join(f"{s}: {n:,} records" for s, n in totals.items()), **totals)
 
 
 @asset_check(asset=dataset_manifest, description="Every label 1..1000 has records in each split.")
-def every_label_in_each_split(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> AssetCheckResult:
-    return _result(manifest.label_problems(_manifest(ilsvrc.settings())), "labels 1..1000 present in both splits")
+def every_label_in_each_split(
+    context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource
+) -> AssetCheckResult:
+    return check_result(
+        manifest.label_problems(_manifest(ilsvrc.settings())), "labels 1..1000 present in both splits"
+    )
 
 
 @asset_check(
@@ -104,9 +106,13 @@ def every_label_in_each_split(context: AssetCheckExecutionContext, ilsvrc: Ilsvr
     "spec, with exactly the 15 features.",
 )
 def records_parse(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> AssetCheckResult:
-    return _result(manifest.record_problems(_manifest(ilsvrc.settings()), "parse"), "every record parses")
+    return check_result(
+        manifest.record_problems(_manifest(ilsvrc.settings()), "parse"), "every record parses"
+    )
 
 
 @asset_check(asset=dataset_manifest, description="Every image/encoded decodes as a JPEG.")
 def images_decode(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> AssetCheckResult:
-    return _result(manifest.record_problems(_manifest(ilsvrc.settings()), "decode"), "every image decodes as JPEG")
+    return check_result(
+        manifest.record_problems(_manifest(ilsvrc.settings()), "decode"), "every image decodes as JPEG"
+    )

@@ -1,8 +1,7 @@
 """Small helpers for the metadata shown with each materialisation in the Dagster UI."""
 
-
 import pandas as pd
-from dagster import MetadataValue
+from dagster import AssetCheckResult, MetadataValue
 
 
 def markdown_preview(table: pd.DataFrame, rows: int = 10) -> MetadataValue:
@@ -17,3 +16,8 @@ def markdown_preview(table: pd.DataFrame, rows: int = 10) -> MetadataValue:
     if len(table) > rows:
         lines.append(f"\n… {len(table) - rows:,} more rows")
     return MetadataValue.md("\n".join(lines))
+
+
+def check_result(problems: list[str], ok: str, **metadata) -> AssetCheckResult:
+    """A check's result: passed when there are no problems, which are then its description."""
+    return AssetCheckResult(passed=not problems, description="; ".join(problems) or ok, metadata=metadata)

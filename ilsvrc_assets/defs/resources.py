@@ -1,6 +1,5 @@
 """The one resource every asset uses: the deployment's settings and its archive source."""
 
-
 from pathlib import Path
 
 from dagster import ConfigurableResource

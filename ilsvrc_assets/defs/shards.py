@@ -5,7 +5,6 @@ one step (single-run backfill policy) that writes its shards with a pool of work
 rather than one process start-up per shard.
 """
 
-
 import time
 
 from dagster import (
@@ -21,7 +20,7 @@ from dagster import (
     asset,
 )
 
-from ilsvrc_assets import archives, bounding_boxes, release, shard_plan, shards, synsets
+from ilsvrc_assets import archives, bounding_boxes, fileio, release, shard_plan, shards, synsets
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.settings import Settings
 
@@ -37,7 +36,10 @@ UPSTREAM_CHECKS = {
         AssetCheckKey(AssetKey(f"{split}_images"), index_check),
         AssetCheckKey(AssetKey("bounding_boxes"), "boxes_are_valid"),
     ]
-    for split, index_check in (("train", "every_synset_has_training_images"), ("validation", "fifty_per_synset"))
+    for split, index_check in (
+        ("train", "every_synset_has_training_images"),
+        ("validation", "fifty_per_synset"),
+    )
 }
 
 
@@ -53,12 +55,18 @@ def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[As
         if record is None:
             blocked.append(f"{name} has not been evaluated (materialise the upstream assets first)")
         elif record.status != AssetCheckExecutionRecordStatus.SUCCEEDED:
-            evaluation = record.event.dagster_event.event_specific_data if record.event and record.event.dagster_event else None
+            evaluation = (
+                record.event.dagster_event.event_specific_data
+                if record.event and record.event.dagster_event
+                else None
+            )
             detail = getattr(evaluation, "description", None) or record.status.value.lower()
             blocked.append(f"{name}: {detail}")
     if blocked:
         raise Failure(
-            description="Blocked by upstream checks: " + "; ".join(blocked) + ". Fix the input and materialise again."
+            description="Blocked by upstream checks: "
+            + "; ".join(blocked)
+            + ". Fix the input and materialise again."
         )
 
 
@@ -87,6 +95,8 @@ def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
         settings = ilsvrc.settings()
         archive_path = ilsvrc.archive_source().locate(archive, context.log.info)
         wanted = list(context.partition_keys)
+        if removed := fileio.remove_stale_temp_files(settings.tfrecords_dir):
+            context.log.info(f"removed {removed} partial shard files left by an interrupted run")
         _, _, num_shards = release.parse_shard_name(wanted[0])
         table = bounding_boxes.read_table(settings.bounding_boxes_parquet)
         jobs = shard_plan.plan_split(

@@ -1,6 +1,5 @@
 """``synsets`` (the 1,000 classes) and ``validation_labels`` (the devkit ground truth), from the devkit."""
 
-
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -12,7 +11,7 @@ from dagster import (
 )
 
 from ilsvrc_assets import release, synsets
-from ilsvrc_assets.defs.metadata import markdown_preview
+from ilsvrc_assets.defs.metadata import check_result, markdown_preview
 from ilsvrc_assets.defs.resources import IlsvrcResource
 
 GROUP = "classes"
@@ -56,11 +55,7 @@ def synsets_asset(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> Mat
 def one_thousand_synsets(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> AssetCheckResult:
     table = synsets.read_synsets(ilsvrc.settings().synsets_csv)
     problems = synsets.synset_problems(table)
-    return AssetCheckResult(
-        passed=not problems,
-        description="; ".join(problems) or f"{len(table)} synsets, as the shipped list",
-        metadata={"synsets": len(table)},
-    )
+    return check_result(problems, f"{len(table)} synsets, as the shipped list", synsets=len(table))
 
 
 @asset(
@@ -91,10 +86,9 @@ def validation_labels(context: AssetExecutionContext, ilsvrc: IlsvrcResource) ->
     description="The devkit ground truth, mapped to WNIDs, agrees line for line with the shipped "
     "validation label file (50,000 lines).",
 )
-def agrees_with_shipped_labels(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> AssetCheckResult:
+def agrees_with_shipped_labels(
+    context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource
+) -> AssetCheckResult:
     labels = synsets.read_validation_labels(ilsvrc.settings().validation_labels_csv)
     problems = synsets.validation_label_problems(labels)
-    return AssetCheckResult(
-        passed=not problems,
-        description="; ".join(problems) or f"all {len(labels)} labels agree with the shipped file",
-    )
+    return check_result(problems, f"all {len(labels)} labels agree with the shipped file")

@@ -1,6 +1,5 @@
 """``validation_tree``: ``<data>/validation/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG``."""
 
-
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -12,6 +11,7 @@ from dagster import (
 )
 
 from ilsvrc_assets import archives, release, validation_tree as tree
+from ilsvrc_assets.defs.metadata import check_result
 from ilsvrc_assets.defs.resources import IlsvrcResource
 
 
@@ -50,11 +50,14 @@ def validation_tree(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> M
     description="The tree on disk matches the shipped validation label file exactly: every image "
     "in its synset's folder, 50 per synset, 50,000 in all, nothing else.",
 )
-def matches_validation_label_file(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> AssetCheckResult:
+def matches_validation_label_file(
+    context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource
+) -> AssetCheckResult:
     scanned = tree.scan(ilsvrc.settings().validation_dir)
     problems = tree.problems(scanned)
-    return AssetCheckResult(
-        passed=not problems,
-        description="; ".join(problems) or "50,000 images in 1,000 folders, as the label file says",
-        metadata={"images": sum(len(v) for v in scanned.values()), "folders": len(scanned)},
+    return check_result(
+        problems,
+        "50,000 images in 1,000 folders, as the label file says",
+        images=sum(len(v) for v in scanned.values()),
+        folders=len(scanned),
     )

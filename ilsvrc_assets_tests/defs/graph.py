@@ -33,7 +33,9 @@ def build_all(settings: Settings, instance: DagsterInstance):
     return run_stages(build_definitions(settings), instance, log_level="WARNING", echo=lambda _m: None)
 
 
-def run_job(settings: Settings, instance: DagsterInstance, job: str, assets: list[str] | None = None, tags=None):
+def run_job(
+    settings: Settings, instance: DagsterInstance, job: str, assets: list[str] | None = None, tags=None
+):
     """One job of the code location (optionally a subset of its assets), not raising on failure."""
     definitions = build_definitions(settings)
     selection = [AssetKey(a) for a in assets] if assets else None

@@ -52,7 +52,9 @@ def _edit_devkit_member(member_name, edit):
     return write
 
 
-def test_corrupt_archive_fails_its_checksum_and_blocks_everything_downstream(sample_release, tmp_path, settings_for, instance):
+def test_corrupt_archive_fails_its_checksum_and_blocks_everything_downstream(
+    sample_release, tmp_path, settings_for, instance
+):
     def corrupt(original: Path, target: Path) -> None:
         data = bytearray(original.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -67,19 +69,35 @@ def test_corrupt_archive_fails_its_checksum_and_blocks_everything_downstream(sam
     assert not settings.synsets_csv.exists()
 
 
-def test_truncated_archive_is_a_checksum_failure_naming_the_file(sample_release, tmp_path, settings_for, instance):
+def test_truncated_archive_is_a_checksum_failure_naming_the_file(
+    sample_release, tmp_path, settings_for, instance
+):
     def truncate(original: Path, target: Path) -> None:
         with open(original, "rb") as f:
             target.write_bytes(f.read(original.stat().st_size // 3))
 
     folder = variant_release(sample_release, tmp_path / "release", update_md5sums=False, img_val=truncate)
     settings = settings_for(folder)
-    result = run_job(settings, instance, INPUTS, ["validation_archive", "devkit_archive", "synsets", "validation_labels", "validation_images", "validation_tree"])
+    result = run_job(
+        settings,
+        instance,
+        INPUTS,
+        [
+            "validation_archive",
+            "devkit_archive",
+            "synsets",
+            "validation_labels",
+            "validation_images",
+            "validation_tree",
+        ],
+    )
     assert release.IMG_VAL.name in _failed(result, "validation_archive:checksum")
     assert "validation_images" not in materialized(result) and "validation_tree" not in materialized(result)
 
 
-def test_synset_list_that_disagrees_fails_and_blocks_the_indexes(sample_release, tmp_path, settings_for, instance):
+def test_synset_list_that_disagrees_fails_and_blocks_the_indexes(
+    sample_release, tmp_path, settings_for, instance
+):
     def replace_a_leaf(data: bytes) -> bytes:
         mat = scipy.io.loadmat(io.BytesIO(data))
         synsets = mat["synsets"]
@@ -91,16 +109,27 @@ def test_synset_list_that_disagrees_fails_and_blocks_the_indexes(sample_release,
         scipy.io.savemat(out, {"synsets": synsets})
         return out.getvalue()
 
-    folder = variant_release(sample_release, tmp_path / "release", devkit=_edit_devkit_member(release.DEVKIT_META_MAT, replace_a_leaf))
+    folder = variant_release(
+        sample_release,
+        tmp_path / "release",
+        devkit=_edit_devkit_member(release.DEVKIT_META_MAT, replace_a_leaf),
+    )
     settings = settings_for(folder)
-    result = run_job(settings, instance, INPUTS, ["devkit_archive", "synsets", "validation_labels", "train_archive", "train_images"])
+    result = run_job(
+        settings,
+        instance,
+        INPUTS,
+        ["devkit_archive", "synsets", "validation_labels", "train_archive", "train_images"],
+    )
     description = _failed(result, "synsets:one_thousand_synsets")
     assert "n99999999" in description or "not in the shipped synset list" in description
     assert "validation_labels" not in materialized(result)
     assert "train_images" not in materialized(result)
 
 
-def test_ground_truth_that_disagrees_with_the_label_file_blocks_the_validation_index(sample_release, tmp_path, settings_for, instance):
+def test_ground_truth_that_disagrees_with_the_label_file_blocks_the_validation_index(
+    sample_release, tmp_path, settings_for, instance
+):
     labels = release.validation_synsets()
     other = next(i for i in range(2, 100) if labels[i - 1] != labels[0])
 
@@ -110,26 +139,46 @@ def test_ground_truth_that_disagrees_with_the_label_file_blocks_the_validation_i
         return ("\n".join(lines) + "\n").encode()
 
     folder = variant_release(
-        sample_release, tmp_path / "release", devkit=_edit_devkit_member(release.DEVKIT_VALIDATION_GROUND_TRUTH, swap_lines)
+        sample_release,
+        tmp_path / "release",
+        devkit=_edit_devkit_member(release.DEVKIT_VALIDATION_GROUND_TRUTH, swap_lines),
     )
     settings = settings_for(folder)
-    result = run_job(settings, instance, INPUTS, ["devkit_archive", "synsets", "validation_labels", "validation_archive", "validation_images"])
+    result = run_job(
+        settings,
+        instance,
+        INPUTS,
+        ["devkit_archive", "synsets", "validation_labels", "validation_archive", "validation_images"],
+    )
     description = _failed(result, "validation_labels:agrees_with_shipped_labels")
     assert release.validation_filename(1) in description
     assert "validation_images" not in materialized(result)
 
 
-def test_missing_validation_image_fails_fifty_per_synset_and_blocks_the_tree(sample_release, tmp_path, settings_for, instance):
+def test_missing_validation_image_fails_fifty_per_synset_and_blocks_the_tree(
+    sample_release, tmp_path, settings_for, instance
+):
     missing = release.validation_filename(7)
 
     def drop_one(original: Path, target: Path) -> None:
-        rewrite_tar(original, target, lambda info, data: [] if info.name.endswith(missing) else [(info, data)])
+        rewrite_tar(
+            original, target, lambda info, data: [] if info.name.endswith(missing) else [(info, data)]
+        )
 
     folder = variant_release(sample_release, tmp_path / "release", img_val=drop_one)
     settings = settings_for(folder)
     result = run_job(
-        settings, instance, INPUTS,
-        ["devkit_archive", "synsets", "validation_labels", "validation_archive", "validation_images", "validation_tree"],
+        settings,
+        instance,
+        INPUTS,
+        [
+            "devkit_archive",
+            "synsets",
+            "validation_labels",
+            "validation_archive",
+            "validation_images",
+            "validation_tree",
+        ],
     )
     description = _failed(result, "validation_images:fifty_per_synset")
     assert missing in description and "49,999" in description
@@ -137,20 +186,28 @@ def test_missing_validation_image_fails_fifty_per_synset_and_blocks_the_tree(sam
     assert not settings.validation_dir.exists()
 
 
-def test_missing_synset_in_the_train_archive_fails_and_the_shards_refuse_to_run(sample_release, tmp_path, settings_for, instance):
+def test_missing_synset_in_the_train_archive_fails_and_the_shards_refuse_to_run(
+    sample_release, tmp_path, settings_for, instance
+):
     gone = "n01440764"
 
     def drop_synset(original: Path, target: Path) -> None:
-        rewrite_tar(original, target, lambda info, data: [] if info.name.endswith(f"{gone}.tar") else [(info, data)])
+        rewrite_tar(
+            original, target, lambda info, data: [] if info.name.endswith(f"{gone}.tar") else [(info, data)]
+        )
 
     folder = variant_release(sample_release, tmp_path / "release", img_train=drop_synset)
     settings = settings_for(folder)
-    result = run_job(settings, instance, INPUTS, ["devkit_archive", "synsets", "train_archive", "train_images"])
+    result = run_job(
+        settings, instance, INPUTS, ["devkit_archive", "synsets", "train_archive", "train_images"]
+    )
     assert gone in _failed(result, "train_images:every_synset_has_training_images")
     # The shards run in a run of their own; they refuse while an upstream blocking check has failed.
     keys = settings.shard_names("train")
     shards = run_job(
-        settings, instance, JOB_NAMES["train"],
+        settings,
+        instance,
+        JOB_NAMES["train"],
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
     )
     assert not shards.success

@@ -6,7 +6,6 @@ import io
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from dagster import AssetKey
 from PIL import Image
@@ -133,7 +132,9 @@ def test_records_hold_every_image_once_with_the_right_content(built):
             expected = kept.get(filename, [])
             assert len(xmin) == len(expected)
             assert xmin == pytest.approx([b[0] for b in expected], abs=1e-6)
-            assert tf.sparse.to_dense(f["image/object/bbox/label"]).numpy().tolist() == [label_of[synset]] * len(expected)
+            assert tf.sparse.to_dense(f["image/object/bbox/label"]).numpy().tolist() == [
+                label_of[synset]
+            ] * len(expected)
         assert set(seen) == set(index.index), split
         assert set(seen.values()) == {1}, split
 
@@ -143,7 +144,9 @@ def test_shard_assignment_is_deterministic_and_mixes_classes(built):
     index = archives.read_index(settings.image_index("train"))
     table = synsets.read_synsets(settings.synsets_csv)
     plan_a = shard_plan.plan_split("train", index, table, {}, Path("a"), Path("out"), 8)
-    plan_b = shard_plan.plan_split("train", index.sample(frac=1, random_state=1), table, {}, Path("a"), Path("out"), 8)
+    plan_b = shard_plan.plan_split(
+        "train", index.sample(frac=1, random_state=1), table, {}, Path("a"), Path("out"), 8
+    )
     assert {n: [r.filename for r in j.records] for n, j in plan_a.items()} == {
         n: [r.filename for r in j.records] for n, j in plan_b.items()
     }
@@ -157,11 +160,16 @@ def test_second_build_reuses_what_is_done(built):
     results2, failed2 = build_all(settings, instance)
     assert failed2 == []
     train_run = results2[1]
-    reused = [e.materialization.metadata["unchanged_since_earlier_run"].value for e in train_run.get_asset_materialization_events()]
+    reused = [
+        e.materialization.metadata["unchanged_since_earlier_run"].value
+        for e in train_run.get_asset_materialization_events()
+    ]
     assert reused and all(reused)
     tree_meta = results2[0].asset_materializations_for_node("validation_tree")[0].metadata
     assert tree_meta["written"].value == 0 and tree_meta["already_in_place"].value == 50000
-    after = {p.name: p.stat().st_mtime_ns for p in settings.tfrecords_dir.iterdir() if p.name != "manifest.json"}
+    after = {
+        p.name: p.stat().st_mtime_ns for p in settings.tfrecords_dir.iterdir() if p.name != "manifest.json"
+    }
     assert all(before[n] == m for n, m in after.items())
 
 
@@ -231,7 +239,10 @@ def test_a_label_without_records_fails_every_label_in_each_split(built, restore_
     for path in settings.tfrecords_dir.glob("train-*"):
         _rewrite_shard(path, lambda raw, f: [] if int(f["image/class/label"].numpy()[0]) == 1 else [raw])
     found = _evaluate(settings, instance, JOB_NAMES["manifest"])
-    assert "train: 1 labels have no record, e.g. [1]" in found["dataset_manifest:every_label_in_each_split"].description
+    assert (
+        "train: 1 labels have no record, e.g. [1]"
+        in found["dataset_manifest:every_label_in_each_split"].description
+    )
     assert not found["dataset_manifest:record_totals"].passed
 
 

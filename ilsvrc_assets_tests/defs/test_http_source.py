@@ -97,8 +97,14 @@ def _settings(tmp_path, server):
 
 
 ASSETS = [
-    "train_archive", "validation_archive", "devkit_archive", "train_boxes_archive", "validation_boxes_archive",
-    "synsets", "validation_labels", "validation_images",
+    "train_archive",
+    "validation_archive",
+    "devkit_archive",
+    "train_boxes_archive",
+    "validation_boxes_archive",
+    "synsets",
+    "validation_labels",
+    "validation_images",
 ]
 
 

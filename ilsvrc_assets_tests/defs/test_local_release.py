@@ -89,7 +89,9 @@ def test_repacked_release_gives_identical_outputs(sample_release, built_sample_g
             mine = (settings.tfrecords_dir / name).read_bytes()
             theirs = (reference_settings.tfrecords_dir / name).read_bytes()
             assert hashlib.md5(mine).digest() == hashlib.md5(theirs).digest(), name
-    assert validation_tree.scan(settings.validation_dir) == validation_tree.scan(reference_settings.validation_dir)
+    assert validation_tree.scan(settings.validation_dir) == validation_tree.scan(
+        reference_settings.validation_dir
+    )
     columns = ["split", "image", "box", "xmin", "ymin", "xmax", "ymax", "kept"]
     mine = read_table(settings.bounding_boxes_parquet)[columns].reset_index(drop=True)
     theirs = read_table(reference_settings.bounding_boxes_parquet)[columns].reset_index(drop=True)
