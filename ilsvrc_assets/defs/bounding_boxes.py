@@ -64,7 +64,8 @@ def bounding_boxes(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> Ma
     blocking=True,
     description="Every kept box has coordinates in [0, 1] with min < max and lies on a known "
     "image of its synset (training: in the train archive under that synset; validation: the "
-    "ground truth says that synset).",
+    "ground truth says that synset); and each split has kept boxes at all (an empty box "
+    "archive is not a valid one).",
     additional_deps=["train_images"],
 )
 def boxes_are_valid(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> AssetCheckResult:
@@ -74,6 +75,11 @@ def boxes_are_valid(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource)
     train_images = dict(zip(index["filename"], index["synset"]))
     labels = synsets.read_validation_labels(settings.validation_labels_csv)
     problems = boxes.find_problems(table, train_images, labels)
+    for split in release.SPLITS:
+        if not (table["kept"] & (table["split"] == split)).any():
+            problems.append(
+                f"no kept {split} boxes: the {split} bounding-box archive holds no usable annotation"
+            )
     return check_result(
         problems, f"{int(table['kept'].sum()):,} kept boxes, all valid", kept_boxes=int(table["kept"].sum())
     )

@@ -256,3 +256,23 @@ def test_build_stops_at_the_first_failed_stage(sample_release, tmp_path, setting
     results, failed = build_all(settings_for(folder), instance)
     assert len(results) == 1 and not results[0].success
     assert "check devkit_archive:checksum" in failed
+
+
+def test_empty_box_archive_fails_boxes_are_valid(sample_release, tmp_path, settings_for, instance):
+    def empty(original: Path, target: Path) -> None:
+        rewrite_tar(original, target, lambda info, data: [], compressed=True)
+
+    folder = variant_release(sample_release, tmp_path / "release", bbox_val=empty)
+    settings = settings_for(folder)
+    assets = [
+        "devkit_archive",
+        "synsets",
+        "validation_labels",
+        "train_archive",
+        "train_images",
+        "train_boxes_archive",
+        "validation_boxes_archive",
+        "bounding_boxes",
+    ]
+    result = run_job(settings, instance, INPUTS, assets)
+    assert "no kept validation boxes" in _failed(result, "bounding_boxes:boxes_are_valid")
