@@ -110,6 +110,10 @@ class SampleSpec:
     train_images_per_synset: tuple[int, int] = (2, 6)  # inclusive range, drawn per synset
     image_size: tuple[int, int] = (24, 64)  # min/max side in pixels for train and validation images
     jpeg_quality: int = 75
+    # Opt-in, for benchmarks: min/max side of the training images, drawn as noisy photo-like
+    # pictures (about 90 KB at quality 75 for (375, 500), like the real ones) instead of flat
+    # gradients. Validation images keep image_size. None (the default) leaves the sample unchanged.
+    photo_train_size: tuple[int, int] | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the spec cannot produce a sample."""
@@ -124,10 +128,22 @@ class SampleSpec:
             raise ValueError(f"SampleSpec.image_size={self.image_size}: need 8 <= min <= max <= 4096")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"SampleSpec.jpeg_quality={self.jpeg_quality}: need 1..100")
+        if self.photo_train_size is not None:
+            lo, hi = self.photo_train_size
+            if not 8 <= lo <= hi <= 4096:
+                raise ValueError(
+                    f"SampleSpec.photo_train_size={self.photo_train_size}: need 8 <= min <= max <= 4096"
+                )
 
     def as_json(self) -> dict:
-        """The spec as JSON-compatible data (tuples as lists), as stored in SAMPLE.json."""
-        return json.loads(json.dumps(asdict(self)))
+        """The spec as JSON-compatible data (tuples as lists), as stored in SAMPLE.json.
+
+        An unset photo_train_size is left out, so SAMPLE.json of a default spec is as before.
+        """
+        data = asdict(self)
+        if data["photo_train_size"] is None:
+            del data["photo_train_size"]
+        return json.loads(json.dumps(data))
 
 
 # --- The plan: every name, size and box, decided before any byte is written ------------------
@@ -181,8 +197,8 @@ def _rng(spec: SampleSpec, part: str) -> random.Random:
     return random.Random(f"ilsvrc-sample/{spec.seed}/{part}")
 
 
-def _size(rng: random.Random, spec: SampleSpec) -> tuple[int, int]:
-    lo, hi = spec.image_size
+def _size(rng: random.Random, spec: SampleSpec, train: bool = False) -> tuple[int, int]:
+    lo, hi = spec.photo_train_size if train and spec.photo_train_size else spec.image_size
     return rng.randint(lo, hi), rng.randint(lo, hi)
 
 
@@ -215,7 +231,7 @@ def _plan_train(spec: SampleSpec) -> tuple[list[str], dict[str, list[_Image]]]:
         numbers = list(fixed) + drawn[: count - len(fixed)]
         images = []
         for number in numbers:
-            width, height = _size(rng, spec)
+            width, height = _size(rng, spec, train=True)
             images.append(
                 _Image(f"{wnid}_{number}.JPEG", width, height, fixed.get(number, "rgb"), rng.getrandbits(64))
             )
@@ -397,7 +413,9 @@ class _Renderer:
 
     def __init__(self, spec: SampleSpec):
         self.quality = spec.jpeg_quality
-        side = spec.image_size[1]
+        self.photo_train = spec.photo_train_size is not None
+        self.texture = _photo_texture(spec) if self.photo_train else None
+        side = max(spec.image_size[1], spec.photo_train_size[1] if spec.photo_train_size else 0)
         linear = Image.linear_gradient("L").resize((side, side))
         radial = Image.radial_gradient("L").resize((side, side))
         self.masks = [
@@ -407,6 +425,19 @@ class _Renderer:
             linear.transpose(Image.Transpose.ROTATE_270),
             radial,
         ]
+
+    def photo(self, image: _Image) -> Image.Image:
+        """A crop of the seeded noise texture, washed with a colour through a gradient mask."""
+        w, h, look = image.width, image.height, image.look
+        side = self.texture.width
+        x, y = (look & 0xFFFF) % (side - w + 1), ((look >> 16) & 0xFFFF) % (side - h + 1)
+        colour = ((look >> 32) & 0xFF, (look >> 40) & 0xFF, (look >> 48) & 0xFF)
+        mask = self.masks[((look >> 56) & 0xFF) % len(self.masks)].crop((0, 0, w, h))
+        return Image.composite(
+            self.texture.crop((x, y, x + w, y + h)),
+            Image.new("RGB", (w, h), colour),
+            mask.point(lambda v: 160 + v // 4),  # 63% to 88% texture
+        )
 
     def picture(self, image: _Image) -> Image.Image:
         w, h, look = image.width, image.height, image.look
@@ -420,8 +451,8 @@ class _Renderer:
         )
         return picture
 
-    def encode(self, image: _Image) -> bytes:
-        picture = self.picture(image)
+    def encode(self, image: _Image, train: bool = False) -> bytes:
+        picture = self.photo(image) if train and self.photo_train else self.picture(image)
         out = io.BytesIO()
         if image.kind == "png":
             picture.save(out, format="PNG")  # Pillow writes no time chunk: deterministic
@@ -432,6 +463,18 @@ class _Renderer:
         else:
             picture.save(out, format="JPEG", quality=self.quality)
         return out.getvalue()
+
+
+def _photo_texture(spec: SampleSpec) -> Image.Image:
+    """Seeded photo-like noise: coarse blotches plus strong per-pixel grain, twice the largest side."""
+    import numpy as np
+
+    rng = np.random.default_rng(list(f"ilsvrc-sample/{spec.seed}/photo".encode()))
+    side = 2 * spec.photo_train_size[1]
+    grain = 200  # per-pixel noise amplitude; sets the JPEG size (about 90 KB for 500 x 375 at q75)
+    coarse = rng.integers(0, 256 - grain, (side // 4, side // 4, 3), dtype=np.uint8)
+    blotches = np.asarray(Image.fromarray(coarse).resize((side, side), Image.Resampling.BILINEAR))
+    return Image.fromarray(blotches + rng.integers(0, grain, (side, side, 3), dtype=np.uint8))
 
 
 def _xml(folder: str, filename_text: str, frame: tuple[int, int], objects: Sequence[_Object]) -> bytes:
@@ -606,7 +649,7 @@ def _inner_tar(images: Sequence[_Image], renderer: _Renderer) -> bytes:
     buffer = io.BytesIO()  # one synset's inner tar is small (a few KB per image): in memory is fine
     with tarfile.open(fileobj=buffer, mode="w", format=TAR_FORMAT) as inner:
         for image in images:
-            _add(inner, image.filename, renderer.encode(image))
+            _add(inner, image.filename, renderer.encode(image, train=True))
     return buffer.getvalue()
 
 
