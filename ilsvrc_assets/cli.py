@@ -19,8 +19,18 @@ from pathlib import Path
 from ilsvrc_assets import settings as settings_module
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
+EXIT_FAILED, EXIT_SETTINGS, EXIT_BUSY = 1, 2, 3
+# The local profile, deploy/profiles/local/dagster.yaml, word for word (a test keeps them equal;
+# the deploy/ folder is not part of the installed package). deploy/profiles/production has the other.
 DAGSTER_YAML = """\
-# The local Dagster instance of ilsvrc_assets (SQLite storage in this folder).
+# The local Dagster instance of ilsvrc_assets: what `ilsvrc-assets build` and `ilsvrc-assets ui`
+# write to $DAGSTER_HOME/dagster.yaml (default ./.dagster_home) when there is none.
+#
+# Everything not set here is Dagster's default: run, event and schedule history in SQLite files
+# under $DAGSTER_HOME; runs launched from the UI wait in a queue (at most 10 at once) that the
+# daemon of `dagster dev` empties; each run is a subprocess on this machine.
+
+# Send no usage statistics to Dagster Labs.
 telemetry:
   enabled: false
 """
@@ -109,16 +119,25 @@ def build(args: argparse.Namespace) -> int:
     settings = settings_module.load()
     from dagster import DagsterInstance
 
+    from ilsvrc_assets import fileio
     from ilsvrc_assets.definitions import build_definitions
     from ilsvrc_assets.sources import from_settings
 
     print(f"ilsvrc-assets: source {from_settings(settings).describe()}")
     print(f"ilsvrc-assets: outputs in {settings.data_dir}; Dagster history in {home}")
     started = time.monotonic()
-    with DagsterInstance.get() as instance:
-        _, failed = run_stages(
-            build_definitions(settings), instance, args.log_level, echo=lambda m: print(m, flush=True)
-        )
+    try:
+        # One build at a time per output folder: a second one would only redo the same work.
+        with fileio.exclusive(
+            settings.state_dir / "locks" / "build.lock", f"the build of {settings.data_dir}"
+        ):
+            with DagsterInstance.get() as instance:
+                _, failed = run_stages(
+                    build_definitions(settings), instance, args.log_level, echo=lambda m: print(m, flush=True)
+                )
+    except fileio.BusyError as e:
+        print(f"ilsvrc-assets: not started: {e}", file=sys.stderr)
+        return EXIT_BUSY
     elapsed = time.monotonic() - started
     if failed:
         print(f"\nilsvrc-assets: FAILED after {elapsed:.0f} s: {', '.join(failed)}", file=sys.stderr)

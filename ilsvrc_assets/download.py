@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.error import HTTPError, URLError
 
-from ilsvrc_assets import __version__
+from ilsvrc_assets import __version__, fileio
 from ilsvrc_assets.fileio import md5_file
 
 try:  # POSIX only; elsewhere concurrent downloads of one file are simply not detected
@@ -130,7 +130,7 @@ class Credentials:
         if self.token is not None:
             return {"Authorization": f"Bearer {self.token}"}
         if self.username is not None:
-            pair = f"{self.username}:{self.password or ''}".encode("utf-8")
+            pair = f"{self.username}:{self.password or ''}".encode()
             return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
         return {}
 
@@ -450,6 +450,15 @@ def _attempt(
             raise DownloadError(
                 f"{shown}: unexpected answer HTTP {status} {response.reason}; check {ENV_URL}"
             )
+
+        if total is not None and total > partial.size:
+            # Say so now, with the amount, rather than after hours of transfer.
+            try:
+                fileio.require_free_space(
+                    partial.path.parent, total - partial.size, 0, f"downloading {partial.path.name.removesuffix(PARTIAL_SUFFIX)}"
+                )
+            except fileio.DiskFullError as exc:
+                raise DownloadError(str(exc)) from None
 
         while True:
             try:

@@ -8,16 +8,33 @@ one, and running again simply redoes what is missing.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import json
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
+import socket
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 TEMP_MARKER = ".tmp-"
 CHUNK = 8 * 1024 * 1024
+
+
+class DiskFullError(OSError):
+    """Not enough free space (or inodes) for a step's outputs; the message says where and how much."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class BusyError(RuntimeError):
+    """Another run holds the lock on what this run wants to write; the message names it."""
 
 
 def temp_path_for(path: Path) -> Path:
@@ -46,8 +63,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = F
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC and not isinstance(e, DiskFullError):
+            raise disk_full(path, e) from e
         raise
 
 
@@ -129,3 +148,119 @@ def read_md5sums(path: str | os.PathLike[str]) -> dict[str, str]:
 def format_md5sums(sums: dict[str, str]) -> str:
     """The inverse of :func:`read_md5sums`, sorted by name."""
     return "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items()))
+
+
+# --- Free space -------------------------------------------------------------------------------
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KB'`` (decimal units, as ``df -H`` and disk vendors count)."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def disk_full(path: str | os.PathLike[str], error: OSError | None = None) -> DiskFullError:
+    """A :class:`DiskFullError` for a write to ``path`` that ran out of space."""
+    folder = Path(path).parent
+    try:
+        free = f"{format_bytes(shutil.disk_usage(folder).free)} free now"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        errno.ENOSPC,
+        f"no space left on the device writing {path} ({free}); nothing was left half-written: "
+        f"free up space (or point ILSVRC_DATA_DIR at a bigger disk) and run again to continue",
+    )
+
+
+def space_needed(sizes: Iterable[int], folder: str | os.PathLike[str]) -> tuple[int, int]:
+    """(bytes, files) that files of ``sizes`` take on the filesystem of ``folder``, block-rounded."""
+    folder = _existing_ancestor(Path(folder))
+    block = os.statvfs(folder).f_frsize or 4096
+    total = files = 0
+    for size in sizes:
+        total += -(-int(size) // block) * block or block
+        files += 1
+    return total, files
+
+
+def require_free_space(
+    folder: str | os.PathLike[str], needed_bytes: int, needed_files: int, what: str
+) -> None:
+    """Refuse to start ``what`` when ``folder``'s filesystem lacks the space or inodes it will take.
+
+    Checked before a long step starts writing, so a full disk is reported at once, with the
+    amount needed, rather than hours later mid-write. (Writes still go through
+    :func:`atomic_write`, so a disk filled by someone else meanwhile leaves nothing partial.)
+    """
+    folder = Path(folder)
+    probe_at = _existing_ancestor(folder)
+    st = os.statvfs(probe_at)
+    free = st.f_bavail * st.f_frsize
+    if needed_bytes > free:
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"{what} needs about {format_bytes(needed_bytes)} in {folder}, but only "
+            f"{format_bytes(free)} is free there: free up {format_bytes(needed_bytes - free)} "
+            f"(or point ILSVRC_DATA_DIR at a bigger disk) and run again; nothing has been written",
+        )
+    if st.f_files and needed_files > st.f_favail:
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"{what} needs {needed_files:,} files in {folder}, but the filesystem has only "
+            f"{st.f_favail:,} free inodes: free some or use a filesystem with more, and run again",
+        )
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+# --- Locks ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def exclusive(lock_path: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` for the block, or raise :class:`BusyError` at once.
+
+    Two runs writing the same output at the same time (two ``ilsvrc-assets build``, or a UI run
+    and a command-line run of the same asset) would race on its files; the second one is refused
+    with a message naming the holder instead. The lock is an ``flock`` on an open file, so the
+    kernel releases it when the holder exits, even when it is killed: no stale lock ever blocks
+    a later run.
+    """
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BusyError(
+                f"{what} is in use by another run ({_holder(fd)}, lock {lock_path}); wait for it "
+                f"to finish (or stop it) and run again"
+            ) from None
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that is just starting"

@@ -172,6 +172,34 @@ def _probe_png(data: bytes | memoryview, n: int, where: str) -> ImageInfo:
     return ImageInfo("PNG", width, height, _PNG_COMPONENTS[color_type])
 
 
+# How far from the end of a complete file its end marker may lie (trailing bytes after EOI/IEND
+# are harmless and occur in the wild; a truncated file has no end marker at all).
+_END_MARKER_WINDOW = 64
+
+
+def check_complete(data: bytes | memoryview, info: ImageInfo, where: str) -> None:
+    """Refuse an image whose bytes stop before its end (a truncated or cut archive member).
+
+    Cheap for every complete file: a JPEG ends with EOI (``FFD9``, which cannot occur inside
+    entropy-coded data) and a PNG with its ``IEND`` chunk, so only the last bytes are looked at.
+    Only a file without its end marker is decoded, to tell one with harmless trailing bytes
+    (accepted) from one whose data is cut short or damaged (:class:`ImageError` naming ``where``).
+    """
+    tail = bytes(data[-_END_MARKER_WINDOW:])
+    if (b"\xff\xd9" if info.format == "JPEG" else b"IEND") in tail:
+        return
+    from PIL import Image  # only for the rare file without its end marker
+
+    try:
+        with Image.open(io.BytesIO(bytes(data))) as image:
+            image.load()
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ...
+        raise ImageError(
+            f"{where}: the {info.format} data is truncated or damaged ({type(e).__name__}: {e}); "
+            f"the archive member is incomplete: fetch the archive again (or fix the stand-in release)"
+        ) from e
+
+
 def to_rgb_jpeg(data: bytes, where: str, quality: int = release.JPEG_QUALITY_FOR_CONVERTED) -> bytes:
     """Decode any image Pillow reads and re-encode it as an RGB JPEG at ``quality``.
 
@@ -198,10 +226,12 @@ def prepare(data: bytes, where: str) -> tuple[bytes, ImageInfo]:
     An RGB or grayscale JPEG is returned unchanged (the very same object; the reference stores
     grayscale as is and readers decode with ``channels=3``). A PNG or a CMYK/YCCK JPEG is
     re-encoded to an RGB JPEG. Detection is by header, so files outside the reference lists of
-    PNG/CMYK images are caught too. Raises :class:`ImageError` naming ``where``.
+    PNG/CMYK images are caught too. A truncated image is refused (:func:`check_complete`).
+    Raises :class:`ImageError` naming ``where``.
     """
     info = probe(data, where)
     if not info.needs_conversion:
+        check_complete(data, info, where)  # re-encoding (below) decodes, so it finds damage itself
         return data, info
     converted = to_rgb_jpeg(bytes(data), where)
     new_info = probe(converted, f"{where} (re-encoded)")

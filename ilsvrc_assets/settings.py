@@ -7,6 +7,7 @@ fresh clone runs on the built-in sample. The Dagster layer and the CLI both read
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,16 @@ ENV_SAMPLE_DIR = "ILSVRC_SAMPLE_DIR"  # where the built-in sample is generated; 
 ENV_TRAIN_SHARDS = "ILSVRC_TRAIN_SHARDS"  # default 1024
 ENV_VALIDATION_SHARDS = "ILSVRC_VALIDATION_SHARDS"  # default 128
 ENV_WORKERS = "ILSVRC_WORKERS"  # processes for shard writing and checking; default: cores
+ENV_PARTITIONS_PER_RUN = "ILSVRC_PARTITIONS_PER_RUN"  # shards per backfill run; default: all in one
 ENV_DAGSTER_HOME = "DAGSTER_HOME"
+ENV_REFRESH_CRON = "ILSVRC_REFRESH_CRON"  # when to look for changed archives; default weekly
+ENV_AUDIT_CRON = "ILSVRC_AUDIT_CRON"  # when to re-check the outputs; default daily
+ENV_SCHEDULE_TIMEZONE = "ILSVRC_SCHEDULE_TIMEZONE"  # of both crons; default UTC
+ENV_SCHEDULES = "ILSVRC_SCHEDULES"  # running | stopped: their status until changed in the UI
+
+DEFAULT_REFRESH_CRON = "0 3 * * 0"  # Sundays 03:00
+DEFAULT_AUDIT_CRON = "0 5 * * *"  # every day 05:00
+SCHEDULE_STATUSES = ("stopped", "running")
 
 SOURCES = ("sample", "local", "http")
 
@@ -41,6 +51,12 @@ class Settings:
     sample_dir: Path
     num_shards: Mapping[str, int]
     workers: int
+    refresh_cron: str = DEFAULT_REFRESH_CRON
+    audit_cron: str = DEFAULT_AUDIT_CRON
+    schedule_timezone: str = "UTC"
+    schedules_running: bool = False
+    # Shard partitions per run of a backfill; None: the whole range in one run.
+    partitions_per_run: int | None = None
 
     # Output layout under data_dir, in one place.
     @property
@@ -109,6 +125,32 @@ def _int_env(environ: Mapping[str, str], name: str, default: int, minimum: int =
     return value
 
 
+def _cron_env(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = " ".join(environ.get(name, "").split()) or default
+    if len(value.split(" ")) != 5:
+        raise SettingsError(
+            f"{name}={value!r} is not a cron expression of five fields (minute hour day month weekday), "
+            f"e.g. {default!r}"
+        )
+    return value
+
+
+def _schedule_env(environ: Mapping[str, str]) -> tuple[str, bool]:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    timezone = environ.get(ENV_SCHEDULE_TIMEZONE, "").strip() or "UTC"
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(
+            f"{ENV_SCHEDULE_TIMEZONE}={timezone!r} is not a time zone name such as UTC or Europe/Paris"
+        ) from None
+    status = environ.get(ENV_SCHEDULES, "").strip().lower() or "stopped"
+    if status not in SCHEDULE_STATUSES:
+        raise SettingsError(f"{ENV_SCHEDULES}={status!r}: expected one of {', '.join(SCHEDULE_STATUSES)}")
+    return timezone, status == "running"
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve the settings from the environment (``os.environ`` by default)."""
     environ = os.environ if environ is None else environ
@@ -127,7 +169,16 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             f"{ENV_SOURCE}=http needs {ENV_HTTP_URL}, e.g. https://image-net.org/data/ILSVRC/2012/"
         )
+    if http_url and (parts := urllib.parse.urlsplit(http_url)).username is not None:
+        # Everything in the settings becomes run configuration, which Dagster stores.
+        bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        raise SettingsError(
+            f"{ENV_HTTP_URL} holds credentials (user:password@...), which would be kept in the run "
+            f"history: set ILSVRC_HTTP_USERNAME and ILSVRC_HTTP_PASSWORD (or ILSVRC_HTTP_TOKEN) instead, "
+            f"and {ENV_HTTP_URL}={bare}"
+        )
     sample_dir = environ.get(ENV_SAMPLE_DIR, "").strip()
+    timezone, schedules_running = _schedule_env(environ)
     return Settings(
         source=source,
         data_dir=data_dir,
@@ -139,4 +190,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             "validation": _int_env(environ, ENV_VALIDATION_SHARDS, release.DEFAULT_NUM_SHARDS["validation"]),
         },
         workers=_int_env(environ, ENV_WORKERS, os.cpu_count() or 1),
+        refresh_cron=_cron_env(environ, ENV_REFRESH_CRON, DEFAULT_REFRESH_CRON),
+        audit_cron=_cron_env(environ, ENV_AUDIT_CRON, DEFAULT_AUDIT_CRON),
+        schedule_timezone=timezone,
+        schedules_running=schedules_running,
+        # Unset gives 0 (no minimum is checked then): one run per backfill.
+        partitions_per_run=_int_env(environ, ENV_PARTITIONS_PER_RUN, 0) or None,
     )

@@ -10,6 +10,7 @@ TensorFlow is imported only inside :func:`write_shard`, which runs in the worker
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import random
@@ -23,6 +24,9 @@ from ilsvrc_assets import fileio, images, records, release
 from ilsvrc_assets.records import RecordSource
 
 T = TypeVar("T")
+
+# Per-record bytes besides the image (TFRecord framing, the other 14 features), generously.
+RECORD_OVERHEAD = 1024
 
 
 class ShardError(Exception):
@@ -86,6 +90,12 @@ class ShardJob:
     path: Path
     archive: Path
     records: tuple[RecordSource, ...]
+    # Held while the shard is written, so two runs never write the same shard at once.
+    lock: Path | None = None
+
+    def space_needed(self) -> int:
+        """Bytes the shard file will take, about: its images plus the record framing and features."""
+        return sum(r.size for r in self.records) * 102 // 100 + RECORD_OVERHEAD * len(self.records)
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,19 @@ def write_shard(job: ShardJob) -> ShardStats:
     The file is written under a temporary name beside ``job.path`` and renamed into place only
     when complete; on any error the temporary file is removed and a :class:`ShardError` naming
     the shard (and the archive and member at fault) is raised. A job without records writes an
-    empty, valid TFRecord file.
+    empty, valid TFRecord file. With ``job.lock`` set, the shard is written under that lock, and
+    refused (naming the other run) while another run is writing it.
     """
+    if job.lock is None:
+        return _write_shard(job)
+    try:
+        with fileio.exclusive(job.lock, f"shard {job.name}"):
+            return _write_shard(job)
+    except fileio.BusyError as e:  # another run is writing this very shard
+        raise ShardError(f"{job.name}: {e}") from None
+
+
+def _write_shard(job: ShardJob) -> ShardStats:
     import tensorflow as tf
 
     archive = Path(job.archive)
@@ -146,6 +167,9 @@ def write_shard(job: ShardJob) -> ShardStats:
             raise
         if isinstance(e, images.ImageError):
             raise ShardError(f"{job.name}: {e}") from e  # the message already names archive and member
+        # TensorFlow's writer reports a full disk as its own error type, with the OS's words.
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e):
+            raise ShardError(f"{job.name}: {fileio.disk_full(path)}") from e
         member = f"{archive.name} member {current.filename}" if current is not None else archive.name
         raise ShardError(f"{job.name}: writing {member} failed ({type(e).__name__}: {e})") from e
     return ShardStats(
@@ -169,6 +193,14 @@ def write_shards(
     """
     if not jobs:
         return []
+    for folder in sorted({Path(job.path).parent for job in jobs}):
+        here = [job for job in jobs if Path(job.path).parent == folder]
+        fileio.require_free_space(
+            folder,
+            sum(job.space_needed() for job in here),
+            len(here),
+            f"writing {len(here)} shard{'s' if len(here) > 1 else ''} ({here[0].name} ...)",
+        )
     results: list[ShardStats | None] = [None] * len(jobs)
     executor = ProcessPoolExecutor(
         max_workers=max(1, min(workers, len(jobs))),

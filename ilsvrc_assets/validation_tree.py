@@ -39,24 +39,31 @@ def build(
 
     ``index`` has the columns of :data:`archives.VALIDATION_INDEX_COLUMNS`. An image already in
     place with the right size is kept (it can only be complete: files appear by rename); any
-    other file under ``dest`` is removed.
+    other file under ``dest`` is removed. Refuses to start (:class:`fileio.DiskFullError`) when the
+    filesystem lacks the space or inodes for the images still to write. Not safe to run twice at
+    once on one ``dest``: callers hold a lock (the asset does).
     """
     expected = {Path(s) / f for s, f in zip(index["synset"], index["filename"])}
     removed = _remove_unexpected(dest, expected)
-    written = skipped = total_bytes = 0
     rows = index.sort_values("offset")  # one forward pass over the archive
+    in_place = [
+        _in_place(dest / s / f, int(n)) for s, f, n in zip(rows["synset"], rows["filename"], rows["size"])
+    ]
+    missing = [int(n) for n, done in zip(rows["size"], in_place) if not done]
+    folders = 0 if dest.is_dir() else 1 + rows["synset"].nunique()
+    needed, files = fileio.space_needed(missing, dest)
+    fileio.require_free_space(
+        dest, needed, files + folders, f"the validation tree ({len(missing):,} images to write)"
+    )
+    written = skipped = 0
+    total_bytes = int(rows["size"].sum())
     with open(archive, "rb") as tar:
-        for done, (filename, synset, offset, size) in enumerate(
-            zip(rows["filename"], rows["synset"], rows["offset"], rows["size"]), start=1
+        for done, (filename, synset, offset, size, present) in enumerate(
+            zip(rows["filename"], rows["synset"], rows["offset"], rows["size"], in_place), start=1
         ):
-            target = dest / synset / filename
-            total_bytes += int(size)
-            try:
-                if target.stat().st_size == size:
-                    skipped += 1
-                    continue
-            except FileNotFoundError:
-                pass
+            if present:
+                skipped += 1
+                continue
             tar.seek(int(offset))
             data = tar.read(int(size))
             if len(data) != size:
@@ -64,14 +71,23 @@ def build(
                     f"{archive.name}: member {filename!r} is cut short ({len(data)} of {size} bytes); "
                     f"the archive is truncated: delete it and fetch it again"
                 )
-            images.probe(data, f"{archive.name} member {filename}")  # refuse what is not an image
-            fileio.atomic_write_bytes(target, data)
+            where = f"{archive.name} member {filename}"
+            images.check_complete(data, images.probe(data, where), where)  # an image, and whole
+            fileio.atomic_write_bytes(dest / synset / filename, data)
             written += 1
             if progress and done % 5000 == 0:
                 progress(done, len(rows))
     if progress:
         progress(len(rows), len(rows))
     return TreeStats(images=len(rows), written=written, skipped=skipped, removed=removed, bytes=total_bytes)
+
+
+def _in_place(target: Path, size: int) -> bool:
+    """Whether an earlier build already wrote this image (files appear by rename, so whole)."""
+    try:
+        return target.stat().st_size == size
+    except FileNotFoundError:
+        return False
 
 
 def _remove_unexpected(dest: Path, expected: set[Path]) -> int:

@@ -42,3 +42,22 @@ def test_values_from_environment(tmp_path):
 def test_bad_settings_name_the_variable(environ, message):
     with pytest.raises(settings.SettingsError, match=message):
         settings.load(environ)
+
+
+@pytest.mark.parametrize("raw, expected", [("", None), ("4", 4), (" 1 ", 1)])
+def test_partitions_per_run_sets_the_shard_backfill_batches(raw, expected):
+    from dagster import BackfillPolicy
+
+    from ilsvrc_assets.defs.shards import shards_asset
+
+    s = settings.load({"ILSVRC_PARTITIONS_PER_RUN": raw, "ILSVRC_TRAIN_SHARDS": "8"})
+    assert s.partitions_per_run == expected
+    # Unset: a backfill writes the whole range in one run; set: in runs of that many shards.
+    policy = BackfillPolicy.multi_run(expected) if expected else BackfillPolicy.single_run()
+    assert shards_asset(s, "train").backfill_policy == policy
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "four"])
+def test_bad_partitions_per_run_names_the_variable(raw):
+    with pytest.raises(settings.SettingsError, match="ILSVRC_PARTITIONS_PER_RUN"):
+        settings.load({"ILSVRC_PARTITIONS_PER_RUN": raw})

@@ -1,10 +1,11 @@
 """The one resource every asset uses: the deployment's settings and its archive source."""
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from ilsvrc_assets import settings as settings_module
+from ilsvrc_assets import fileio, settings as settings_module
 from ilsvrc_assets.archives import ChecksumCache
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.sources import ArchiveSource, from_settings
@@ -55,6 +56,14 @@ class IlsvrcResource(ConfigurableResource):
 
     def checksum_cache(self) -> ChecksumCache:
         return ChecksumCache(self.settings().state_dir / "checksums.json")
+
+    def lock_path(self, name: str) -> Path:
+        return self.settings().state_dir / "locks" / f"{name}.lock"
+
+    def exclusive(self, name: str) -> AbstractContextManager[None]:
+        """Hold the lock on output ``name`` (e.g. an asset's name) while writing it; refuses
+        (:class:`fileio.BusyError`, naming the holder) while another run writes it."""
+        return fileio.exclusive(self.lock_path(name), f"{name} in {self.data_dir}")
 
 
 def resources_for(settings: Settings | None = None) -> dict[str, object]:

@@ -6,6 +6,7 @@ rather than one process start-up per shard.
 """
 
 import time
+from dataclasses import replace
 
 from dagster import (
     AssetCheckKey,
@@ -82,7 +83,12 @@ def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
         name=f"{split}_shards",
         group_name="tfrecords",
         partitions_def=shard_partitions(settings, split),
-        backfill_policy=BackfillPolicy.single_run(),
+        # A backfill runs the whole range in one run, or in batches of ILSVRC_PARTITIONS_PER_RUN.
+        backfill_policy=(
+            BackfillPolicy.multi_run(settings.partitions_per_run)
+            if settings.partitions_per_run
+            else BackfillPolicy.single_run()
+        ),
         deps=[f"{split}_images", "bounding_boxes", "synsets"],
         kinds={"tfrecord"},
         description=f"The {split} TFRecord shards `<data>/tfrecords/{split}-NNNNN-of-MMMMM` in the "
@@ -109,6 +115,9 @@ def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
             num_shards,
             wanted=wanted,
         )
+        # Each shard is written under its own lock: runs of other shards of the split (other
+        # batches, other machines) go ahead in parallel; a second run of the same shard is refused.
+        jobs = {name: replace(job, lock=ilsvrc.lock_path(f"shards/{name}")) for name, job in jobs.items()}
         archive_version = ilsvrc.checksum_cache().get(archive_path) or _stat_version(archive_path)
         ledger = shard_plan.ShardLedger(settings.state_dir / "shards")
         fingerprints = {name: shard_plan.fingerprint(job, archive_version) for name, job in jobs.items()}

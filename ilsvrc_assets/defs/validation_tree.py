@@ -32,7 +32,8 @@ def validation_tree(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> M
     def progress(done: int, total: int) -> None:
         context.log.info(f"validation tree: {done:,} of {total:,} images")
 
-    stats = tree.build(archive, index, settings.validation_dir, progress)
+    with ilsvrc.exclusive("validation_tree"):  # a second run at once would delete our temp files
+        stats = tree.build(archive, index, settings.validation_dir, progress)
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(settings.validation_dir)),
