@@ -75,7 +75,7 @@ def build(
             images.check_complete(data, images.probe(data, where), where)  # an image, and whole
             fileio.atomic_write_bytes(dest / synset / filename, data)
             written += 1
-            if progress and done % 5000 == 0:
+            if progress:
                 progress(done, len(rows))
     if progress:
         progress(len(rows), len(rows))

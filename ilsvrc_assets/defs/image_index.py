@@ -17,6 +17,7 @@ from dagster import (
 from ilsvrc_assets import archives, release, synsets
 from ilsvrc_assets.defs.metadata import check_result, markdown_preview
 from ilsvrc_assets.defs.resources import IlsvrcResource
+from ilsvrc_assets.progress import Progress
 
 GROUP = "images"
 
@@ -34,11 +35,8 @@ def train_images(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> Mate
     path = ilsvrc.archive_source().locate(release.IMG_TRAIN, context.log.info)
     known = frozenset(synsets.read_synsets(settings.synsets_csv)["wnid"])
 
-    def progress(done: int, total: int, wnid: str) -> None:
-        if done % 100 == 0 or done == total:
-            context.log.info(f"indexed {done} of {total} inner synset tars")
-
-    index = archives.index_train_archive(path, known, progress)
+    progress = Progress("train index", len(known), "synset tars", context.log.info)
+    index = archives.index_train_archive(path, known, lambda done, _total, _wnid: progress.update(done))
     archives.write_index(index, settings.image_index("train"))
     per_synset = index.groupby("synset").size()
     return MaterializeResult(

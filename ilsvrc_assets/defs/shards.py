@@ -5,7 +5,6 @@ one step (single-run backfill policy) that writes its shards with a pool of work
 rather than one process start-up per shard.
 """
 
-import time
 from dataclasses import replace
 
 from dagster import (
@@ -23,6 +22,7 @@ from dagster import (
 
 from ilsvrc_assets import archives, bounding_boxes, fileio, release, shard_plan, shards, synsets
 from ilsvrc_assets.defs.resources import IlsvrcResource
+from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.settings import Settings
 
 SPLIT_ARCHIVES = {"train": release.IMG_TRAIN, "validation": release.IMG_VAL}
@@ -134,22 +134,16 @@ def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
             f"{split}: {len(to_write)} of {len(wanted)} shards to write "
             f"({reused} unchanged since an earlier run) with {settings.workers} workers"
         )
-        started = time.monotonic()
-        done = [0, 0]  # shards, records
+        progress = Progress(
+            f"{split} shards", sum(len(job.records) for job in to_write), "images", context.log.info
+        )
+        written_records = [0]
 
         def on_done(stats: shards.ShardStats) -> None:
             ledger.record(stats, fingerprints[stats.name])
             _record(context, stats, reused=False)
-            done[0] += 1
-            done[1] += stats.records
-            if done[0] % 16 == 0 or done[0] == len(to_write):
-                elapsed = max(time.monotonic() - started, 1e-9)
-                rate = done[1] / elapsed
-                left = sum(len(j.records) for j in to_write) - done[1]
-                context.log.info(
-                    f"{split}: {done[0]} of {len(to_write)} shards, {done[1]:,} records, "
-                    f"{rate:,.0f} images/s, about {left / rate if rate else 0:,.0f} s left"
-                )
+            written_records[0] += stats.records
+            progress.update(written_records[0])
 
         shards.write_shards(to_write, workers=settings.workers, on_done=on_done)
         return MaterializeResult(

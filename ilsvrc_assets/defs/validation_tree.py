@@ -13,6 +13,7 @@ from dagster import (
 from ilsvrc_assets import archives, release, validation_tree as tree
 from ilsvrc_assets.defs.metadata import check_result
 from ilsvrc_assets.defs.resources import IlsvrcResource
+from ilsvrc_assets.progress import Progress
 
 
 @asset(
@@ -29,11 +30,11 @@ def validation_tree(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> M
     archive = ilsvrc.archive_source().locate(release.IMG_VAL, context.log.info)
     index = archives.read_index(settings.image_index("validation"))
 
-    def progress(done: int, total: int) -> None:
-        context.log.info(f"validation tree: {done:,} of {total:,} images")
-
+    progress = Progress("validation tree", len(index), "images", context.log.info)
     with ilsvrc.exclusive("validation_tree"):  # a second run at once would delete our temp files
-        stats = tree.build(archive, index, settings.validation_dir, progress)
+        stats = tree.build(
+            archive, index, settings.validation_dir, lambda done, _total: progress.update(done)
+        )
     return MaterializeResult(
         metadata={
             "path": MetadataValue.path(str(settings.validation_dir)),
