@@ -9,9 +9,10 @@ from __future__ import annotations
 from dagster import AssetSelection, Definitions, define_asset_job, load_asset_checks_from_modules
 
 from ilsvrc_assets import settings as settings_module
-from ilsvrc_assets.defs import bounding_boxes, image_index, manifest, synsets, validation_tree
+from ilsvrc_assets.defs import bounding_boxes, image_index, kubernetes, manifest, synsets, validation_tree
 from ilsvrc_assets.defs.archives import archive_assets
 from ilsvrc_assets.defs.resources import resources_for
+from ilsvrc_assets.defs.schedules import audit_schedule, refresh_sensor
 from ilsvrc_assets.defs.shards import shards_asset
 from ilsvrc_assets.settings import Settings
 
@@ -62,6 +63,8 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
                     selection=AssetSelection.assets(asset_def),
                     partitions_def=asset_def.partitions_def,
                     description=f"The {split} TFRecord shards (a partition range runs as one run).",
+                    # Pod size under the K8sRunLauncher (deploy/k8s); ignored by other launchers.
+                    tags=kubernetes.run_tags(settings),
                 )
                 for split, asset_def in shard_assets.items()
             ),
@@ -69,6 +72,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
                 JOB_NAMES["manifest"],
                 selection=AssetSelection.assets("dataset_manifest"),
                 description="Read every shard back and run the dataset checks.",
+                tags=kubernetes.run_tags(settings),
             ),
             define_asset_job(
                 JOB_NAMES["audit"],
@@ -76,6 +80,8 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
                 description="Run the checks again against what is already built; materialises nothing.",
             ),
         ],
+        schedules=[audit_schedule(settings, JOB_NAMES["audit"])],
+        sensors=[refresh_sensor(settings)],
         resources=resources_for(settings),
     )
 

@@ -7,13 +7,19 @@ those findings against the image indexes and the release facts.
 
 Reading a shard back is the expensive part; a shard whose size and modification time are those
 recorded in the previous manifest is not read again.
+
+:func:`audit` judges the shards as they are on disk now, whatever an earlier run wrote into
+``manifest.json``: every shard is hashed and compared with the size and MD5 recorded when it was
+written, and a shard whose MD5 is not the one ``manifest.json`` read is read back again, so the
+record checks judge its current bytes.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ilsvrc_assets import fileio, release
@@ -38,11 +44,35 @@ def build(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Read back every shard (reusing unchanged entries of ``previous``) and summarise them."""
+    old = _entries_by_name(previous)
+
+    def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
+        entry = old.get(name)
+        return entry if entry and (entry.get("bytes"), entry.get("mtime_ns")) == stamp else None
+
+    entries, _ = _read_back(folder, shard_names, workers, reusable, progress)
+    return _summary(shard_names, entries, expected_images)
+
+
+def _entries_by_name(manifest: dict | None) -> dict[str, dict]:
+    return {
+        s["name"]: s for split in (manifest or {}).get("splits", {}).values() for s in split.get("shards", [])
+    }
+
+
+def _read_back(
+    folder: Path,
+    shard_names: Mapping[str, Sequence[str]],
+    workers: int,
+    reusable: Callable[[str, tuple[int, int]], dict | None],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[str, dict], list[str]]:
+    """An entry per shard: missing, reused (``reusable(name, (size, mtime_ns))``) or read back now.
+
+    Returns the entries by name and the names of the shards read back.
+    """
     from ilsvrc_assets.records import scan_shards
 
-    old = {
-        s["name"]: s for split in (previous or {}).get("splits", {}).values() for s in split.get("shards", [])
-    }
     entries: dict[str, dict] = {}
     to_scan: list[Path] = []
     for names in shard_names.values():
@@ -51,8 +81,8 @@ def build(
             stamp = _stamp(path)
             if stamp is None:
                 entries[name] = {"name": name, "missing": True}
-            elif name in old and (old[name].get("bytes"), old[name].get("mtime_ns")) == stamp:
-                entries[name] = old[name]
+            elif (entry := reusable(name, stamp)) is not None:
+                entries[name] = entry
             else:
                 to_scan.append(path)
     total = len(to_scan)
@@ -65,6 +95,12 @@ def build(
         entries[scan.name] = entry
         if progress:
             progress(done, total)
+    return entries, [p.name for p in to_scan]
+
+
+def _summary(
+    shard_names: Mapping[str, Sequence[str]], entries: Mapping[str, dict], expected_images: Mapping[str, int]
+) -> dict:
     splits = {}
     for split, names in shard_names.items():
         shards = [entries[n] for n in names]
@@ -81,6 +117,107 @@ def build(
             "shards": shards,
         }
     return {"format": FORMAT, "feature_keys": list(release.FEATURE_KEYS), "splits": splits}
+
+
+# --- The audit: the shards as they are now, against what was recorded when they were written ----
+
+
+@dataclass(frozen=True)
+class Written:
+    """What was recorded for a shard when it was written (or found unchanged) by a materialisation."""
+
+    bytes: int
+    md5: str
+
+
+@dataclass
+class Audit:
+    """The shards as they are on disk now."""
+
+    manifest: dict  # as :func:`build` makes it, for the shards' current bytes
+    shard_problems: list[str]  # shards missing, never recorded, or not as written
+    read_back: list[str] = field(default_factory=list)  # shards whose current bytes were read back
+    hashed: int = 0  # shards hashed
+
+
+def audit(
+    folder: Path,
+    shard_names: Mapping[str, Sequence[str]],
+    expected_images: Mapping[str, int],
+    written: Mapping[str, Written],
+    workers: int,
+    previous: dict | None = None,
+    hash_shards: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> Audit:
+    """Judge every shard on disk against ``written`` and summarise the shards as they are now.
+
+    Every shard present is hashed (``hash_shards``; when False, the MD5s of ``previous`` are taken
+    for shards whose size and modification time it recorded, as when ``previous`` was built a
+    moment ago). A shard is a problem when it is missing, when nothing was recorded for it, or
+    when its size or MD5 differs from ``written``. The entries of ``previous`` are reused for
+    shards whose MD5 and size are the ones it read; every other shard present is read back again.
+    """
+    old = _entries_by_name(previous)
+    present = [
+        (name, folder / name) for names in shard_names.values() for name in names if (folder / name).is_file()
+    ]
+    md5s: dict[str, str] = {}
+    to_hash = []
+    for name, path in present:
+        entry = old.get(name)
+        if not hash_shards and entry and (entry.get("bytes"), entry.get("mtime_ns")) == _stamp(path):
+            md5s[name] = entry["md5"]
+        else:
+            to_hash.append((name, path))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # hashlib releases the GIL
+        for (name, _), digest in zip(to_hash, pool.map(lambda item: _md5_if_present(item[1]), to_hash)):
+            if digest is not None:
+                md5s[name] = digest
+
+    problems = []
+    for split, names in shard_names.items():
+        for name in names:
+            path = folder / name
+            redo = f"write it again: materialise {split}_shards, partition {name}"
+            stamp = _stamp(path)
+            record = written.get(name)
+            if stamp is None:
+                problems.append(f"{name}: missing from {folder}; {redo}")
+            elif name not in md5s:
+                problems.append(f"{name}: vanished from {folder} while being checked; {redo}")
+            elif record is None:
+                problems.append(f"{name}: no record of its size and MD5 when written; {redo}")
+            elif stamp[0] != record.bytes:
+                problems.append(
+                    f"{name}: {stamp[0]:,} bytes on disk, {record.bytes:,} when written "
+                    f"(truncated or replaced since); {redo}"
+                )
+            elif md5s[name] != record.md5:
+                problems.append(
+                    f"{name}: MD5 {md5s[name]} on disk, {record.md5} when written (altered since); {redo}"
+                )
+
+    def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
+        entry = old.get(name)
+        if entry and entry.get("md5") == md5s.get(name) and entry.get("bytes") == stamp[0]:
+            return entry
+        return None
+
+    entries, read_back = _read_back(folder, shard_names, workers, reusable, progress)
+    return Audit(
+        manifest=_summary(shard_names, entries, expected_images),
+        shard_problems=_limited(problems, 10),
+        read_back=read_back,
+        hashed=len(to_hash),
+    )
+
+
+def _md5_if_present(path: Path) -> str | None:
+    try:
+        return fileio.md5_file(path)
+    except FileNotFoundError:
+        return None
 
 
 def write(manifest: dict, path: Path) -> None:
@@ -100,27 +237,6 @@ def read(path: Path) -> dict | None:
 
 def _limited(problems: list[str], limit: int) -> list[str]:
     return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
-
-
-def missing_shards(
-    manifest: dict, folder: Path, shard_names: Mapping[str, Sequence[str]], limit: int = 10
-) -> list[str]:
-    """Shards absent from the folder, or changed on disk since the manifest read them."""
-    problems = []
-    listed = {s["name"]: s for split in manifest["splits"].values() for s in split["shards"]}
-    for names in shard_names.values():
-        for name in names:
-            stamp = _stamp(folder / name)
-            entry = listed.get(name)
-            if stamp is None:
-                problems.append(f"{name}: missing from {folder}")
-            elif entry is None or entry.get("missing"):
-                problems.append(f"{name}: not in the manifest; materialise dataset_manifest again")
-            elif entry.get("bytes") != stamp[0]:
-                problems.append(
-                    f"{name}: {stamp[0]} bytes on disk, {entry.get('bytes')} when the manifest read it"
-                )
-    return _limited(problems, limit)
 
 
 def total_problems(manifest: dict, official: Mapping[str, bool]) -> list[str]:

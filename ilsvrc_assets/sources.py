@@ -3,12 +3,18 @@
 Each source makes an archive available as a local file and says which MD5 it must have: the one
 listed in an ``MD5SUMS`` file beside the archives (a stand-in release, the sample) or else the
 official one. Verifying is the same for every source.
+
+Each source can also *observe* an archive without reading its contents: a short version string
+that changes when the archive does (HTTP: the ETag, Last-Modified and Content-Length of a HEAD
+request; a local folder: size and modification time; the sample: the generator's version). The
+archive assets record it when they materialise, and the refresh sensor compares it with a fresh
+observation to find what changed at the source.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +42,7 @@ class FetchedArchive:
     expected_md5: str
     expected_from: str  # "the official release" or "<folder>/MD5SUMS"
     md5_from_cache: bool
+    source_version: str = ""  # what observe() said of the archive this file is
 
     @property
     def official(self) -> bool:
@@ -55,6 +62,13 @@ class ArchiveSource(ABC):
     @abstractmethod
     def folder(self, log: Log) -> Path:
         """The local folder the archives are in (made ready first where needed)."""
+
+    @abstractmethod
+    def observe(self, archive: Archive, log: Log) -> str:
+        """A version of ``archive`` as the source has it now, cheap to get (the contents are not read).
+
+        Equal strings mean the archive has not changed; a different string means it (probably) has.
+        """
 
     def locate(self, archive: Archive, log: Log) -> Path:
         """Make ``archive`` available as a local file and return its path."""
@@ -77,6 +91,11 @@ class ArchiveSource(ABC):
     def fetch(self, archive: Archive, cache: ChecksumCache | None, log: Log) -> FetchedArchive:
         """Locate the archive and compute its MD5 (reused from ``cache`` when the file is unchanged)."""
         path = self.locate(archive, log)
+        return self._verify(archive, path, self.observe(archive, log), cache, log)
+
+    def _verify(
+        self, archive: Archive, path: Path, source_version: str, cache: ChecksumCache | None, log: Log
+    ) -> FetchedArchive:
         expected, expected_from = self.expected_md5s(log)
         md5, cached = md5_of(path, cache)
         log(f"{archive.name}: MD5 {md5} " + ("(unchanged since last verified)" if cached else "computed"))
@@ -88,6 +107,7 @@ class ArchiveSource(ABC):
             expected_md5=expected[archive.name],
             expected_from=expected_from,
             md5_from_cache=cached,
+            source_version=source_version,
         )
 
 
@@ -108,6 +128,10 @@ class LocalSource(ArchiveSource):
                 f"{self.root}: no such folder; set {ENV_LOCAL_DIR} to the folder holding the archives"
             )
         return self.root
+
+    def observe(self, archive: Archive, log: Log) -> str:
+        """Size and modification time (of the file a symlink points at): what the MD5 cache keys on too."""
+        return local_version(self.locate(archive, log))
 
 
 class SampleSource(ArchiveSource):
@@ -133,6 +157,12 @@ class SampleSource(ArchiveSource):
                 sample.ensure_sample(self.cache_dir, progress=log)
             self._ready = True
         return self.cache_dir
+
+    def observe(self, archive: Archive, log: Log) -> str:
+        """The generator's version: the same version writes byte-identical archives."""
+        from ilsvrc_assets import sample
+
+        return f"built-in sample v{sample.SAMPLE_VERSION}"
 
 
 class HttpSource(ArchiveSource):
@@ -181,6 +211,48 @@ class HttpSource(ArchiveSource):
                 )
         return self._expected
 
+    def observe(self, archive: Archive, log: Log) -> str:
+        """ETag, Last-Modified and Content-Length from a HEAD request (credentials from the environment)."""
+        return http_version(self._remote_info(archive))
+
+    def _remote_info(self, archive: Archive) -> dict[str, int | str | None]:
+        from ilsvrc_assets import download
+
+        url = download.archive_url(self.base_url, archive.name)
+        return download.remote_info(url, credentials=download.Credentials.from_env())
+
+    def fetch(self, archive: Archive, cache: ChecksumCache | None, log: Log) -> FetchedArchive:
+        """Download the archive unless the copy here is of the version the server has now.
+
+        The version being downloaded is written beside the download first (``<name>.source-version``),
+        so a copy, or the part of one an interrupted download left, is kept only while the server
+        still has that version; after a change it is deleted and the new one downloaded.
+        """
+        from ilsvrc_assets import download
+
+        dest = self.folder(log) / archive.name
+        info = self._remote_info(archive)
+        version = http_version(info)
+        marker = dest.with_name(dest.name + VERSION_SUFFIX)
+        known = marker.read_text().strip() if marker.is_file() else None
+        partial = download.partial_path(dest)
+        stale = None  # why the bytes here are not of the version the server has now
+        if known is not None and known != version:
+            stale = f"was {known}, now {version}"
+        elif known is None and dest.is_file() and info["content_length"] not in (None, dest.stat().st_size):
+            # Downloaded before versions were recorded: kept while the size still agrees.
+            stale = f"{dest.stat().st_size} bytes here, {info['content_length']} at the source"
+        if stale and (dest.is_file() or partial.is_file()):
+            log(
+                f"{archive.name}: changed at the source since it was downloaded ({stale}); downloading it again"
+            )
+            dest.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
+        if known != version:
+            fileio.atomic_write_text(marker, version + "\n")
+        path = self.locate(archive, log)
+        return self._verify(archive, path, version, cache, log)
+
     def locate(self, archive: Archive, log: Log) -> Path:
         from ilsvrc_assets import download
 
@@ -198,6 +270,23 @@ class HttpSource(ArchiveSource):
             progress=_progress_logger(archive.name, log),
         )
         return dest
+
+
+VERSION_SUFFIX = ".source-version"  # beside a download: the version of the archive it is
+
+
+def local_version(path: Path) -> str:
+    """The observed version of a local file: size and modification time in nanoseconds."""
+    st = path.stat()
+    return f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
+
+
+def http_version(info: Mapping[str, int | str | None]) -> str:
+    """The observed version of a file at a URL, from what :func:`download.remote_info` returns."""
+    return (
+        f"etag={info.get('etag') or '-'} last_modified={info.get('last_modified') or '-'} "
+        f"size={info.get('content_length') if info.get('content_length') is not None else '-'}"
+    )
 
 
 def _progress_logger(name: str, log: Log) -> Callable[[int, int | None], None]:

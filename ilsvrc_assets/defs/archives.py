@@ -3,7 +3,9 @@
 Asset names: ``train_archive``, ``validation_archive``, ``devkit_archive``,
 ``train_boxes_archive``, ``validation_boxes_archive``. Each carries a blocking ``checksum``
 check, evaluated in the same step (the MD5 is computed once), so nothing downstream of a corrupt
-archive runs.
+archive runs. Each materialisation also records ``source_version``, what the source said of the
+archive (see :meth:`ilsvrc_assets.sources.ArchiveSource.observe`); the refresh sensor compares it
+with a fresh observation to find the archives that changed at the source.
 """
 
 from dagster import (
@@ -24,6 +26,7 @@ from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.release import Archive
 
 GROUP = "archives"
+SOURCE_VERSION = "source_version"  # metadata key of the observed version at materialisation
 
 ARCHIVE_ASSET_NAMES: dict[str, str] = {
     release.IMG_TRAIN.key: "train_archive",
@@ -72,6 +75,7 @@ def _archive_asset(archive: Archive) -> AssetsDefinition:
                 "expected_from": fetched.expected_from,
                 "official": fetched.official,
                 "source": source.describe(),
+                SOURCE_VERSION: fetched.source_version,
                 "md5_reused_from_earlier_run": fetched.md5_from_cache,
             },
             data_version=DataVersion(fetched.md5),

@@ -1,8 +1,8 @@
 """``train_shards`` and ``validation_shards``: the model zoo's TFRecord shards, one partition each.
 
 A run for a range of partitions (a backfill, or ``ilsvrc-assets build``) is one Dagster run and
-one step (single-run backfill policy) that writes its shards with a pool of worker processes,
-rather than one process start-up per shard.
+one step that writes its shards with a pool of worker processes, rather than one process start-up
+per shard. A backfill is one such run, or runs of ``ILSVRC_PARTITIONS_PER_RUN`` shards when set.
 """
 
 from dataclasses import replace

@@ -49,6 +49,7 @@ def validation_tree(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> M
 
 @asset_check(
     asset=validation_tree,
+    blocking=True,  # nothing is downstream, but an audit that finds damage must fail its run
     description="The tree on disk matches the shipped validation label file exactly: every image "
     "in its synset's folder, 50 per synset, 50,000 in all, nothing else.",
 )

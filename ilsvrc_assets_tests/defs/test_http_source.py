@@ -36,6 +36,17 @@ class ReleaseHandler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
+    def do_HEAD(self) -> None:
+        # What the refresh observes and what fetch compares with the copy it has: size and date.
+        name = self.path.removeprefix(PREFIX)
+        path = self.server.folder / name
+        found = self.path.startswith(PREFIX) and "/" not in name and path.is_file()
+        self.send_response(200 if found else 404)
+        if found:
+            self.send_header("Content-Length", str(path.stat().st_size))
+            self.send_header("Last-Modified", self.date_time_string(int(path.stat().st_mtime)))
+        self.end_headers()
+
     def do_GET(self) -> None:
         expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         if self.headers.get("Authorization") != expected:

@@ -1,0 +1,108 @@
+"""manifest.audit on plain files: what it says about each shard, and when it trusts manifest.json.
+
+(The read-back of changed shards with TensorFlow is exercised on real shards in defs/test_audit.py;
+here every shard present is one manifest.json already read, so nothing is read back.)
+"""
+
+from __future__ import annotations
+
+import os
+
+from ilsvrc_assets import fileio, manifest
+
+NAMES = {"train": [f"train-0000{i}-of-00004" for i in range(4)], "validation": ["validation-00000-of-00001"]}
+
+
+def _shards(folder):
+    folder.mkdir()
+    for i, name in enumerate(n for names in NAMES.values() for n in names):
+        (folder / name).write_bytes(bytes([i]) * (100 + i))
+    return folder
+
+
+def _as_read(folder, names) -> dict:
+    """A manifest.json that read the shards as they are now (records and labels made up)."""
+    entries = {n: {"name": n, "missing": True} for ns in NAMES.values() for n in ns}
+    for name in names:
+        st = (folder / name).stat()
+        entries[name] = {
+            "name": name,
+            "records": 1,
+            "bytes": st.st_size,
+            "md5": fileio.md5_file(folder / name),
+            "mtime_ns": st.st_mtime_ns,
+            "labels": {"1": 1},
+            "missing": False,
+        }
+    return manifest._summary(NAMES, entries, {"train": 4, "validation": 1})
+
+
+def _written(folder) -> dict[str, manifest.Written]:
+    return {
+        name: manifest.Written(bytes=(folder / name).stat().st_size, md5=fileio.md5_file(folder / name))
+        for names in NAMES.values()
+        for name in names
+    }
+
+
+def test_intact_shards_pass_and_every_one_is_hashed(tmp_path):
+    folder = _shards(tmp_path / "tfrecords")
+    names = [n for ns in NAMES.values() for n in ns]
+    found = manifest.audit(
+        folder, NAMES, {"train": 4, "validation": 1}, _written(folder), 2, _as_read(folder, names)
+    )
+    assert found.shard_problems == [] and found.read_back == [] and found.hashed == 5
+    assert found.manifest["splits"]["train"]["records"] == 4
+
+
+def test_each_kind_of_damage_is_named_with_the_file_and_the_fix(tmp_path):
+    folder = _shards(tmp_path / "tfrecords")
+    written = _written(folder)
+    (folder / "train-00000-of-00004").unlink()
+    os.truncate(folder / "train-00001-of-00004", 10)
+    altered = folder / "train-00002-of-00004"
+    original_md5 = written[altered.name].md5
+    st = altered.stat()
+    altered.write_bytes(b"\xff" * st.st_size)
+    os.utime(altered, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and time: only the MD5 tells
+    del written["validation-00000-of-00001"]
+    present = [n for ns in NAMES.values() for n in ns if (folder / n).exists()]
+    found = manifest.audit(
+        folder, NAMES, {"train": 4, "validation": 1}, written, 1, _as_read(folder, present)
+    )
+    assert found.shard_problems == [
+        (
+            f"train-00000-of-00004: missing from {folder}; write it again: materialise train_shards, "
+            "partition train-00000-of-00004"
+        ),
+        (
+            "train-00001-of-00004: 10 bytes on disk, 101 when written (truncated or replaced since); "
+            "write it again: materialise train_shards, partition train-00001-of-00004"
+        ),
+        (
+            f"train-00002-of-00004: MD5 {fileio.md5_file(altered)} on disk, "
+            f"{original_md5} when written "
+            "(altered since); write it again: materialise train_shards, partition train-00002-of-00004"
+        ),
+        (
+            "validation-00000-of-00001: no record of its size and MD5 when written; write it again: "
+            "materialise validation_shards, partition validation-00000-of-00001"
+        ),
+    ]
+    assert found.manifest["splits"]["train"]["shards"][0]["missing"]
+
+
+def test_without_hashing_the_md5s_of_a_manifest_just_built_are_taken(tmp_path):
+    folder = _shards(tmp_path / "tfrecords")
+    names = [n for ns in NAMES.values() for n in ns]
+    just_built = _as_read(folder, names)
+    found = manifest.audit(
+        folder, NAMES, {"train": 4, "validation": 1}, _written(folder), 1, just_built, hash_shards=False
+    )
+    assert found.hashed == 0 and found.shard_problems == []
+    # A shard whose size or time is not what that manifest recorded is hashed all the same.
+    os.utime(folder / names[0], ns=(0, 0))
+    found = manifest.audit(
+        folder, NAMES, {"train": 4, "validation": 1}, _written(folder), 1, just_built, hash_shards=False
+    )
+    assert found.hashed == 1
