@@ -455,7 +455,10 @@ def _attempt(
             # Say so now, with the amount, rather than after hours of transfer.
             try:
                 fileio.require_free_space(
-                    partial.path.parent, total - partial.size, 0, f"downloading {partial.path.name.removesuffix(PARTIAL_SUFFIX)}"
+                    partial.path.parent,
+                    total - partial.size,
+                    0,
+                    f"downloading {partial.path.name.removesuffix(PARTIAL_SUFFIX)}",
                 )
             except fileio.DiskFullError as exc:
                 raise DownloadError(str(exc)) from None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ilsvrc_assets import fileio, release
 from ilsvrc_assets.archives import ChecksumCache, md5_of
+from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.release import Archive
 from ilsvrc_assets.settings import ENV_HTTP_URL, ENV_LOCAL_DIR, Settings
 
@@ -290,21 +291,8 @@ def http_version(info: Mapping[str, int | str | None]) -> str:
 
 
 def _progress_logger(name: str, log: Log) -> Callable[[int, int | None], None]:
-    import time
-
-    last = [0.0]
-
-    def report(done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - last[0] < 5 and (total is None or done < total):
-            return
-        last[0] = now
-        if total:
-            log(f"{name}: {done / 1e6:,.1f} of {total / 1e6:,.1f} MB ({100 * done / total:.0f}%)")
-        else:
-            log(f"{name}: {done / 1e6:,.1f} MB")
-
-    return report
+    """A download's progress: MB, MB/s and time left (a resumed one counts from where it resumed)."""
+    return reporter(name, "MB", log, scale=1e6, resumed=True)
 
 
 def from_settings(settings: Settings) -> ArchiveSource:

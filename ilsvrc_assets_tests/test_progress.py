@@ -42,3 +42,14 @@ def test_format_duration():
         "59 min 59 s",
         "2 h 01 min",
     ]
+
+
+def test_unknown_total_and_a_resumed_start():
+    clock, lines = Clock(), []
+    progress = Progress(
+        "download", None, "MB", lines.append, interval=0, scale=1e6, clock=clock, start=100_000_000
+    )
+    clock.now += 4
+    progress.update(300_000_000)  # 200 MB in 4 s: the 100 MB from before do not count
+    assert lines == ["download: 300.0 MB, 50.0 MB/s"]
+    assert not progress.finished

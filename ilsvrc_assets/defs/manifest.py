@@ -28,6 +28,7 @@ from dagster import (
 from ilsvrc_assets import archives, manifest, release, shard_plan
 from ilsvrc_assets.defs.archives import archive_asset_name
 from ilsvrc_assets.defs.resources import IlsvrcResource
+from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.settings import Settings
 
 MANIFEST = "dataset_manifest"
@@ -53,10 +54,7 @@ def _expected_images(settings: Settings) -> dict[str, int]:
 def dataset_manifest(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
     settings = ilsvrc.settings()
 
-    def progress(done: int, total: int) -> None:
-        if done % 64 == 0 or done == total:
-            context.log.info(f"read back {done} of {total} shards")
-
+    progress = reporter("manifest: read back", "shards", context.log.info)
     result = manifest.build(
         settings.tfrecords_dir,
         _shard_names(settings),
@@ -152,10 +150,7 @@ def dataset_checks(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) 
     # audit), the checks hash every shard again.
     fresh = _built_in_this_run(context)
 
-    def progress(done: int, total: int) -> None:
-        if done % 64 == 0 or done == total:
-            context.log.info(f"read back {done} of {total} changed shards")
-
+    progress = reporter("audit: read back", "changed shards", context.log.info)
     found = manifest.audit(
         settings.tfrecords_dir,
         names,
