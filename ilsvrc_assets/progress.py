@@ -45,13 +45,17 @@ class Progress:
         self.interval, self.scale, self.clock = interval, scale, clock
         self.started = self.last = clock()
         self.start = self.done = start
+        self.ended = False
 
     def update(self, done: int) -> None:
         """Record that ``done`` units are finished; report if it is time (or the end)."""
+        if self.ended:
+            return  # the end was reported already
         self.done = done
         now = self.clock()
         if self.finished or now - self.last >= self.interval:
             self.last = now
+            self.ended = self.finished
             self.log(self.message(now))
 
     @property

@@ -24,6 +24,8 @@ def test_reports_rate_and_time_left_at_most_every_interval_and_at_the_end():
     clock.now += 14
     progress.update(50_000)  # the end is always reported
     assert lines[-1] == "validation tree: 50,000 of 50,000 images (100%), 2,500 images/s, done in 20 s"
+    progress.update(50_000)  # told again: reported once
+    assert len(lines) == 2
 
 
 def test_byte_counts_are_scaled():
