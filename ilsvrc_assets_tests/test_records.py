@@ -90,6 +90,66 @@ def test_encode_example_allows_no_boxes() -> None:
         assert parsed[f"image/object/bbox/{key}"].values.numpy().size == 0
 
 
+def _serialized_by_tensorflow(source: RecordSource, image: bytes, info: images.ImageInfo) -> bytes:
+    """The same Example built with TensorFlow's message classes and serialized by them."""
+
+    def int64s(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+    def floats(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+    def byte(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    b = source.boxes
+    feature = {
+        "image/height": int64s([info.height]),
+        "image/width": int64s([info.width]),
+        "image/colorspace": byte(b"RGB"),
+        "image/channels": int64s([3]),
+        "image/class/label": int64s([source.label]),
+        "image/class/synset": byte(source.synset.encode()),
+        "image/class/text": byte(source.text.encode()),
+        "image/object/bbox/xmin": floats([x[0] for x in b]),
+        "image/object/bbox/xmax": floats([x[2] for x in b]),
+        "image/object/bbox/ymin": floats([x[1] for x in b]),
+        "image/object/bbox/ymax": floats([x[3] for x in b]),
+        "image/object/bbox/label": int64s([source.label] * len(b)),
+        "image/format": byte(b"JPEG"),
+        "image/filename": byte(source.filename.encode()),
+        "image/encoded": byte(image),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
+
+
+def test_encode_example_gives_tensorflows_own_bytes() -> None:
+    import random
+
+    rng = random.Random(7)
+    cases = [(TENCH, rgb_jpeg(40, 30)), (TOILET_TISSUE, gray_jpeg())]
+    for n in range(200):
+        boxes = tuple(
+            tuple(sorted(rng.random() for _ in range(2)) + sorted(rng.random() for _ in range(2)))
+            for _ in range(rng.randrange(0, 5))
+        )
+        boxes = tuple((x0, y0, x1, y1) for x0, x1, y0, y1 in boxes) + ((0.0, 0.0, 1.0, 1.0),) * (n % 2)
+        source = RecordSource(
+            filename=f"n01440764_{rng.randrange(10**7)}.JPEG",
+            synset="n01440764",
+            label=rng.choice([1, 2, 127, 128, 129, 999, 1000]),
+            text="tench, Tinca tinca" + "é" * (n % 3) + "x" * rng.randrange(300),
+            offset=0,
+            size=0,
+            boxes=boxes,
+        )
+        cases.append((source, rng.randbytes(rng.choice([0, 1, 127, 128, 300, 20_000, 70_000]))))
+    for source, image in cases:
+        info = images.ImageInfo("JPEG", rng.randrange(1, 70_000), rng.randrange(1, 300), 3)
+        assert encode_example(source, image, info) == _serialized_by_tensorflow(source, image, info), source
+
+
 def test_encode_example_is_deterministic() -> None:
     data = rgb_jpeg()
     assert encode(TENCH, data) == encode(TENCH, data)
