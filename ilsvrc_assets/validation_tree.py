@@ -8,6 +8,7 @@ no longer belong (an earlier run with other labels) are removed.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -46,8 +47,10 @@ def build(
     expected = {Path(s) / f for s, f in zip(index["synset"], index["filename"])}
     removed = _remove_unexpected(dest, expected)
     rows = index.sort_values("offset")  # one forward pass over the archive
+    root = str(dest)
     in_place = [
-        _in_place(dest / s / f, int(n)) for s, f, n in zip(rows["synset"], rows["filename"], rows["size"])
+        _in_place(f"{root}/{s}/{f}", int(n))
+        for s, f, n in zip(rows["synset"], rows["filename"], rows["size"])
     ]
     missing = [int(n) for n, done in zip(rows["size"], in_place) if not done]
     folders = 0 if dest.is_dir() else 1 + rows["synset"].nunique()
@@ -55,8 +58,13 @@ def build(
     fileio.require_free_space(
         dest, needed, files + folders, f"the validation tree ({len(missing):,} images to write)"
     )
+    for synset in rows["synset"].unique():
+        os.makedirs(f"{root}/{synset}", exist_ok=True)
     written = skipped = 0
     total_bytes = int(rows["size"].sum())
+    # Fifty thousand small files: written with plain system calls, each under a temporary name
+    # (of this process, see fileio.is_temp_path) renamed into place, as fileio.atomic_write does.
+    temp_suffix = f"{fileio.TEMP_MARKER}{os.getpid()}-tree"
     with open(archive, "rb") as tar:
         for done, (filename, synset, offset, size, present) in enumerate(
             zip(rows["filename"], rows["synset"], rows["offset"], rows["size"], in_place), start=1
@@ -73,7 +81,7 @@ def build(
                 )
             where = f"{archive.name} member {filename}"
             images.check_complete(data, images.probe(data, where), where)  # an image, and whole
-            fileio.atomic_write_bytes(dest / synset / filename, data)
+            _write_file(f"{root}/{synset}", filename, data, temp_suffix)
             written += 1
             if progress:
                 progress(done, len(rows))
@@ -82,12 +90,37 @@ def build(
     return TreeStats(images=len(rows), written=written, skipped=skipped, removed=removed, bytes=total_bytes)
 
 
-def _in_place(target: Path, size: int) -> bool:
+def _in_place(target: str, size: int) -> bool:
     """Whether an earlier build already wrote this image (files appear by rename, so whole)."""
     try:
-        return target.stat().st_size == size
+        return os.stat(target).st_size == size
     except FileNotFoundError:
         return False
+
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
+
+def _write_file(folder: str, name: str, data: bytes, temp_suffix: str) -> None:
+    """Write ``folder/name`` through a temporary name renamed into place; nothing partial on failure."""
+    final, temp = f"{folder}/{name}", f"{folder}/.{name}{temp_suffix}"
+    try:
+        fd = os.open(temp, _CREATE, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(temp, final)
+    except BaseException as e:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise fileio.disk_full(final, e) from e
+        raise
 
 
 def _remove_unexpected(dest: Path, expected: set[Path]) -> int:
