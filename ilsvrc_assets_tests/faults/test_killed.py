@@ -58,7 +58,8 @@ def test_build_killed_in_the_validation_tree_and_in_a_shard_range_then_finished(
     log = tmp_path / "build-2.log"
     shards = settings.shard_names("validation")
     kill_when(
-        start_build(env, log),
+        # One worker writes the shards one after another: a wide window to land the kill in.
+        start_build({**env, "ILSVRC_WORKERS": "1"}, log),
         lambda: any((tfrecords / name).exists() for name in shards),
         timeout=240,
         log=log,
