@@ -99,16 +99,34 @@ def run_bounding_boxes(settings: Settings, release_dir: Path) -> None:
     )
 
 
+def run_tar_x(settings: Settings, release_dir: Path) -> None:
+    """The baseline of the validation tree: GNU tar extracting the validation archive, flat."""
+    target = settings.data_dir / "tar-x"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    subprocess.run(["tar", "xf", str(release_dir / release.IMG_VAL.name), "-C", str(target)], check=True)
+
+
+def run_shards_one_worker(settings: Settings, release_dir: Path) -> None:
+    """The shard stage again with one worker, into a folder of its own: how it scales with cores."""
+    from dataclasses import replace
+
+    run_shards(replace(settings, data_dir=settings.data_dir / "one-worker", workers=1), release_dir)
+
+
 def run_shards(settings: Settings, release_dir: Path) -> None:
     from ilsvrc_assets import archives, bounding_boxes, shard_plan, shards, synsets
 
-    table = bounding_boxes.read_table(settings.bounding_boxes_parquet)
-    synset_table = synsets.read_synsets(settings.synsets_csv)
+    # Inputs from the library stages before (the one-worker run writes under a folder of its own).
+    inputs = settings_module.load()
+
+    table = bounding_boxes.read_table(inputs.bounding_boxes_parquet)
+    synset_table = synsets.read_synsets(inputs.synsets_csv)
     jobs = []
     for split, archive in (("train", release.IMG_TRAIN), ("validation", release.IMG_VAL)):
         planned = shard_plan.plan_split(
             split,
-            archives.read_index(settings.image_index(split)),
+            archives.read_index(inputs.image_index(split)),
             synset_table,
             bounding_boxes.boxes_by_image(table[table["split"] == split]),
             release_dir / archive.name,
@@ -190,6 +208,11 @@ STAGES = (
         lambda r, d: Work(counts(r)["validation_images"], archive_bytes(r, release.IMG_VAL)),
     ),
     Stage(
+        "tar x (validation archive)",
+        run_tar_x,
+        lambda r, d: Work(counts(r)["validation_images"], archive_bytes(r, release.IMG_VAL)),
+    ),
+    Stage(
         "validation tree",
         run_validation_tree,
         lambda r, d: Work(counts(r)["validation_images"], archive_bytes(r, release.IMG_VAL)),
@@ -203,6 +226,7 @@ STAGES = (
         ),
     ),
     Stage("write shards", run_shards, shard_input),
+    Stage("write shards (1 worker)", run_shards_one_worker, shard_input),
     Stage("manifest read-back", run_manifest, shard_files),
     Stage("dagster build (whole graph)", None, all_archives),
 )
@@ -247,7 +271,8 @@ def run_child(command: list[str], env: dict[str, str], log: Path) -> tuple[int, 
 
 
 def run_stage(stage: Stage, out: Path, release_dir: Path, env: dict[str, str]) -> Result:
-    log = out / "logs" / f"{stage.name.split(' (')[0].replace(' ', '_')}.log"
+    slug = "".join(c if c.isalnum() else "_" for c in stage.name).strip("_")
+    log = out / "logs" / f"{slug}.log"
     if stage.run is None:  # the whole graph through Dagster
         env = dict(
             env,
@@ -289,6 +314,31 @@ def table(results: list[Result]) -> str:
             f"{r.stage.name:<28} {r.seconds:>9.2f} {rate:>10} {mb_s:>9,.1f} {r.peak_rss_mb:>12,.0f} {ratio:>8}"
         )
     return "\n".join(lines)
+
+
+def comparisons(results: list[Result], workers: int) -> str:
+    """The ratios the performance targets are stated in (README, "Performance")."""
+    seconds = {r.stage.name: r.seconds for r in results if r.ok}
+
+    def ratio(a: str, b: str, what: str) -> str:
+        if a in seconds and b in seconds and seconds[b] > 0:
+            return f"  {what}: {seconds[a] / seconds[b]:.2f}x"
+        return f"  {what}: -"
+
+    return "\n".join(
+        [
+            "",
+            "ratios:",
+            ratio("write shards", "copy archives", "write shards / copy archives"),
+            ratio("validation tree", "tar x (validation archive)", "validation tree / tar x"),
+            ratio(
+                "write shards (1 worker)",
+                "write shards",
+                f"shard throughput, {workers} workers / 1 worker",
+            ),
+            ratio("dagster build (whole graph)", "copy archives", "whole graph / copy archives"),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,6 +425,7 @@ def benchmark(args: argparse.Namespace, out: Path) -> int:
             break  # the later stages need this one's outputs
     print()
     print(table(results))
+    print(comparisons(results, args.workers))
     print(f"\ncores: {os.cpu_count()}")
     return 0 if all(r.ok for r in results) and len(results) == len(STAGES) else 1
 
