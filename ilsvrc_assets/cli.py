@@ -128,9 +128,7 @@ def build(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         # One build at a time per output folder: a second one would only redo the same work.
-        with fileio.exclusive(
-            settings.state_dir / "locks" / "build.lock", f"the build of {settings.data_dir}"
-        ):
+        with fileio.exclusive(settings.lock_path("build"), f"the build of {settings.data_dir}"):
             with DagsterInstance.get() as instance:
                 _, failed = run_stages(
                     build_definitions(settings), instance, args.log_level, echo=lambda m: print(m, flush=True)
@@ -142,7 +140,7 @@ def build(args: argparse.Namespace) -> int:
     if failed:
         print(f"\nilsvrc-assets: FAILED after {elapsed:.0f} s: {', '.join(failed)}", file=sys.stderr)
         print("Open the run in the UI for details: ilsvrc-assets ui", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"\nilsvrc-assets: done in {elapsed:.0f} s; every check passed.")
     print(f"  validation tree   {settings.validation_dir}")
     print(f"  bounding boxes    {settings.bounding_boxes_parquet}")
@@ -167,11 +165,12 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def ui(args: argparse.Namespace) -> int:
-    """Run ``dagster dev`` on this project's instance and code location."""
-    home = ensure_dagster_home()
-    # `python -m dagster` from this interpreter: works whether or not the venv is on PATH.
-    command = [
+def dagster_dev_command(host: str, port: int) -> list[str]:
+    """``dagster dev`` on this project's code location, served on ``host:port``.
+
+    ``python -m dagster`` from this interpreter: works whether or not the venv is on PATH.
+    """
+    return [
         sys.executable,
         "-m",
         "dagster",
@@ -179,10 +178,16 @@ def ui(args: argparse.Namespace) -> int:
         "-m",
         "ilsvrc_assets.definitions",
         "-h",
-        args.host,
+        host,
         "-p",
-        str(args.port),
+        str(port),
     ]
+
+
+def ui(args: argparse.Namespace) -> int:
+    """Run ``dagster dev`` on this project's instance and code location."""
+    home = ensure_dagster_home()
+    command = dagster_dev_command(args.host, args.port)
     print(
         f"DAGSTER_HOME={home} dagster dev -m ilsvrc_assets.definitions on http://{args.host}:{args.port}",
         flush=True,
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except settings_module.SettingsError as e:
         print(f"ilsvrc-assets: {e}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
 
 
 if __name__ == "__main__":

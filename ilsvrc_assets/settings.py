@@ -108,6 +108,10 @@ class Settings:
         """Bookkeeping that lets a second run skip work already done (checksums, shard plans)."""
         return self.data_dir / ".state"
 
+    def lock_path(self, name: str) -> Path:
+        """The lock file held while output ``name`` is written (``fileio.exclusive``)."""
+        return self.state_dir / "locks" / f"{name}.lock"
+
     def shard_names(self, split: str) -> list[str]:
         return release.shard_names(split, self.num_shards[split])
 

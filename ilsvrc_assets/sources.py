@@ -268,7 +268,7 @@ class HttpSource(ArchiveSource):
             dest,
             expected_md5=expected[archive.name],
             credentials=download.Credentials.from_env(),
-            progress=_progress_logger(archive.name, log),
+            progress=reporter(archive.name, "MB", log, scale=1e6, resumed=True),  # MB/s from where it resumed
         )
         return dest
 
@@ -288,11 +288,6 @@ def http_version(info: Mapping[str, int | str | None]) -> str:
         f"etag={info.get('etag') or '-'} last_modified={info.get('last_modified') or '-'} "
         f"size={info.get('content_length') if info.get('content_length') is not None else '-'}"
     )
-
-
-def _progress_logger(name: str, log: Log) -> Callable[[int, int | None], None]:
-    """A download's progress: MB, MB/s and time left (a resumed one counts from where it resumed)."""
-    return reporter(name, "MB", log, scale=1e6, resumed=True)
 
 
 def from_settings(settings: Settings) -> ArchiveSource:

@@ -8,7 +8,6 @@ no longer belong (an earlier run with other labels) are removed.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -58,13 +57,8 @@ def build(
     fileio.require_free_space(
         dest, needed, files + folders, f"the validation tree ({len(missing):,} images to write)"
     )
-    for synset in rows["synset"].unique():
-        os.makedirs(f"{root}/{synset}", exist_ok=True)
     written = skipped = 0
     total_bytes = int(rows["size"].sum())
-    # Fifty thousand small files: written with plain system calls, each under a temporary name
-    # (of this process, see fileio.is_temp_path) renamed into place, as fileio.atomic_write does.
-    temp_suffix = f"{fileio.TEMP_MARKER}{os.getpid()}-tree"
     with open(archive, "rb") as tar:
         for done, (filename, synset, offset, size, present) in enumerate(
             zip(rows["filename"], rows["synset"], rows["offset"], rows["size"], in_place), start=1
@@ -81,7 +75,7 @@ def build(
                 )
             where = f"{archive.name} member {filename}"
             images.check_complete(data, images.probe(data, where), where)  # an image, and whole
-            _write_file(f"{root}/{synset}", filename, data, temp_suffix)
+            fileio.atomic_write_bytes(f"{root}/{synset}/{filename}", data)
             written += 1
             if progress:
                 progress(done, len(rows))
@@ -96,31 +90,6 @@ def _in_place(target: str, size: int) -> bool:
         return os.stat(target).st_size == size
     except FileNotFoundError:
         return False
-
-
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-
-
-def _write_file(folder: str, name: str, data: bytes, temp_suffix: str) -> None:
-    """Write ``folder/name`` through a temporary name renamed into place; nothing partial on failure."""
-    final, temp = f"{folder}/{name}", f"{folder}/.{name}{temp_suffix}"
-    try:
-        fd = os.open(temp, _CREATE, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(temp, final)
-    except BaseException as e:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise fileio.disk_full(final, e) from e
-        raise
 
 
 def _remove_unexpected(dest: Path, expected: set[Path]) -> int:

@@ -27,6 +27,7 @@ from dagster import (
 
 from ilsvrc_assets import archives, manifest, release, shard_plan
 from ilsvrc_assets.defs.archives import archive_asset_name
+from ilsvrc_assets.defs.metadata import check_result
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.settings import Settings
@@ -170,13 +171,7 @@ def dataset_checks(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) 
     selected = {key.name for key in context.selected_asset_check_keys}
 
     def result(name: str, problems: list[str], ok: str, **metadata) -> AssetCheckResult:
-        return AssetCheckResult(
-            asset_key=AssetKey(MANIFEST),
-            check_name=name,
-            passed=not problems,
-            description="; ".join(problems) or ok,
-            metadata=metadata,
-        )
+        return check_result(problems, ok, asset_key=AssetKey(MANIFEST), check_name=name, **metadata)
 
     if "every_shard_present" in selected:
         total = sum(map(len, names.values()))

@@ -58,7 +58,7 @@ class IlsvrcResource(ConfigurableResource):
         return ChecksumCache(self.settings().state_dir / "checksums.json")
 
     def lock_path(self, name: str) -> Path:
-        return self.settings().state_dir / "locks" / f"{name}.lock"
+        return self.settings().lock_path(name)
 
     def exclusive(self, name: str) -> AbstractContextManager[None]:
         """Hold the lock on output ``name`` (e.g. an asset's name) while writing it; refuses

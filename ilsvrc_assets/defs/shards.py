@@ -20,7 +20,7 @@ from dagster import (
     asset,
 )
 
-from ilsvrc_assets import archives, bounding_boxes, fileio, release, shard_plan, shards, synsets
+from ilsvrc_assets import archives, bounding_boxes, fileio, release, shard_plan, shards, sources, synsets
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.settings import Settings
@@ -118,7 +118,7 @@ def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
         # Each shard is written under its own lock: runs of other shards of the split (other
         # batches, other machines) go ahead in parallel; a second run of the same shard is refused.
         jobs = {name: replace(job, lock=ilsvrc.lock_path(f"shards/{name}")) for name, job in jobs.items()}
-        archive_version = ilsvrc.checksum_cache().get(archive_path) or _stat_version(archive_path)
+        archive_version = ilsvrc.checksum_cache().get(archive_path) or sources.local_version(archive_path)
         ledger = shard_plan.ShardLedger(settings.state_dir / "shards")
         fingerprints = {name: shard_plan.fingerprint(job, archive_version) for name, job in jobs.items()}
         to_write = []
@@ -170,8 +170,3 @@ def _record(context: AssetExecutionContext, stats: shards.ShardStats, reused: bo
         },
         partition_key=stats.name,
     )
-
-
-def _stat_version(path) -> str:
-    st = path.stat()
-    return f"size={st.st_size},mtime_ns={st.st_mtime_ns}"

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import ilsvrc_assets
-from ilsvrc_assets.cli import DAGSTER_YAML
+from ilsvrc_assets.cli import DAGSTER_YAML, dagster_dev_command
 
 PROJECT_ROOT = Path(ilsvrc_assets.__file__).resolve().parents[1]
 
@@ -70,20 +69,7 @@ class DagsterDev:
     def __enter__(self) -> Self:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "dagster.yaml").write_text(DAGSTER_YAML)
-        command = [
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-m",
-            "ilsvrc_assets.definitions",
-            "-d",
-            str(PROJECT_ROOT),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-        ]
+        command = [*dagster_dev_command("127.0.0.1", self.port), "-d", str(PROJECT_ROOT)]
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 command,
