@@ -258,9 +258,18 @@ def exclusive(lock_path: str | os.PathLike[str], what: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _holder(fd: int) -> str:
-    try:
-        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "a process that is just starting"
+def _holder(fd: int, wait: float = 1.0) -> str:
+    """Who holds the lock, from what it wrote into the file right after taking it.
+
+    A holder that has only just taken the lock may not have written yet: read again for up to
+    ``wait`` seconds before giving up on naming it.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0))
+            return f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "a process that is just starting"
+            time.sleep(0.01)

@@ -48,6 +48,19 @@ def built_sample_graph(sample_release: Path, tmp_path_factory: pytest.TempPathFa
     instance.dispose()
 
 
+@pytest.fixture(scope="module")
+def built_graph_copy(built_sample_graph, tmp_path_factory: pytest.TempPathFactory):
+    """(settings, a copy of the built graph's instance with all its history), for tests that launch
+    runs of their own: the shared instance's run history stays as the graph tests expect it."""
+    from dagster import DagsterInstance
+
+    settings, instance, _, _ = built_sample_graph
+    home = tmp_path_factory.mktemp("instance-copy") / "dagster_home"
+    shutil.copytree(instance.root_directory, home)
+    with DagsterInstance.local_temp(str(home)) as copy:
+        yield settings, copy
+
+
 def make_settings(data_dir: Path, local_dir: Path, **overrides) -> Settings:
     """Settings for a local-folder source and a private output folder."""
     values = dict(

@@ -1,3 +1,6 @@
+import os
+import time
+
 import pytest
 
 from ilsvrc_assets import fileio
@@ -50,3 +53,41 @@ def test_md5sums_round_trip_and_errors(tmp_path):
     path.write_text("not-a-digest  a.tar\n")
     with pytest.raises(ValueError, match="line 1"):
         fileio.read_md5sums(path)
+
+
+def test_exclusive_refuses_a_second_holder_naming_the_first_and_is_released_on_exit(tmp_path):
+    lock = tmp_path / "locks" / "x.lock"
+    with fileio.exclusive(lock, "the thing"):
+        with pytest.raises(
+            fileio.BusyError, match=rf"^the thing is in use by another run \(pid {os.getpid()} on "
+        ):
+            with fileio.exclusive(lock, "the thing"):
+                pass
+    with fileio.exclusive(lock, "the thing"):  # released
+        pass
+
+
+def test_exclusive_waits_for_a_holder_that_has_not_written_its_name_yet(tmp_path):
+    import fcntl
+    import json
+    import threading
+
+    lock = tmp_path / "x.lock"
+    taken = threading.Event()
+
+    def slow_holder() -> None:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        taken.set()
+        time.sleep(0.2)  # the name arrives a moment after the lock
+        os.pwrite(fd, json.dumps({"pid": 4242, "host": "elsewhere", "since": "then"}).encode(), 0)
+        time.sleep(0.5)
+        os.close(fd)
+
+    holder = threading.Thread(target=slow_holder)
+    holder.start()
+    taken.wait(5)
+    with pytest.raises(fileio.BusyError, match=r"\(pid 4242 on elsewhere, since then"):
+        with fileio.exclusive(lock, "x"):
+            pass
+    holder.join()

@@ -26,13 +26,9 @@ AUDITED = {name for name in ALL_CHECKS if not name.endswith(":checksum")}
 
 
 @pytest.fixture(scope="module")
-def audited(built_sample_graph, tmp_path_factory):
+def audited(built_graph_copy):
     """(settings, a copy of the built graph's instance with all its history)."""
-    settings, instance, _, _ = built_sample_graph
-    home = tmp_path_factory.mktemp("audit") / "dagster_home"
-    shutil.copytree(instance.root_directory, home)
-    with DagsterInstance.local_temp(str(home)) as copy:
-        yield settings, copy
+    return built_graph_copy
 
 
 @pytest.fixture

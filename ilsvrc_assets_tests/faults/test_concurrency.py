@@ -1,5 +1,8 @@
 """Two runs at once: the main command twice, or two runs of the same shard partition. No corruption,
-and a clear outcome: the second is refused, naming the first, and a later run completes."""
+and a clear outcome: the second is refused, naming the first, and a later run completes.
+
+The runs go to a copy of the built graph's instance (``built_graph_copy``); the outputs are the
+built graph's own, restored exactly where a test damages them."""
 
 from __future__ import annotations
 
@@ -52,8 +55,8 @@ def test_main_command_twice_at_once_the_second_is_refused_naming_the_first(sampl
     kill_when(winner, lambda: True, timeout=5, log=logs[1 - loser])  # enough: it was not disturbed
 
 
-def test_a_run_of_a_shard_another_run_is_writing_is_refused_and_nothing_is_lost(built_sample_graph):
-    settings, instance = built_sample_graph[:2]
+def test_a_run_of_a_shard_another_run_is_writing_is_refused_and_nothing_is_lost(built_graph_copy):
+    settings, instance = built_graph_copy
     name = settings.shard_names("validation")[2]
     shard = settings.tfrecords_dir / name
     original = shard.read_bytes()
@@ -99,8 +102,8 @@ RUN_SHARDS = textwrap.dedent(
 )
 
 
-def test_two_runs_of_the_same_partitions_at_once_never_corrupt_a_shard(built_sample_graph, tmp_path):
-    settings, instance = built_sample_graph[:2]
+def test_two_runs_of_the_same_partitions_at_once_never_corrupt_a_shard(built_graph_copy, tmp_path):
+    settings, instance = built_graph_copy
     names = settings.shard_names("validation")
     originals = {name: (settings.tfrecords_dir / name).read_bytes() for name in names}
     for name in names:
@@ -144,8 +147,8 @@ def test_two_runs_of_the_same_partitions_at_once_never_corrupt_a_shard(built_sam
         assert (settings.tfrecords_dir / name).read_bytes() == originals[name]
 
 
-def test_the_validation_tree_is_never_written_by_two_runs_at_once(built_sample_graph):
-    settings, instance = built_sample_graph[:2]
+def test_the_validation_tree_is_never_written_by_two_runs_at_once(built_graph_copy):
+    settings, instance = built_graph_copy
     lock = IlsvrcResource.from_settings(settings).lock_path("validation_tree")
     before = sorted(p.name for p in settings.validation_dir.rglob("*.JPEG"))
     with fileio.exclusive(lock, "a run in this test"):
