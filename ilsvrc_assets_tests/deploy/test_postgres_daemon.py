@@ -44,17 +44,23 @@ SETTINGS_ENV = {
 }
 
 
-def test_local_profile_is_what_the_cli_writes(tmp_path):
+def test_local_profile_is_what_the_cli_writes(tmp_path, monkeypatch):
     from dagster import DagsterInstance
-    from dagster._core.storage.event_log import SqliteEventLogStorage
     from dagster._core.storage.runs import SqliteRunStorage
+
+    from ilsvrc_assets.defs.event_log_storage import BatchingSqliteEventLogStorage
 
     profile = (PROFILES / "local" / "dagster.yaml").read_text()
     assert profile == cli.DAGSTER_YAML
-    home = cli.ensure_dagster_home({"DAGSTER_HOME": str(tmp_path / "home")})
-    with DagsterInstance.from_config(str(home)) as instance:
+    environ = {"DAGSTER_HOME": str(tmp_path / "home")}
+    home = cli.ensure_dagster_home(environ)
+    assert environ["DAGSTER_EVENT_BATCH_SIZE"] == cli.EVENT_BATCH_SIZE
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with DagsterInstance.get() as instance:
         assert isinstance(instance.run_storage, SqliteRunStorage)
-        assert isinstance(instance.event_log_storage, SqliteEventLogStorage)
+        assert isinstance(instance.event_log_storage, BatchingSqliteEventLogStorage)
+        # The event logs stay where Dagster's own SQLite storage keeps them.
+        assert Path(instance.event_log_storage._base_dir) == home / "history" / "runs"
         assert Path(instance.root_directory) == home
 
 
