@@ -39,6 +39,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
+
 class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
     """SQLite event log storage that stores a batch of events in one transaction per database."""
 
@@ -87,9 +88,8 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
-            with engine.connect() as conn:
-                with conn.begin():
-                    yield conn
+            with engine.connect() as conn, conn.begin():
+                yield conn
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Store ``events`` as ``store_event`` would one by one, in one transaction per database.
