@@ -70,28 +70,21 @@ def encode_example(source: RecordSource, image: bytes, info: images.ImageInfo) -
             raise ValueError(
                 f"{source.filename}: bounding box {box!r} is not (xmin, ymin, xmax, ymax) within [0, 1]"
             )
-    boxes = source.boxes
-    features = {
-        "image/height": _int64s([info.height]),
-        "image/width": _int64s([info.width]),
-        "image/colorspace": _byte(b"RGB"),
-        "image/channels": _int64s([3]),
-        "image/class/label": _int64s([source.label]),
-        "image/class/synset": _byte(source.synset.encode()),
-        "image/class/text": _byte(source.text.encode("utf-8")),
-        "image/object/bbox/xmin": _floats([b[0] for b in boxes]),
-        "image/object/bbox/xmax": _floats([b[2] for b in boxes]),
-        "image/object/bbox/ymin": _floats([b[1] for b in boxes]),
-        "image/object/bbox/ymax": _floats([b[3] for b in boxes]),
-        "image/object/bbox/label": _int64s([source.label] * len(boxes)),
-        "image/format": _byte(b"JPEG"),
-        "image/filename": _byte(source.filename.encode()),
-        "image/encoded": _byte(bytes(image)),
-    }
-    # Features.feature is map<string, Feature>: each entry a message of key (field 1) and value
-    # (field 2), as field 1 of Features; sorted by key, as deterministic serialization does.
-    entries = b"".join(_field(1, _ENTRY_KEYS[key] + _field(2, features[key])) for key in _SORTED_KEYS)
-    return _field(1, entries)  # Example.features
+    # The entries in key order (Features.feature is map<string, Feature>: each entry a message of
+    # key, field 1, and value, field 2, as field 1 of Features; sorted by key, as deterministic
+    # serialization does). The image is not copied into nested messages: its entry is a header
+    # computed from its length, followed by the image itself, and everything is joined once.
+    parts = [
+        _synset_entries(source.label, source.synset, source.text),
+        _list_entry_header("image/encoded", BYTES, len(image)),
+        image,
+        _list_entry("image/filename", BYTES, source.filename.encode()),
+        _FORMAT_ENTRY,
+        _list_entry("image/height", INT64S, _varint(info.height)),
+        _box_entries(source.label, source.boxes) if source.boxes else _NO_BOX_ENTRIES,
+        _list_entry("image/width", INT64S, _varint(info.width)),
+    ]
+    return b"".join([b"\x0a", _varint(sum(map(len, parts))), *parts])  # Example.features
 
 
 _SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
@@ -131,6 +124,80 @@ def _int64s(values: Sequence[int]) -> bytes:
     if any(v < 0 for v in values):
         raise ValueError(f"negative int64 values are not written here: {values!r}")
     return _field(3, _field(1, b"".join(_varint(v) for v in values)) if values else b"")
+
+
+def _entry(key: str, feature: bytes) -> bytes:
+    """One entry of the Features map, as a field of Features."""
+    return _field(1, _ENTRY_KEYS[key] + _field(2, feature))
+
+
+BYTES, FLOATS, INT64S = 1, 2, 3  # Feature's oneof: bytes_list, float_list, int64_list
+
+
+@functools.lru_cache(maxsize=1 << 16)  # most lengths recur: names, sizes, box counts
+def _list_entry_header(key: str, kind: int, length: int) -> bytes:
+    """The bytes of ``_entry(key, <kind list of one field of length bytes>)`` before that field's
+    value: a bytes_list of one value, or a packed float/int64 list. Lets an entry be written
+    without copying its value into each nested message in turn."""
+    values = 1 + len(_varint(length)) + length  # the list message: its field 1
+    feature = 1 + len(_varint(values)) + values  # Feature: the list as field `kind`
+    key_field = _ENTRY_KEYS[key]
+    entry = len(key_field) + 1 + len(_varint(feature)) + feature  # map entry: key 1, value 2
+    return b"".join(
+        (b"\x0a", _varint(entry), key_field, b"\x12", _varint(feature), _SMALL_VARINTS[kind << 3 | 2],
+         _varint(values), b"\x0a", _varint(length))
+    )  # fmt: skip
+
+
+def _list_entry(key: str, kind: int, value: bytes) -> bytes:
+    return _list_entry_header(key, kind, len(value)) + value
+
+
+@functools.lru_cache(maxsize=2048)
+def _synset_entries(label: int, synset: str, text: str) -> bytes:
+    """The entries before image/encoded: the same for every image of a synset."""
+    return b"".join(
+        [
+            _entry("image/channels", _int64s([3])),
+            _entry("image/class/label", _int64s([label])),
+            _entry("image/class/synset", _byte(synset.encode())),
+            _entry("image/class/text", _byte(text.encode("utf-8"))),
+            _entry("image/colorspace", _byte(b"RGB")),
+        ]
+    )
+
+
+def _box_entries(label: int, boxes: Sequence[Box]) -> bytes:
+    """The entries of the box lists (label, xmax, xmin, ymax, ymin: key order)."""
+    if not boxes:
+        return b"".join(
+            _entry(f"image/object/bbox/{name}", empty)
+            for name, empty in (
+                ("label", _int64s([])), ("xmax", _floats([])), ("xmin", _floats([])),
+                ("ymax", _floats([])), ("ymin", _floats([])),
+            )
+        )  # fmt: skip
+    floats = struct.Struct(f"<{len(boxes)}f").pack
+    return b"".join(
+        (
+            _list_entry("image/object/bbox/label", INT64S, _varint(label) * len(boxes)),
+            _list_entry("image/object/bbox/xmax", FLOATS, floats(*[b[2] for b in boxes])),
+            _list_entry("image/object/bbox/xmin", FLOATS, floats(*[b[0] for b in boxes])),
+            _list_entry("image/object/bbox/ymax", FLOATS, floats(*[b[3] for b in boxes])),
+            _list_entry("image/object/bbox/ymin", FLOATS, floats(*[b[1] for b in boxes])),
+        )
+    )
+
+
+_FORMAT_ENTRY = _entry("image/format", _byte(b"JPEG"))
+_NO_BOX_ENTRIES = _box_entries(0, ())
+# The order encode_example writes the entries in must be the sorted order of the keys.
+assert _SORTED_KEYS == (
+    "image/channels", "image/class/label", "image/class/synset", "image/class/text",
+    "image/colorspace", "image/encoded", "image/filename", "image/format", "image/height",
+    "image/object/bbox/label", "image/object/bbox/xmax", "image/object/bbox/xmin",
+    "image/object/bbox/ymax", "image/object/bbox/ymin", "image/width",
+), _SORTED_KEYS  # fmt: skip
 
 
 def feature_spec() -> dict[str, Any]:
