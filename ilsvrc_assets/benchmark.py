@@ -78,7 +78,9 @@ def run_validation_tree(settings: Settings, release_dir: Path) -> None:
     from ilsvrc_assets import archives, validation_tree
 
     index = archives.read_index(settings.image_index("validation"))
-    validation_tree.build(release_dir / release.IMG_VAL.name, index, settings.validation_dir)
+    validation_tree.build(
+        release_dir / release.IMG_VAL.name, index, settings.validation_dir, threads=settings.workers
+    )
 
 
 def run_bounding_boxes(settings: Settings, release_dir: Path) -> None:

@@ -76,6 +76,32 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
+def atomic_write_into(folder: str, name: str, data: bytes) -> None:
+    """Write ``data`` to ``folder/name`` atomically; ``folder`` must exist.
+
+    :func:`atomic_write_bytes` for many small files (the validation tree's 50,000 images): plain
+    strings and system calls, no folder creation, the same temporary names.
+    """
+    tmp = f"{folder}/.{name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(tmp, f"{folder}/{name}")
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise disk_full(f"{folder}/{name}", e) from e
+        raise
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_write(path, "w") as f:

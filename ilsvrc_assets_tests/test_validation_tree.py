@@ -48,6 +48,38 @@ def test_build_sorts_images_into_synset_folders_and_reruns(small_release, tmp_pa
     assert validation_tree.scan(dest) == tree
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_write_the_same_tree_and_stop_at_a_bad_member(tmp_path, monkeypatch, threads):
+    monkeypatch.setattr(validation_tree, "IMAGES_PER_THREAD", 1)
+    labels = [release.challenge_synsets()[i % 7] for i in range(60)]
+    path = tmp_path / "ILSVRC2012_img_val.tar"
+    with tarfile.open(path, "w") as tar:
+        for number in range(1, 61):
+            data = _jpeg(number) if number != 45 else b"GIF89a not a jpeg"
+            info = tarfile.TarInfo(release.validation_filename(number))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    index = archives.index_validation_archive(path, labels)
+    seen = []
+    dest = tmp_path / "validation"
+    with pytest.raises(ValueError, match="member ILSVRC2012_val_00000045.JPEG"):
+        validation_tree.build(path, index, dest, lambda done, total: seen.append(done), threads=threads)
+    # What was written is whole and in place; no temporary file is left.
+    for image in dest.rglob("*"):
+        if image.is_file():
+            assert not image.name.startswith("."), image
+            number = int(image.stem.rsplit("_", 1)[1])
+            assert image.read_bytes() == _jpeg(number) and image.parent.name == labels[number - 1]
+
+    good = index[index["filename"] != release.validation_filename(45)]
+    stats = validation_tree.build(path, good, dest, lambda done, total: seen.append(done), threads=threads)
+    assert stats.images == stats.written + stats.skipped == 59
+    tree = validation_tree.scan(dest)
+    assert sum(len(names) for names in tree.values()) == 59
+    assert all(labels[int(n[15:23]) - 1] == synset for synset, names in tree.items() for n in names)
+    assert seen[-1] == 59
+
+
 def test_member_that_is_not_an_image_is_named(tmp_path):
     path = tmp_path / "ILSVRC2012_img_val.tar"
     with tarfile.open(path, "w") as tar:

@@ -33,7 +33,11 @@ def validation_tree(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> M
     progress = Progress("validation tree", len(index), "images", context.log.info)
     with ilsvrc.exclusive("validation_tree"):  # a second run at once would delete our temp files
         stats = tree.build(
-            archive, index, settings.validation_dir, lambda done, _total: progress.update(done)
+            archive,
+            index,
+            settings.validation_dir,
+            lambda done, _total: progress.update(done),
+            threads=settings.workers,
         )
     return MaterializeResult(
         metadata={
