@@ -132,7 +132,7 @@ def build(args: argparse.Namespace) -> int:
     settings = settings_module.load()
     from dagster import DagsterInstance
 
-    from ilsvrc_assets import fileio
+    from ilsvrc_assets import fileio, records
     from ilsvrc_assets.definitions import build_definitions
     from ilsvrc_assets.sources import from_settings
 
@@ -142,6 +142,9 @@ def build(args: argparse.Namespace) -> int:
     try:
         # One build at a time per output folder: a second one would only redo the same work.
         with fileio.exclusive(settings.lock_path("build"), f"the build of {settings.data_dir}"):
+            # The record workers (the shard runs' and the read-back's, one pool for the whole
+            # build) load TensorFlow while the first run reads the archives.
+            records.start_workers(settings.workers)
             with DagsterInstance.get() as instance:
                 _, failed = run_stages(
                     build_definitions(settings), instance, args.log_level, echo=lambda m: print(m, flush=True)

@@ -629,25 +629,58 @@ def worker_init() -> None:
 def scan_shards(paths: Sequence[Path], workers: int, decode: bool = True) -> Iterator[ShardScan]:
     """:func:`scan_shard` for many shards in a pool of ``workers`` processes, yielded as each finishes.
 
-    The pool uses the spawn start method (TensorFlow is not fork-safe), and TensorFlow is loaded
-    only in the workers, so the calling process never imports it. The first failure (e.g. a
-    missing file) cancels the shards not yet started and is raised.
+    The pool is :func:`worker_pool`'s: TensorFlow is loaded only in the workers, so the calling
+    process never imports it. The first failure (e.g. a missing file) cancels the shards not yet
+    started and is raised.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         return
-    executor = ProcessPoolExecutor(
-        max_workers=max(1, min(workers, len(paths))),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=worker_init,
-    )
+    executor = worker_pool(workers)
+    # Submitted in the given order, so shards start in that order.
+    futures = [executor.submit(scan_shard, p, decode) for p in paths]
     try:
-        # Submitted in the given order, so shards start in that order.
-        pending: set[Future[ShardScan]] = set([executor.submit(scan_shard, p, decode) for p in paths])
+        pending: set[Future[ShardScan]] = set(futures)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 yield future.result()
     finally:
         # Also reached when the consumer stops early: do not start the remaining shards.
-        executor.shutdown(wait=True, cancel_futures=True)
+        settle(futures)
+
+
+_POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}  # (this process, workers) -> pool
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """This process's pool of ``workers`` record worker processes, made on first use and kept.
+
+    The pool uses the spawn start method (TensorFlow is not fork-safe) and :func:`worker_init`;
+    workers start as work arrives, each loads TensorFlow once, and they serve every later call
+    in this process: a build's training shards, validation shards and read-back share them
+    (starting a worker costs seconds; see :func:`start_workers`). A pool broken by a dead worker
+    is replaced.
+    """
+    key = (os.getpid(), max(1, workers))
+    pool = _POOLS.get(key)
+    if pool is None or getattr(pool, "_broken", False):
+        pool = ProcessPoolExecutor(
+            max_workers=key[1], mp_context=multiprocessing.get_context("spawn"), initializer=worker_init
+        )
+        _POOLS[key] = pool
+    return pool
+
+
+def start_workers(workers: int) -> None:
+    """Start the pool's workers now, so they load TensorFlow while this process does other work."""
+    pool = worker_pool(workers)
+    for _ in range(max(1, workers)):
+        pool.submit(os.getpid)
+
+
+def settle(futures: Sequence[Future[Any]]) -> None:
+    """Cancel the futures not yet started and wait for the running ones (the pool is kept)."""
+    for future in futures:
+        future.cancel()
+    wait(futures)

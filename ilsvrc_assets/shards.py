@@ -11,11 +11,10 @@ TensorFlow is imported only inside :func:`write_shard`, which runs in the worker
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
 import random
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -184,8 +183,9 @@ def write_shards(
 ) -> list[ShardStats]:
     """Write many shards with a pool of ``workers`` processes; return their stats in job order.
 
-    The pool uses the spawn start method (TensorFlow is not fork-safe); each worker loads
-    TensorFlow once and writes many shards, and the calling process never imports it.
+    The pool (``records.worker_pool``: spawn start method, as TensorFlow is not fork-safe) is
+    kept for later calls; each worker loads TensorFlow once and writes many shards, and the
+    calling process never imports it.
     ``on_done(stats)`` is called in this process as each shard finishes. On the first failure
     the shards not yet started are cancelled, those already being written are let finish (and
     reported to ``on_done``, so their work is kept), and the failure is raised as a
@@ -202,16 +202,12 @@ def write_shards(
             f"writing {len(here)} shard{'s' if len(here) > 1 else ''} ({here[0].name} ...)",
         )
     results: list[ShardStats | None] = [None] * len(jobs)
-    executor = ProcessPoolExecutor(
-        max_workers=max(1, min(workers, len(jobs))),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=records.worker_init,
-    )
+    executor = records.worker_pool(workers)
     failure: BaseException | None = None
+    index_of: dict[Future[ShardStats], int] = {
+        executor.submit(write_shard, job): i for i, job in enumerate(jobs)
+    }
     try:
-        index_of: dict[Future[ShardStats], int] = {
-            executor.submit(write_shard, job): i for i, job in enumerate(jobs)
-        }
         pending = set(index_of)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -233,7 +229,7 @@ def write_shards(
                     for other in pending:
                         other.cancel()  # only shards not yet started can be cancelled
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        records.settle(list(index_of))
     if failure is not None:
         raise failure
     return [r for r in results if r is not None]
