@@ -697,6 +697,9 @@ class _HelperFailed(Exception):
         self.error = error
 
 
+_FRAME_FILES = 50_000
+
+
 @_gc_paused()
 def _read(
     archive: Path,
@@ -710,10 +713,12 @@ def _read(
     Where the archive has several problems, the first in archive order is raised, whichever
     process found it.
     """
-    located: list[tuple[str, str]] = []  # (image, synset) per file, in archive order
-    parts: list[_Parsed] = []  # parsed batches, in archive order ([] while with a helper)
+    located: list[tuple[str, str]] = []  # (image, synset) per file not yet in a frame, in archive order
+    parts: list[_Parsed | None] = []  # parsed batches, in archive order ([] while with a helper)
     pending: deque[tuple[int, Future, list[tuple[str, bytes]]]] = deque()  # (part, future, batch), in order
     batch: list[tuple[str, bytes]] = []
+    frames: list[pd.DataFrame] = []  # the files parsed so far, as tables of at most about _FRAME_FILES
+    framed = 0  # parts[:framed] are in frames
 
     def settle(wait: bool) -> None:
         # In archive order, so that a helper's error found here is the first problem of all.
@@ -723,6 +728,27 @@ def _read(
                 parts[index] = helpers.outcome(future, sent)
             except BoundingBoxError as error:
                 raise _HelperFailed(error) from None
+
+    def to_frames(last: bool) -> None:
+        # Parsed files become a compact table every _FRAME_FILES or so: as Python objects they
+        # would take most of a gigabyte at the release's scale.
+        nonlocal framed, located
+        ready = parts[framed : pending[0][0] if pending else len(parts)]
+        count = sum(len(part) for part in ready)  # type: ignore[arg-type]
+        if count < _FRAME_FILES and not last:
+            return
+        parsed = (f for part in ready for f in part)  # type: ignore[union-attr]
+        files = [
+            (image, synset, width, height, objects)
+            for (image, synset), (width, height, objects) in zip(located[:count], parsed)
+        ]
+        # The rules are applied to all boxes of the files at once, with numpy: per-box Python
+        # would cost more than the XML parsing.
+        frames.append(_frame(split, files, synsets))
+        located = located[count:]
+        for i in range(framed, framed + len(ready)):
+            parts[i] = None
+        framed += len(ready)
 
     try:
         try:
@@ -739,6 +765,7 @@ def _read(
                         pending.append((len(parts), future, batch))
                         parts.append([])
                     batch = []
+                    to_frames(last=False)
             parts.append(_parse_batch(batch))
             settle(wait=True)
         except BoundingBoxError:
@@ -749,13 +776,13 @@ def _read(
             raise
     except _HelperFailed as failed:
         raise failed.error from None
-    files = [
-        (image, synset, width, height, objects)
-        for (image, synset), (width, height, objects) in zip(located, (f for part in parts for f in part))
-    ]
-    # The rules are applied to all boxes at once, with numpy: per-box Python would cost more
-    # than the XML parsing.
-    return _frame(split, files, synsets)
+    to_frames(last=True)
+    if len(frames) == 1:
+        return frames[0]
+    # Each frame is sorted by image; a stable sort of them in archive order gives what sorting
+    # all files at once would (an image's boxes stay together and in their order).
+    table = pd.concat(frames, ignore_index=True)
+    return table.sort_values("image", kind="stable", ignore_index=True)
 
 
 def read_train_boxes(archive: Path, synsets: Collection[str], *, workers: int | None = None) -> pd.DataFrame:

@@ -604,6 +604,36 @@ class _Written:
     size: int
 
 
+# The release's training bounding-box archive holds this many XML files (one per annotated image).
+FULL_SCALE_TRAIN_BBOX_FILES = 544_546
+
+
+def write_train_boxes_at_scale(path: Path, files: int = FULL_SCALE_TRAIN_BBOX_FILES, seed: int = 2012) -> int:
+    """Write a stand-in ``ILSVRC2012_bbox_train_v2.tar.gz`` with ``files`` XML files; return the boxes.
+
+    For benchmarks of the bounding-box table at the release's scale: the files are spread evenly
+    over the 1,000 synsets' folders, each an ordinary annotation (500 x 375 or so, 1 to 3 boxes)
+    laid out like the release's. The images they name are not in any train archive.
+    """
+    rng = random.Random(f"{seed}:train boxes at scale")
+    synsets = release.challenge_synsets()
+    boxes = 0
+    with _tar_writer(path, True, []) as tar:
+        for n, wnid in enumerate(synsets):
+            count = files // len(synsets) + (1 if n < files % len(synsets) else 0)
+            _add_dir(tar, wnid)
+            for k in range(count):
+                frame = (rng.randint(300, 500), rng.randint(300, 500))
+                objects = [
+                    _Object(wnid, _box(_inside(rng, *frame)))
+                    for _ in range(rng.choices((1, 2, 3), (70, 20, 10))[0])
+                ]
+                stem = f"{wnid}_{k + 1}"
+                _add(tar, f"{wnid}/{stem}.xml", _xml(wnid, stem, frame, objects))
+                boxes += len(objects)
+    return boxes
+
+
 @contextmanager
 def _tar_writer(path: Path, gzipped: bool, result: list[_Written]) -> Iterator[tarfile.TarFile]:
     """A streaming tar (member by member, never held in memory) written atomically to ``path``."""

@@ -219,6 +219,20 @@ def test_table_does_not_depend_on_member_order(tmp_path: Path, train_archive: Pa
     )
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_table_made_in_parts_is_the_table_made_at_once(
+    tmp_path: Path, train_archive: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    reversed_members = dict(reversed(list(TRAIN_MEMBERS.items())))
+    other = make_archive(tmp_path / "other" / TRAIN, reversed_members)
+    at_once = [bb.read_train_boxes(archive, SYNSETS, workers=1) for archive in (train_archive, other)]
+    # Batches of one file and a table every two files: parts sorted alone, then merged.
+    monkeypatch.setattr(bb, "_BATCH", 1)
+    monkeypatch.setattr(bb, "_FRAME_FILES", 2)
+    for archive, expected in zip((train_archive, other), at_once):
+        pd.testing.assert_frame_equal(bb.read_train_boxes(archive, SYNSETS, workers=workers), expected)
+
+
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_every_tar_format_and_long_names(tmp_path: Path, fmt: int) -> None:
     # A 109-character path needs the ustar prefix field, a GNU long-name header or a pax record.
