@@ -1,22 +1,32 @@
 """How fast is each stage, next to simply copying the archives? ``python -m ilsvrc_assets.benchmark``
 
     python -m ilsvrc_assets.benchmark                       realistic training images (~90 KB), 4 per synset
-    python -m ilsvrc_assets.benchmark --tiny --train-per-synset 1 --train-shards 4 --validation-shards 2
+    python -m ilsvrc_assets.benchmark --tiny --train-per-synset 1 --train-shards 4 --validation-shards 2 \
+        --boxes-at-scale 3000 --second-scale 2 --no-main-command   (what CI runs: a smoke test)
 
 Writes a stand-in release (``sample.write_release``) into ``<out>/release``, then runs, each in a
 fresh process of its own:
 
-- ``copy``: a plain copy of the five archives' bytes (the baseline: what the disk allows);
-- each stage alone through the plain library functions (outputs under ``<out>/library``);
+- ``copy archives``: a plain copy of the five archives' bytes (the baseline: what the page cache
+  and the disk allow), and ``copy archives + fsync``: the same, flushed to the disk;
+- each stage alone through the plain library functions (outputs under ``<out>/library``),
+  including ``tar x`` of the validation archive (the tree's baseline) and the shard stage again
+  with one worker (how it scales with cores);
+- ``bounding boxes at scale``: the box table from a training box archive with as many XML files
+  as the release's (544,546; ``sample.write_train_boxes_at_scale``, kept in ``<out>/boxes-at-scale``);
 - ``dagster build``: the whole graph, ``ilsvrc-assets build`` with ``ILSVRC_SOURCE=local`` (outputs
-  and Dagster history under ``<out>/dagster``).
+  and Dagster history under ``<out>/dagster``);
+- ``main command, sample``: ``ilsvrc-assets build`` as a new user runs it, on the default sample,
+  generation included, with the default settings;
 
 and prints, per stage: seconds, images/s, MB/s of the input it had to read, the peak RSS of the
 stage's largest process (the stage's process or one of its workers; from ``wait4``) and the ratio
-of its time to the copy's. A library stage's seconds are measured inside its process around the
-stage function (no interpreter start or imports); the ``dagster build`` row is the whole command.
-The archives were just written, so they are usually in the page cache: the numbers show CPU cost
-more than disk speed. Exits 1 if a stage fails (its log is under ``<out>/logs``).
+of its time to the copy's; then the ratios the targets are stated in. Then it runs the stages
+again at a second scale (twice the training images) and prints each stage's peak RSS at both.
+A library stage's seconds are measured inside its process around the stage function (no
+interpreter start or imports); the Dagster rows are whole commands. The archives were just
+written, so they are usually in the page cache: the numbers show CPU cost more than disk speed.
+Exits 1 if a stage fails (its log is under ``<out>/logs``).
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ilsvrc_assets import release, sample
+from ilsvrc_assets import fileio, release, sample
 from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.settings import Settings
 
@@ -47,6 +57,17 @@ def run_copy(settings: Settings, release_dir: Path) -> None:
     copy_dir.mkdir(parents=True, exist_ok=True)
     for archive in release.ARCHIVES:
         shutil.copyfile(release_dir / archive.name, copy_dir / archive.name)
+
+
+def run_copy_fsync(settings: Settings, release_dir: Path) -> None:
+    """The copy again, each file flushed to the disk (fsync): what the disk itself sustains."""
+    copy_dir = settings.data_dir / "copy-fsync"
+    copy_dir.mkdir(parents=True, exist_ok=True)
+    for archive in release.ARCHIVES:
+        with open(release_dir / archive.name, "rb") as source, open(copy_dir / archive.name, "wb") as target:
+            shutil.copyfileobj(source, target, 8 << 20)
+            target.flush()
+            os.fsync(target.fileno())
 
 
 def run_devkit(settings: Settings, release_dir: Path) -> None:
@@ -98,6 +119,27 @@ def run_bounding_boxes(settings: Settings, release_dir: Path) -> None:
         settings.bounding_boxes_parquet,
         settings.bounding_boxes_csv,
         settings.validation_bounding_boxes_csv,
+    )
+
+
+def boxes_at_scale_archive(release_dir: Path) -> Path:
+    return release_dir.parent / "boxes-at-scale" / release.BBOX_TRAIN.name
+
+
+def run_bounding_boxes_at_scale(settings: Settings, release_dir: Path) -> None:
+    """The bounding-box table again, from a training box archive at the release's scale."""
+    from ilsvrc_assets import bounding_boxes, synsets
+
+    table = bounding_boxes.build_table(
+        boxes_at_scale_archive(release_dir),
+        release_dir / release.BBOX_VAL.name,
+        set(synsets.read_synsets(settings.synsets_csv)["wnid"]),
+        synsets.read_validation_labels(settings.validation_labels_csv),
+        workers=settings.workers,
+    )
+    out = settings.data_dir / "boxes-at-scale"
+    bounding_boxes.write_outputs(
+        table, out / "bounding_boxes.parquet", out / "train.csv", out / "validation.csv"
     )
 
 
@@ -189,15 +231,37 @@ def shard_files(release_dir: Path, data_dir: Path) -> Work:
     return Work(c["train_images"] + c["validation_images"], size)
 
 
+def boxes_at_scale_input(release_dir: Path, data_dir: Path) -> Work:
+    archive = boxes_at_scale_archive(release_dir)
+    files = json.loads((archive.parent / "FILES.json").read_text())["files"]
+    return Work(
+        files + counts(release_dir)["validation_images"],
+        archive.stat().st_size + archive_bytes(release_dir, release.BBOX_VAL),
+    )
+
+
+def sample_archives(release_dir: Path, data_dir: Path) -> Work:
+    """What the main command read: the default sample it generated."""
+    sample_dir = data_dir / "main-command" / "data" / "sample"
+    c = counts(sample_dir)
+    return Work(c["train_images"] + c["validation_images"], archive_bytes(sample_dir, *release.ARCHIVES))
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[Settings, Path], None] | None  # None: the Dagster build, a command of its own
+    run: Callable[[Settings, Path], None] | None  # None: a command of its own (Dagster)
     reads: Callable[[Path, Path], Work]  # (release dir, benchmark dir) -> what the stage had to read
 
 
+BOXES_AT_SCALE = "bounding boxes at scale"
+DAGSTER_BUILD = "dagster build (whole graph)"
+MAIN_COMMAND = "main command, sample"
+OPTIONAL = (BOXES_AT_SCALE, MAIN_COMMAND)  # run when asked for (the realistic run asks)
+
 STAGES = (
     Stage("copy archives", run_copy, all_archives),
+    Stage("copy archives + fsync", run_copy_fsync, all_archives),
     Stage("devkit (synsets, labels)", run_devkit, lambda r, d: Work(0, archive_bytes(r, release.DEVKIT))),
     Stage(
         "train index",
@@ -227,10 +291,12 @@ STAGES = (
             archive_bytes(r, release.BBOX_TRAIN, release.BBOX_VAL),
         ),
     ),
+    Stage(BOXES_AT_SCALE, run_bounding_boxes_at_scale, boxes_at_scale_input),
     Stage("write shards", run_shards, shard_input),
     Stage("write shards (1 worker)", run_shards_one_worker, shard_input),
     Stage("manifest read-back", run_manifest, shard_files),
-    Stage("dagster build (whole graph)", None, all_archives),
+    Stage(DAGSTER_BUILD, None, all_archives),
+    Stage(MAIN_COMMAND, None, sample_archives),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -275,7 +341,7 @@ def run_child(command: list[str], env: dict[str, str], log: Path) -> tuple[int, 
 def run_stage(stage: Stage, out: Path, release_dir: Path, env: dict[str, str]) -> Result:
     slug = "".join(c if c.isalnum() else "_" for c in stage.name).strip("_")
     log = out / "logs" / f"{slug}.log"
-    if stage.run is None:  # the whole graph through Dagster
+    if stage.name == DAGSTER_BUILD:  # the whole graph through Dagster
         env = dict(
             env,
             ILSVRC_SOURCE="local",
@@ -283,6 +349,13 @@ def run_stage(stage: Stage, out: Path, release_dir: Path, env: dict[str, str]) -
             ILSVRC_DATA_DIR=str(out / "dagster" / "data"),
             DAGSTER_HOME=str(out / "dagster" / "home"),
         )
+        command = [sys.executable, "-m", "ilsvrc_assets.cli", "build"]
+        code, seconds, rss = run_child(command, env, log)
+    elif stage.name == MAIN_COMMAND:  # the README's first command after install: the default sample
+        main = out / "main-command"
+        shutil.rmtree(main, ignore_errors=True)
+        env = {k: v for k, v in env.items() if not k.startswith(("ILSVRC_", "DAGSTER_"))}
+        env = dict(env, ILSVRC_DATA_DIR=str(main / "data"), DAGSTER_HOME=str(main / "home"))
         command = [sys.executable, "-m", "ilsvrc_assets.cli", "build"]
         code, seconds, rss = run_child(command, env, log)
     else:
@@ -332,15 +405,32 @@ def comparisons(results: list[Result], workers: int) -> str:
             "",
             "ratios:",
             ratio("write shards", "copy archives", "write shards / copy archives"),
+            ratio("write shards", "copy archives + fsync", "write shards / copy archives + fsync"),
             ratio("validation tree", "tar x (validation archive)", "validation tree / tar x"),
             ratio(
                 "write shards (1 worker)",
                 "write shards",
                 f"shard throughput, {workers} workers / 1 worker",
             ),
-            ratio("dagster build (whole graph)", "copy archives", "whole graph / copy archives"),
+            ratio(DAGSTER_BUILD, "copy archives", "whole graph / copy archives"),
         ]
     )
+
+
+def memory_at_two_scales(first: list[Result], second: list[Result], scales: tuple[int, int]) -> str:
+    """Peak RSS of each stage at both scales, side by side."""
+    at_second = {r.stage.name: r for r in second}
+    header = f"{'peak RSS MB':<28} {f'{scales[0]}/synset':>12} {f'{scales[1]}/synset':>12} {'ratio':>7}"
+    lines = [header, "-" * len(header)]
+    for r in first:
+        other = at_second.get(r.stage.name)
+        if other is None or not (r.ok and other.ok):
+            continue
+        lines.append(
+            f"{r.stage.name:<28} {r.peak_rss_mb:>12,.0f} {other.peak_rss_mb:>12,.0f} "
+            f"{other.peak_rss_mb / r.peak_rss_mb:>7.2f}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,6 +454,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--train-shards", type=int, default=release.DEFAULT_NUM_SHARDS["train"])
     parser.add_argument("--validation-shards", type=int, default=release.DEFAULT_NUM_SHARDS["validation"])
+    parser.add_argument(
+        "--boxes-at-scale",
+        type=int,
+        metavar="FILES",
+        help="also time the bounding-box table from a training box archive of FILES XML files "
+        f"(default with --realistic: the release's {sample.FULL_SCALE_TRAIN_BBOX_FILES:,}; 0: skip)",
+    )
+    parser.add_argument(
+        "--second-scale",
+        type=int,
+        metavar="N",
+        help="run the stages again with N training images per synset, to compare peak memory "
+        "(default with --realistic: twice --train-per-synset; 0: skip)",
+    )
+    parser.add_argument(
+        "--main-command",
+        action=argparse.BooleanOptionalAction,
+        help="also time the main command on the default sample, generation included "
+        "(default: with --realistic)",
+    )
     parser.add_argument("--out", type=Path, help="working folder (default: a new temporary folder)")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary working folder (--out is always kept)"
@@ -375,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.stage:
         return child_main(args.stage, args.release, args.result)
+    if args.boxes_at_scale is None:
+        args.boxes_at_scale = sample.FULL_SCALE_TRAIN_BBOX_FILES if args.realistic else 0
+    if args.second_scale is None:
+        args.second_scale = 2 * args.train_per_synset if args.realistic else 0
+    if args.main_command is None:
+        args.main_command = args.realistic
 
     out = (args.out or Path(tempfile.mkdtemp(prefix="ilsvrc-benchmark-"))).absolute()
     keep = args.keep or args.out is not None  # a folder the user named is never deleted
@@ -387,13 +503,31 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out, ignore_errors=True)
 
 
-def benchmark(args: argparse.Namespace, out: Path) -> int:
+def write_boxes_at_scale(release_dir: Path, files: int) -> None:
+    archive = boxes_at_scale_archive(release_dir)
+    record = archive.parent / "FILES.json"
+    if record.is_file() and json.loads(record.read_text())["files"] == files and archive.is_file():
+        print(f"benchmark: reusing {archive}")
+        return
+    started = time.perf_counter()
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    boxes = sample.write_train_boxes_at_scale(archive, files)
+    fileio.atomic_write_text(record, json.dumps({"files": files, "boxes": boxes}))
+    print(
+        f"benchmark: wrote {files:,} training box files ({boxes:,} boxes) in {time.perf_counter() - started:.1f} s"
+    )
+
+
+def run_scale(
+    args: argparse.Namespace, out: Path, train_per_synset: int, stages: list[Stage]
+) -> tuple[list[Result], bool]:
+    """Write (or reuse) the stand-in release under ``out`` and run ``stages`` on it."""
     spec = sample.SampleSpec(
-        train_images_per_synset=(args.train_per_synset, args.train_per_synset),
+        train_images_per_synset=(train_per_synset, train_per_synset),
         photo_train_size=PHOTO_SIZE if args.realistic else None,
     )
     release_dir = out / "release"
-    for stale in ("library", "dagster", "logs"):  # from an earlier run in the same --out
+    for stale in ("library", "dagster", "logs", "main-command"):  # from an earlier run in the same --out
         shutil.rmtree(out / stale, ignore_errors=True)
     (out / "logs").mkdir(parents=True)
     if sample.is_complete(release_dir, spec):
@@ -402,6 +536,8 @@ def benchmark(args: argparse.Namespace, out: Path) -> int:
         started = time.perf_counter()
         sample.write_release(release_dir, spec)
         print(f"benchmark: wrote the release in {time.perf_counter() - started:.1f} s to {release_dir}")
+    if any(stage.name == BOXES_AT_SCALE for stage in stages):
+        write_boxes_at_scale(release_dir, args.boxes_at_scale)
     c = counts(release_dir)
     total = archive_bytes(release_dir, *release.ARCHIVES)
     print(
@@ -419,17 +555,32 @@ def benchmark(args: argparse.Namespace, out: Path) -> int:
         ILSVRC_VALIDATION_SHARDS=str(args.validation_shards),
     )
     results = []
-    for stage in STAGES:
+    for stage in stages:
         print(f"benchmark: {stage.name} ...", flush=True)
         result = run_stage(stage, out, release_dir, env)
         results.append(result)
         if not result.ok:
-            break  # the later stages need this one's outputs
+            return results, False  # the later stages need this one's outputs
+    return results, True
+
+
+def benchmark(args: argparse.Namespace, out: Path) -> int:
+    skipped = {BOXES_AT_SCALE: not args.boxes_at_scale, MAIN_COMMAND: not args.main_command}
+    stages = [stage for stage in STAGES if not skipped.get(stage.name)]
+    results, ok = run_scale(args, out, args.train_per_synset, stages)
     print()
     print(table(results))
     print(comparisons(results, args.workers))
+    if ok and args.second_scale:
+        print(f"\nbenchmark: the same stages with {args.second_scale} training images per synset", flush=True)
+        again = [stage for stage in stages if stage.name not in OPTIONAL]
+        second, ok = run_scale(args, out / f"scale-{args.second_scale}", args.second_scale, again)
+        print()
+        print(table(second))
+        print()
+        print(memory_at_two_scales(results, second, (args.train_per_synset, args.second_scale)))
     print(f"\ncores: {os.cpu_count()}")
-    return 0 if all(r.ok for r in results) and len(results) == len(STAGES) else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
