@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -151,16 +152,23 @@ def run_tar_x(settings: Settings, release_dir: Path) -> None:
     subprocess.run(["tar", "xf", str(release_dir / release.IMG_VAL.name), "-C", str(target)], check=True)
 
 
-def run_shards_one_worker(settings: Settings, release_dir: Path) -> None:
+def run_shards_one_worker(settings: Settings, release_dir: Path) -> float:
     """The shard stage again with one worker, into a folder of its own: how it scales with cores."""
     from dataclasses import replace
 
-    run_shards(replace(settings, data_dir=settings.data_dir / "one-worker", workers=1), release_dir)
+    return run_shards(replace(settings, data_dir=settings.data_dir / "one-worker", workers=1), release_dir)
 
 
-def run_shards(settings: Settings, release_dir: Path) -> None:
-    from ilsvrc_assets import archives, bounding_boxes, shard_plan, shards, synsets
+def run_shards(settings: Settings, release_dir: Path) -> float:
+    """Plan the shards, start the workers, write the shards; return the seconds of the writing.
 
+    Planning (reading the indexes and the box table) and starting the workers (each loads
+    TensorFlow, about 2 s) are printed but not counted: the rows compare writing throughput.
+    The Dagster rows include both.
+    """
+    from ilsvrc_assets import archives, bounding_boxes, records, shard_plan, shards, synsets
+
+    started = time.perf_counter()
     # Inputs from the library stages before (the one-worker run writes under a folder of its own).
     inputs = settings_module.load()
 
@@ -179,7 +187,16 @@ def run_shards(settings: Settings, release_dir: Path) -> None:
         )
         jobs.extend(planned.values())
     settings.tfrecords_dir.mkdir(parents=True, exist_ok=True)
+    planned = time.perf_counter()
+    records.start_workers(settings.workers, wait=True)
+    ready = time.perf_counter()
     shards.write_shards(jobs, workers=settings.workers)
+    written = time.perf_counter()
+    print(
+        f"planned in {planned - started:.2f} s, {settings.workers} workers started in "
+        f"{ready - planned:.2f} s, shards written in {written - ready:.2f} s"
+    )
+    return written - ready
 
 
 def run_manifest(settings: Settings, release_dir: Path) -> None:
@@ -250,7 +267,8 @@ def sample_archives(release_dir: Path, data_dir: Path) -> Work:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[Settings, Path], None] | None  # None: a command of its own (Dagster)
+    # None: a command of its own (Dagster). Returns None, or the seconds of its work proper.
+    run: Callable[[Settings, Path], float | None] | None
     reads: Callable[[Path, Path], Work]  # (release dir, benchmark dir) -> what the stage had to read
 
 
@@ -305,12 +323,33 @@ BY_NAME = {stage.name: stage for stage in STAGES}
 
 
 def child_main(stage_name: str, release_dir: Path, result_file: Path) -> int:
-    """In the child: run one library stage against the settings in the environment; write its seconds."""
+    """In the child: run one library stage against the settings in the environment.
+
+    Writes its seconds (the stage function's, or the part of it the function says is its work)
+    and its peak RSS: the larger of this process's own (``VmHWM``, counted from its ``exec``, so
+    not the benchmark process it was started from) and its largest worker's.
+    """
     settings = settings_module.load()
     started = time.perf_counter()
-    BY_NAME[stage_name].run(settings, release_dir)
-    result_file.write_text(json.dumps({"seconds": time.perf_counter() - started}))
+    timed = BY_NAME[stage_name].run(settings, release_dir)
+    seconds = time.perf_counter() - started if timed is None else timed
+    own = _vm_hwm_kb()
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (
+        1 if sys.platform == "darwin" else 1024
+    )
+    peak = max(own * 1024 if own is not None else 0, workers)
+    result_file.write_text(json.dumps({"seconds": seconds, "peak_rss_mb": peak / 1e6}))
     return 0
+
+
+def _vm_hwm_kb() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 @dataclass
@@ -363,7 +402,9 @@ def run_stage(stage: Stage, out: Path, release_dir: Path, env: dict[str, str]) -
         command = [sys.executable, "-m", "ilsvrc_assets.benchmark", "--stage", stage.name]
         command += ["--release", str(release_dir), "--result", str(result_file)]
         code, _, rss = run_child(command, dict(env, ILSVRC_DATA_DIR=str(out / "library")), log)
-        seconds = json.loads(result_file.read_text())["seconds"] if code == 0 else float("nan")
+        measured = json.loads(result_file.read_text()) if code == 0 else {}
+        seconds = measured.get("seconds", float("nan"))
+        rss = measured.get("peak_rss_mb", rss)
     work = stage.reads(release_dir, out) if code == 0 else None
     if code != 0:
         print(f"benchmark: {stage.name} FAILED (exit {code}); see {log}", file=sys.stderr)

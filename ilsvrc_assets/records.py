@@ -20,8 +20,9 @@ import math
 import multiprocessing
 import os
 import struct
+import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -640,11 +641,8 @@ def scan_shards(paths: Sequence[Path], workers: int, decode: bool = True) -> Ite
     # Submitted in the given order, so shards start in that order.
     futures = [executor.submit(scan_shard, p, decode) for p in paths]
     try:
-        pending: set[Future[ShardScan]] = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
+        for future in as_completed(futures):  # each future waited on once (not wait() in a loop)
+            yield future.result()
     finally:
         # Also reached when the consumer stops early: do not start the remaining shards.
         settle(futures)
@@ -672,11 +670,21 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
-def start_workers(workers: int) -> None:
-    """Start the pool's workers now, so they load TensorFlow while this process does other work."""
+def start_workers(workers: int, wait: bool = False) -> None:
+    """Start the pool's workers now, so they load TensorFlow while this process does other work.
+
+    With ``wait``, return once every worker is up (each has taken one of the short tasks sent).
+    """
     pool = worker_pool(workers)
-    for _ in range(max(1, workers)):
-        pool.submit(os.getpid)
+    started = [pool.submit(_started, 0.5 if wait else 0.0) for _ in range(max(1, workers))]
+    if wait:
+        for future in started:
+            future.result()
+
+
+def _started(pause: float) -> int:
+    time.sleep(pause)  # long enough that each worker takes one of these tasks
+    return os.getpid()
 
 
 def settle(futures: Sequence[Future[Any]]) -> None:

@@ -14,7 +14,7 @@ import errno
 import os
 import random
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -208,26 +208,25 @@ def write_shards(
         executor.submit(write_shard, job): i for i, job in enumerate(jobs)
     }
     try:
-        pending = set(index_of)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                if future.cancelled():
-                    continue
-                job = jobs[index_of[future]]
-                error = future.exception()
-                if error is None:
-                    stats = future.result()
-                    results[index_of[future]] = stats
-                    try:
-                        if on_done is not None:
-                            on_done(stats)
-                    except Exception as e:
-                        error = e
-                if error is not None and failure is None:
-                    failure = error if isinstance(error, ShardError) else _named(job, error)
-                    for other in pending:
-                        other.cancel()  # only shards not yet started can be cancelled
+        # as_completed waits on each future once; wait(FIRST_COMPLETED) in a loop would hook
+        # every pending future again on each pass, O(shards^2) work in this process.
+        for future in as_completed(index_of):
+            if future.cancelled():
+                continue
+            job = jobs[index_of[future]]
+            error = future.exception()
+            if error is None:
+                stats = future.result()
+                results[index_of[future]] = stats
+                try:
+                    if on_done is not None:
+                        on_done(stats)
+                except Exception as e:
+                    error = e
+            if error is not None and failure is None:
+                failure = error if isinstance(error, ShardError) else _named(job, error)
+                for other in index_of:
+                    other.cancel()  # only shards not yet started can be cancelled
     finally:
         records.settle(list(index_of))
     if failure is not None:
