@@ -458,6 +458,31 @@ def comparisons(results: list[Result], workers: int) -> str:
     )
 
 
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def cpu_scaling(workers: int, work: int = 40_000_000) -> float:
+    """How much faster ``workers`` processes do pure computation than one, on this machine now.
+
+    The ceiling for the shard stage's own ratio: virtual cores often give less than their count.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    seconds = []
+    for n in (1, workers):
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_spin, [1000] * n))  # the processes are up before the clock starts
+            started = time.perf_counter()
+            list(pool.map(_spin, [work // (2 * workers)] * (2 * workers)))
+            seconds.append(time.perf_counter() - started)
+    return seconds[0] / seconds[1]
+
+
 def memory_at_two_scales(first: list[Result], second: list[Result], scales: tuple[int, int]) -> str:
     """Peak RSS of each stage at both scales, side by side."""
     at_second = {r.stage.name: r for r in second}
@@ -598,6 +623,9 @@ def run_scale(
     results = []
     for stage in stages:
         print(f"benchmark: {stage.name} ...", flush=True)
+        # Each stage starts with nothing of the one before still being written back to the disk
+        # (e.g. the 50,000 files of tar x, which would otherwise slow the tree measured next).
+        os.sync()
         result = run_stage(stage, out, release_dir, env)
         results.append(result)
         if not result.ok:
@@ -612,6 +640,11 @@ def benchmark(args: argparse.Namespace, out: Path) -> int:
     print()
     print(table(results))
     print(comparisons(results, args.workers))
+    if args.workers > 1:
+        print(
+            f"  this machine, pure computation, {args.workers} processes / 1: "
+            f"{cpu_scaling(args.workers):.2f}x (the ceiling of the workers' ratio)"
+        )
     if ok and args.second_scale:
         print(f"\nbenchmark: the same stages with {args.second_scale} training images per synset", flush=True)
         again = [stage for stage in stages if stage.name not in OPTIONAL]

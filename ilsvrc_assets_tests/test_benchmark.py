@@ -50,8 +50,9 @@ def test_benchmark_runs_every_stage_and_prints_a_row_each(tmp_path: Path) -> Non
         "write shards / copy archives + fsync",
         "validation tree / tar x",
         "2 workers / 1 worker",
+        "pure computation, 2 processes / 1",
     ):
-        assert re.search(rf"{re.escape(what)}: {NUMBER}x$", done.stdout, re.MULTILINE), done.stdout
+        assert re.search(rf"{re.escape(what)}: {NUMBER}x( |$)", done.stdout, re.MULTILINE), done.stdout
     # Peak memory side by side at 1 and 2 training images per synset, for each stage run twice.
     memory = done.stdout[done.stdout.index("\npeak RSS MB ") + 1 :].splitlines()
     assert "1/synset" in memory[0] and "2/synset" in memory[0], memory[0]
