@@ -333,6 +333,9 @@ def child_main(stage_name: str, release_dir: Path, result_file: Path) -> int:
     started = time.perf_counter()
     timed = BY_NAME[stage_name].run(settings, release_dir)
     seconds = time.perf_counter() - started if timed is None else timed
+    from ilsvrc_assets import records
+
+    records.stop_workers()  # reaped, so that their peak RSS counts among this process's children
     own = _vm_hwm_kb()
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (
         1 if sys.platform == "darwin" else 1024

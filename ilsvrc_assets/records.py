@@ -670,6 +670,12 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     return pool
 
 
+def stop_workers() -> None:
+    """Shut down this process's record worker pools (they are made again when next needed)."""
+    for key in [key for key in _POOLS if key[0] == os.getpid()]:
+        _POOLS.pop(key).shutdown(wait=True)
+
+
 def start_workers(workers: int, wait: bool = False) -> None:
     """Start the pool's workers now, so they load TensorFlow while this process does other work.
 
