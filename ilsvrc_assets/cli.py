@@ -11,6 +11,7 @@ everything ``build`` did shows in ``dagster dev`` afterwards.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ DEFAULT_DAGSTER_HOME = ".dagster_home"
 EXIT_FAILED, EXIT_SETTINGS, EXIT_BUSY = 1, 2, 3
 EVENT_BATCH_SIZE = "10000"  # at least a step's partitions of one asset (1,024 training shards)
 # The local profile, deploy/profiles/local/dagster.yaml, word for word (a test keeps them equal;
-# the deploy/ folder is not part of the installed package). deploy/profiles/production has the other.
+# the deploy/ folder is not part of the installed package), written with the event log's base_dir. deploy/profiles/production has the other.
 DAGSTER_YAML = """\
 # The local Dagster instance of ilsvrc_assets: what `ilsvrc-assets build` and `ilsvrc-assets ui`
 # write to $DAGSTER_HOME/dagster.yaml (default ./.dagster_home) when there is none.
@@ -37,7 +38,10 @@ telemetry:
 
 # Dagster's SQLite event log, in the same files, storing a partitioned step's events in one
 # transaction when DAGSTER_EVENT_BATCH_SIZE is set (ilsvrc-assets sets it): recording all 1,024
-# training shards takes about 1 s instead of 15 (ilsvrc_assets/defs/event_log_storage.py).
+# training shards takes about 1 s instead of 15 (ilsvrc_assets/defs/event_log_storage.py). Its
+# files are in $DAGSTER_HOME/history/runs, as with Dagster's default; ilsvrc-assets writes that
+# folder's path below as base_dir, so the instance also opens from its folder alone (edit it if
+# you move the folder).
 event_log_storage:
   module: ilsvrc_assets.defs.event_log_storage
   class: BatchingSqliteEventLogStorage
@@ -55,7 +59,8 @@ def ensure_dagster_home(environ: dict[str, str] | None = None) -> Path:
     home = Path(environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().absolute()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+        base_dir = json.dumps(str(home / "history" / "runs"))  # a JSON string is a YAML string
+        (home / "dagster.yaml").write_text(f"{DAGSTER_YAML}  config:\n    base_dir: {base_dir}\n")
     environ["DAGSTER_HOME"] = str(home)
     return home
 

@@ -46,6 +46,7 @@ SETTINGS_ENV = {
 
 def test_local_profile_is_what_the_cli_writes(tmp_path, monkeypatch):
     from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
     from dagster._core.storage.runs import SqliteRunStorage
 
     from ilsvrc_assets.defs.event_log_storage import BatchingSqliteEventLogStorage
@@ -55,6 +56,12 @@ def test_local_profile_is_what_the_cli_writes(tmp_path, monkeypatch):
     environ = {"DAGSTER_HOME": str(tmp_path / "home")}
     home = cli.ensure_dagster_home(environ)
     assert environ["DAGSTER_EVENT_BATCH_SIZE"] == cli.EVENT_BATCH_SIZE
+    assert (home / "dagster.yaml").read_text().startswith(cli.DAGSTER_YAML)
+    # From its folder alone (no DAGSTER_HOME), and as the CLI and dagster dev open it.
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        assert isinstance(instance.event_log_storage, BatchingSqliteEventLogStorage)
+        assert Path(instance.event_log_storage._base_dir) == home / "history" / "runs"
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with DagsterInstance.get() as instance:
         assert isinstance(instance.run_storage, SqliteRunStorage)
