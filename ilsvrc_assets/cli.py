@@ -150,10 +150,16 @@ def build(args: argparse.Namespace) -> int:
             # The record workers (the shard runs' and the read-back's, one pool for the whole
             # build) load TensorFlow while the first run reads the archives.
             records.start_workers(settings.workers)
-            with DagsterInstance.get() as instance:
-                _, failed = run_stages(
-                    build_definitions(settings), instance, args.log_level, echo=lambda m: print(m, flush=True)
-                )
+            try:
+                with DagsterInstance.get() as instance:
+                    _, failed = run_stages(
+                        build_definitions(settings),
+                        instance,
+                        args.log_level,
+                        echo=lambda m: print(m, flush=True),
+                    )
+            finally:
+                records.stop_workers()
     except fileio.BusyError as e:
         print(f"ilsvrc-assets: not started: {e}", file=sys.stderr)
         return EXIT_BUSY

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import multiprocessing
+import multiprocessing.util
 import os
 import struct
 import time
@@ -646,19 +647,21 @@ def scan_shards(paths: Sequence[Path], workers: int, decode: bool = True) -> Ite
     finally:
         # Also reached when the consumer stops early: do not start the remaining shards.
         settle(futures)
+        release_workers()
 
 
 _POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}  # (this process, workers) -> pool
+_KEEP_POOLS = False  # set by start_workers: keep the pools between calls in this process
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """This process's pool of ``workers`` record worker processes, made on first use and kept.
+    """This process's pool of ``workers`` record worker processes.
 
     The pool uses the spawn start method (TensorFlow is not fork-safe) and :func:`worker_init`;
-    workers start as work arrives, each loads TensorFlow once, and they serve every later call
-    in this process: a build's training shards, validation shards and read-back share them
-    (starting a worker costs seconds; see :func:`start_workers`). A pool broken by a dead worker
-    is replaced.
+    workers start as work arrives and each loads TensorFlow once (a few seconds). After each
+    call the pool is shut down (:func:`release_workers`), unless :func:`start_workers` asked to
+    keep it: then every later call in this process uses the same workers, as a build's training
+    shards, validation shards and read-back do. A pool broken by a dead worker is replaced.
     """
     key = (os.getpid(), max(1, workers))
     pool = _POOLS.get(key)
@@ -667,7 +670,17 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
             max_workers=key[1], mp_context=multiprocessing.get_context("spawn"), initializer=worker_init
         )
         _POOLS[key] = pool
+        # Shut down before multiprocessing, at exit, waits for this process's children: in a
+        # process that multiprocessing started (Dagster's step processes), that wait comes before
+        # the executor's own exit hook, and idle workers would be waited for forever.
+        multiprocessing.util.Finalize(pool, pool.shutdown, exitpriority=100)
     return pool
+
+
+def release_workers() -> None:
+    """After a call: shut the pools down, unless :func:`start_workers` asked to keep them."""
+    if not _KEEP_POOLS:
+        stop_workers()
 
 
 def stop_workers() -> None:
@@ -677,10 +690,13 @@ def stop_workers() -> None:
 
 
 def start_workers(workers: int, wait: bool = False) -> None:
-    """Start the pool's workers now, so they load TensorFlow while this process does other work.
+    """Start the pool's workers now, so they load TensorFlow while this process does other work,
+    and keep them for every later call in this process (until :func:`stop_workers`).
 
     With ``wait``, return once every worker is up (each has taken one of the short tasks sent).
     """
+    global _KEEP_POOLS
+    _KEEP_POOLS = True
     pool = worker_pool(workers)
     started = [pool.submit(_started, 0.5 if wait else 0.0) for _ in range(max(1, workers))]
     if wait:

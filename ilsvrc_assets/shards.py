@@ -183,9 +183,9 @@ def write_shards(
 ) -> list[ShardStats]:
     """Write many shards with a pool of ``workers`` processes; return their stats in job order.
 
-    The pool (``records.worker_pool``: spawn start method, as TensorFlow is not fork-safe) is
-    kept for later calls; each worker loads TensorFlow once and writes many shards, and the
-    calling process never imports it.
+    The pool is ``records.worker_pool``'s (spawn start method, as TensorFlow is not fork-safe):
+    each worker loads TensorFlow once and writes many shards, and the calling process never
+    imports it.
     ``on_done(stats)`` is called in this process as each shard finishes. On the first failure
     the shards not yet started are cancelled, those already being written are let finish (and
     reported to ``on_done``, so their work is kept), and the failure is raised as a
@@ -229,6 +229,7 @@ def write_shards(
                     other.cancel()  # only shards not yet started can be cancelled
     finally:
         records.settle(list(index_of))
+        records.release_workers()
     if failure is not None:
         raise failure
     return [r for r in results if r is not None]

@@ -1,9 +1,10 @@
 """The validation images sorted into one folder per synset: ``<data>/validation/<wnid>/<file>``.
 
 Made in one forward pass over the validation archive (images read in offset order from the
-index; with several threads, each takes a contiguous part), with no flat extraction first. Each image is written under a temporary name and renamed
-into place, so re-running after an interruption writes only what is missing, and images that
-no longer belong (an earlier run with other labels) are removed.
+index; with several threads, each takes a contiguous part), with no flat extraction first. Each
+image is written under a temporary name and renamed into place, so re-running after an
+interruption writes only what is missing, and images that no longer belong (an earlier run with
+other labels) are removed.
 """
 
 from __future__ import annotations

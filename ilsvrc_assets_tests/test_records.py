@@ -341,3 +341,38 @@ def test_scan_shard_counts_exactly_across_batches(tmp_path: Path) -> None:
             into
         )  # the PNG; no decoding
         assert scan.problems[-1].startswith("train-00000-of-00001: record 280 and after: unreadable"), into
+
+
+def _use_the_pools() -> None:
+    """In a process started by multiprocessing: a pool used once, then one kept (start_workers)."""
+    import os
+
+    from ilsvrc_assets import records
+
+    assert records.worker_pool(1).submit(os.getpid).result() != os.getpid()
+    records.release_workers()
+    records.start_workers(1, wait=True)
+
+
+def test_a_process_started_by_multiprocessing_exits_though_it_keeps_workers() -> None:
+    # Dagster's step processes are started by multiprocessing, which at exit waits for the
+    # process's children before the pool's own exit hook would stop them.
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=_use_the_pools)
+    child.start()
+    child.join(180)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0, "the process did not exit (waiting for its idle workers)"
+
+
+def test_pools_are_released_after_each_call_unless_kept(tmp_path: Path) -> None:
+    from ilsvrc_assets import records
+
+    records.stop_workers()
+    shard = tmp_path / "train-00000-of-00001"
+    shard.write_bytes(b"")
+    assert [scan.records for scan in records.scan_shards([shard], workers=1)] == [0]
+    assert not records._POOLS  # shut down after the call
