@@ -53,22 +53,21 @@ PHOTO_SIZE = (375, 500)  # min/max side of the realistic training images (the re
 # --- The stages: plain library calls, each run alone in a child process -------------------------
 
 
-def run_copy(settings: Settings, release_dir: Path) -> None:
-    copy_dir = settings.data_dir / "copy"
-    copy_dir.mkdir(parents=True, exist_ok=True)
-    for archive in release.ARCHIVES:
-        shutil.copyfile(release_dir / archive.name, copy_dir / archive.name)
-
-
-def run_copy_fsync(settings: Settings, release_dir: Path) -> None:
-    """The copy again, each file flushed to the disk (fsync): what the disk itself sustains."""
-    copy_dir = settings.data_dir / "copy-fsync"
+def run_copy(settings: Settings, release_dir: Path, fsync: bool = False) -> None:
+    """A plain copy of the five archives; with ``fsync``, each flushed to the disk."""
+    copy_dir = settings.data_dir / ("copy-fsync" if fsync else "copy")
     copy_dir.mkdir(parents=True, exist_ok=True)
     for archive in release.ARCHIVES:
         with open(release_dir / archive.name, "rb") as source, open(copy_dir / archive.name, "wb") as target:
             shutil.copyfileobj(source, target, 8 << 20)
-            target.flush()
-            os.fsync(target.fileno())
+            if fsync:
+                target.flush()
+                os.fsync(target.fileno())
+
+
+def run_copy_fsync(settings: Settings, release_dir: Path) -> None:
+    """The copy again, flushed to the disk: what the disk itself sustains."""
+    run_copy(settings, release_dir, fsync=True)
 
 
 def run_devkit(settings: Settings, release_dir: Path) -> None:
@@ -106,21 +105,29 @@ def run_validation_tree(settings: Settings, release_dir: Path) -> None:
 
 
 def run_bounding_boxes(settings: Settings, release_dir: Path) -> None:
+    _box_table(
+        settings,
+        release_dir / release.BBOX_TRAIN.name,
+        release_dir / release.BBOX_VAL.name,
+        (
+            settings.bounding_boxes_parquet,
+            settings.bounding_boxes_csv,
+            settings.validation_bounding_boxes_csv,
+        ),
+    )
+
+
+def _box_table(settings: Settings, train: Path, validation: Path, outputs: tuple[Path, Path, Path]) -> None:
     from ilsvrc_assets import bounding_boxes, synsets
 
     table = bounding_boxes.build_table(
-        release_dir / release.BBOX_TRAIN.name,
-        release_dir / release.BBOX_VAL.name,
+        train,
+        validation,
         set(synsets.read_synsets(settings.synsets_csv)["wnid"]),
         synsets.read_validation_labels(settings.validation_labels_csv),
         workers=settings.workers,
     )
-    bounding_boxes.write_outputs(
-        table,
-        settings.bounding_boxes_parquet,
-        settings.bounding_boxes_csv,
-        settings.validation_bounding_boxes_csv,
-    )
+    bounding_boxes.write_outputs(table, *outputs)
 
 
 def boxes_at_scale_archive(release_dir: Path) -> Path:
@@ -129,18 +136,12 @@ def boxes_at_scale_archive(release_dir: Path) -> Path:
 
 def run_bounding_boxes_at_scale(settings: Settings, release_dir: Path) -> None:
     """The bounding-box table again, from a training box archive at the release's scale."""
-    from ilsvrc_assets import bounding_boxes, synsets
-
-    table = bounding_boxes.build_table(
+    out = settings.data_dir / "boxes-at-scale"
+    _box_table(
+        settings,
         boxes_at_scale_archive(release_dir),
         release_dir / release.BBOX_VAL.name,
-        set(synsets.read_synsets(settings.synsets_csv)["wnid"]),
-        synsets.read_validation_labels(settings.validation_labels_csv),
-        workers=settings.workers,
-    )
-    out = settings.data_dir / "boxes-at-scale"
-    bounding_boxes.write_outputs(
-        table, out / "bounding_boxes.parquet", out / "train.csv", out / "validation.csv"
+        (out / "bounding_boxes.parquet", out / "train.csv", out / "validation.csv"),
     )
 
 
@@ -176,7 +177,7 @@ def run_shards(settings: Settings, release_dir: Path) -> float:
     synset_table = synsets.read_synsets(inputs.synsets_csv)
     jobs = []
     for split, archive in (("train", release.IMG_TRAIN), ("validation", release.IMG_VAL)):
-        planned = shard_plan.plan_split(
+        split_jobs = shard_plan.plan_split(
             split,
             archives.read_index(inputs.image_index(split)),
             synset_table,
@@ -185,7 +186,7 @@ def run_shards(settings: Settings, release_dir: Path) -> float:
             settings.tfrecords_dir,
             settings.num_shards[split],
         )
-        jobs.extend(planned.values())
+        jobs.extend(split_jobs.values())
     settings.tfrecords_dir.mkdir(parents=True, exist_ok=True)
     planned = time.perf_counter()
     records.start_workers(settings.workers, wait=True)

@@ -23,7 +23,8 @@ DEFAULT_DAGSTER_HOME = ".dagster_home"
 EXIT_FAILED, EXIT_SETTINGS, EXIT_BUSY = 1, 2, 3
 EVENT_BATCH_SIZE = "10000"  # at least a step's partitions of one asset (1,024 training shards)
 # The local profile, deploy/profiles/local/dagster.yaml, word for word (a test keeps them equal;
-# the deploy/ folder is not part of the installed package), written with the event log's base_dir. deploy/profiles/production has the other.
+# the deploy/ folder is not part of the installed package); ensure_dagster_home adds the event
+# log's base_dir. deploy/profiles/production has the other.
 DAGSTER_YAML = """\
 # The local Dagster instance of ilsvrc_assets: what `ilsvrc-assets build` and `ilsvrc-assets ui`
 # write to $DAGSTER_HOME/dagster.yaml (default ./.dagster_home) when there is none.

@@ -39,7 +39,11 @@ class BusyError(RuntimeError):
 
 def temp_path_for(path: Path) -> Path:
     """A unique hidden temporary name beside ``path`` (same folder, so rename is atomic)."""
-    return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}")
+    return path.with_name(_temp_name(path.name))
+
+
+def _temp_name(name: str) -> str:
+    return f".{name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def is_temp_path(path: Path) -> bool:
@@ -82,7 +86,7 @@ def atomic_write_into(folder: str, name: str, data: bytes) -> None:
     :func:`atomic_write_bytes` for many small files (the validation tree's 50,000 images): plain
     strings and system calls, no folder creation, the same temporary names.
     """
-    tmp = f"{folder}/.{name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = f"{folder}/{_temp_name(name)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:

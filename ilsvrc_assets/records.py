@@ -83,7 +83,7 @@ def encode_example(source: RecordSource, image: bytes, info: images.ImageInfo) -
         _list_entry("image/filename", BYTES, source.filename.encode()),
         _FORMAT_ENTRY,
         _list_entry("image/height", INT64S, _varint(info.height)),
-        _box_entries(source.label, source.boxes) if source.boxes else _NO_BOX_ENTRIES,
+        _box_entries(source.label, source.boxes),
         _list_entry("image/width", INT64S, _varint(info.width)),
     ]
     return b"".join([b"\x0a", _varint(sum(map(len, parts))), *parts])  # Example.features
@@ -172,13 +172,7 @@ def _synset_entries(label: int, synset: str, text: str) -> bytes:
 def _box_entries(label: int, boxes: Sequence[Box]) -> bytes:
     """The entries of the box lists (label, xmax, xmin, ymax, ymin: key order)."""
     if not boxes:
-        return b"".join(
-            _entry(f"image/object/bbox/{name}", empty)
-            for name, empty in (
-                ("label", _int64s([])), ("xmax", _floats([])), ("xmin", _floats([])),
-                ("ymax", _floats([])), ("ymin", _floats([])),
-            )
-        )  # fmt: skip
+        return _NO_BOX_ENTRIES
     floats = struct.Struct(f"<{len(boxes)}f").pack
     return b"".join(
         (
@@ -192,7 +186,13 @@ def _box_entries(label: int, boxes: Sequence[Box]) -> bytes:
 
 
 _FORMAT_ENTRY = _entry("image/format", _byte(b"JPEG"))
-_NO_BOX_ENTRIES = _box_entries(0, ())
+_NO_BOX_ENTRIES = b"".join(
+    _entry(f"image/object/bbox/{name}", empty)
+    for name, empty in (
+        ("label", _int64s([])), ("xmax", _floats([])), ("xmin", _floats([])),
+        ("ymax", _floats([])), ("ymin", _floats([])),
+    )
+)  # fmt: skip
 # The order encode_example writes the entries in must be the sorted order of the keys.
 assert _SORTED_KEYS == (
     "image/channels", "image/class/label", "image/class/synset", "image/class/text",
@@ -639,15 +639,15 @@ def scan_shards(paths: Sequence[Path], workers: int, decode: bool = True) -> Ite
     if not paths:
         return
     executor = worker_pool(workers)
-    # Submitted in the given order, so shards start in that order.
-    futures = [executor.submit(scan_shard, p, decode) for p in paths]
+    futures: list[Future[ShardScan]] = []
     try:
+        for path in paths:  # submitted in the given order, so shards start in that order
+            futures.append(executor.submit(scan_shard, path, decode))
         for future in as_completed(futures):  # each future waited on once (not wait() in a loop)
             yield future.result()
     finally:
         # Also reached when the consumer stops early: do not start the remaining shards.
         settle(futures)
-        release_workers()
 
 
 _POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}  # (this process, workers) -> pool
@@ -684,7 +684,9 @@ def release_workers() -> None:
 
 
 def stop_workers() -> None:
-    """Shut down this process's record worker pools (they are made again when next needed)."""
+    """Shut down this process's record worker pools (made again, not kept, when next needed)."""
+    global _KEEP_POOLS
+    _KEEP_POOLS = False
     for key in [key for key in _POOLS if key[0] == os.getpid()]:
         _POOLS.pop(key).shutdown(wait=True)
 
@@ -710,7 +712,9 @@ def _started(pause: float) -> int:
 
 
 def settle(futures: Sequence[Future[Any]]) -> None:
-    """Cancel the futures not yet started and wait for the running ones (the pool is kept)."""
+    """At the end of a call: cancel the futures not yet started, wait for the running ones, then
+    :func:`release_workers`."""
     for future in futures:
         future.cancel()
     wait(futures)
+    release_workers()

@@ -204,10 +204,10 @@ def write_shards(
     results: list[ShardStats | None] = [None] * len(jobs)
     executor = records.worker_pool(workers)
     failure: BaseException | None = None
-    index_of: dict[Future[ShardStats], int] = {
-        executor.submit(write_shard, job): i for i, job in enumerate(jobs)
-    }
+    index_of: dict[Future[ShardStats], int] = {}
     try:
+        for i, job in enumerate(jobs):
+            index_of[executor.submit(write_shard, job)] = i
         # as_completed waits on each future once; wait(FIRST_COMPLETED) in a loop would hook
         # every pending future again on each pass, O(shards^2) work in this process.
         for future in as_completed(index_of):
@@ -229,7 +229,6 @@ def write_shards(
                     other.cancel()  # only shards not yet started can be cancelled
     finally:
         records.settle(list(index_of))
-        records.release_workers()
     if failure is not None:
         raise failure
     return [r for r in results if r is not None]

@@ -97,9 +97,11 @@ def _write_images(
     which Python lets other threads run: each thread takes a contiguous run of the archive, read
     with a file handle of its own. On the first failure the others stop; it is raised.
     """
+    if not todo:
+        return 0
     threads = max(1, min(threads, len(todo) // IMAGES_PER_THREAD or 1))
-    step = -(-len(todo) // threads) if todo else 0
-    chunks = [todo[i : i + step] for i in range(0, len(todo), step)] if todo else []
+    step = -(-len(todo) // threads)
+    chunks = [todo[i : i + step] for i in range(0, len(todo), step)]
     done = [0] * len(chunks)
     stop = threading.Event()
 
@@ -120,7 +122,7 @@ def _write_images(
                 fileio.atomic_write_into(f"{root}/{synset}", filename, data)
                 done[n] += 1
 
-    with ThreadPoolExecutor(max_workers=max(1, len(chunks))) as pool:
+    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
         futures = [pool.submit(write_chunk, n) for n in range(len(chunks))]
         pending = set(futures)
         try:

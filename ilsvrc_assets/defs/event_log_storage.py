@@ -27,7 +27,7 @@ from typing import Any
 
 from dagster import _check as check
 from dagster._config import Field, StringSource
-from dagster._core.events import BATCH_WRITABLE_EVENTS
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, BATCH_WRITABLE_EVENTS
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SQLITE_BUSY_TIMEOUT_SECONDS,
@@ -107,8 +107,6 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
             for event in events:
                 self.store_event(event)
             return
-        from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
-
         statements = [self.prepare_insert_event(event) for event in events]
         for run_id in dict.fromkeys(event.run_id for event in events):
             with self.run_connection(run_id) as conn:
