@@ -47,6 +47,7 @@ from pathlib import Path
 from ilsvrc_assets import fileio, release, sample
 from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.sources import LocalSource
 
 PHOTO_SIZE = (375, 500)  # min/max side of the realistic training images (the release's are ~500 x 375)
 
@@ -73,75 +74,54 @@ def run_copy_fsync(settings: Settings, release_dir: Path) -> None:
 def run_devkit(settings: Settings, release_dir: Path) -> None:
     from ilsvrc_assets import synsets
 
-    devkit = synsets.read_devkit(release_dir / release.DEVKIT.name)
-    table = synsets.synset_table(devkit)
-    synsets.write_csv(table, settings.synsets_csv)
-    synsets.write_validation_labels(synsets.validation_labels(devkit, table), settings.validation_labels_csv)
+    synsets.make_synsets(settings, LocalSource(release_dir))
+    synsets.make_validation_labels(settings, LocalSource(release_dir))
 
 
 def run_train_index(settings: Settings, release_dir: Path) -> None:
-    from ilsvrc_assets import archives, synsets
+    from ilsvrc_assets import image_index
 
-    known = frozenset(synsets.read_synsets(settings.synsets_csv)["wnid"])
-    index = archives.index_train_archive(release_dir / release.IMG_TRAIN.name, known)
-    archives.write_index(index, settings.image_index("train"))
+    image_index.make_train_images(settings, LocalSource(release_dir))
 
 
 def run_validation_index(settings: Settings, release_dir: Path) -> None:
-    from ilsvrc_assets import archives, synsets
+    from ilsvrc_assets import image_index
 
-    labels = synsets.read_validation_labels(settings.validation_labels_csv)
-    index = archives.index_validation_archive(release_dir / release.IMG_VAL.name, labels)
-    archives.write_index(index, settings.image_index("validation"))
+    image_index.make_validation_images(settings, LocalSource(release_dir))
 
 
 def run_validation_tree(settings: Settings, release_dir: Path) -> None:
-    from ilsvrc_assets import archives, validation_tree
+    from ilsvrc_assets import validation_tree
 
-    index = archives.read_index(settings.image_index("validation"))
-    validation_tree.build(
-        release_dir / release.IMG_VAL.name, index, settings.validation_dir, threads=settings.workers
-    )
+    validation_tree.make_validation_tree(settings, LocalSource(release_dir))
 
 
 def run_bounding_boxes(settings: Settings, release_dir: Path) -> None:
-    _box_table(
-        settings,
-        release_dir / release.BBOX_TRAIN.name,
-        release_dir / release.BBOX_VAL.name,
-        (
-            settings.bounding_boxes_parquet,
-            settings.bounding_boxes_csv,
-            settings.validation_bounding_boxes_csv,
-        ),
-    )
+    from ilsvrc_assets import bounding_boxes
 
-
-def _box_table(settings: Settings, train: Path, validation: Path, outputs: tuple[Path, Path, Path]) -> None:
-    from ilsvrc_assets import bounding_boxes, synsets
-
-    table = bounding_boxes.build_table(
-        train,
-        validation,
-        set(synsets.read_synsets(settings.synsets_csv)["wnid"]),
-        synsets.read_validation_labels(settings.validation_labels_csv),
-        workers=settings.workers,
-    )
-    bounding_boxes.write_outputs(table, *outputs)
+    bounding_boxes.make_bounding_boxes(settings, LocalSource(release_dir))
 
 
 def boxes_at_scale_archive(release_dir: Path) -> Path:
     return release_dir.parent / "boxes-at-scale" / release.BBOX_TRAIN.name
 
 
+class BoxesAtScale(LocalSource):
+    """The stand-in release with the training box archive at the release's scale in its place."""
+
+    def box_archives(self, log: Callable[[str], None]) -> tuple[Path, Path]:
+        return boxes_at_scale_archive(self.root), super().box_archives(log)[1]
+
+
 def run_bounding_boxes_at_scale(settings: Settings, release_dir: Path) -> None:
     """The bounding-box table again, from a training box archive at the release's scale."""
+    from ilsvrc_assets import bounding_boxes
+
     out = settings.data_dir / "boxes-at-scale"
-    _box_table(
+    bounding_boxes.make_bounding_boxes(
         settings,
-        boxes_at_scale_archive(release_dir),
-        release_dir / release.BBOX_VAL.name,
-        (out / "bounding_boxes.parquet", out / "train.csv", out / "validation.csv"),
+        BoxesAtScale(release_dir),
+        outputs=bounding_boxes.BoxOutputs(out / "bounding_boxes.parquet", out / "train.csv", out / "validation.csv"),
     )
 
 
@@ -154,65 +134,44 @@ def run_tar_x(settings: Settings, release_dir: Path) -> None:
 
 
 def run_shards_one_worker(settings: Settings, release_dir: Path) -> float:
-    """The shard stage again with one worker, into a folder of its own: how it scales with cores."""
+    """The shard stage again with one worker, into a folder of its own: how it scales with cores.
+
+    The stage's inputs (synsets, indexes, box table) are those of the stages before, linked in.
+    """
     from dataclasses import replace
 
-    return run_shards(replace(settings, data_dir=settings.data_dir / "one-worker", workers=1), release_dir)
+    alone = replace(settings, data_dir=settings.data_dir / "one-worker", workers=1)
+    for path in (settings.synsets_csv, settings.bounding_boxes_parquet, *map(settings.image_index, release.SPLITS)):
+        link = alone.data_dir / path.relative_to(settings.data_dir)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(path)
+    return run_shards(alone, release_dir)
 
 
 def run_shards(settings: Settings, release_dir: Path) -> float:
-    """Plan the shards, start the workers, write the shards; return the seconds of the writing.
-
-    Planning (reading the indexes and the box table) and starting the workers (each loads
-    TensorFlow, about 2 s) are printed but not counted: the rows compare writing throughput.
-    The Dagster rows include both.
-    """
-    from ilsvrc_assets import archives, bounding_boxes, records, shard_plan, shards, synsets
+    """Both splits' shards through the stage function, with the workers started first; returns the
+    seconds of the stage (planning included), not of starting the workers (each loads TensorFlow,
+    about 2 s; the Dagster rows include it)."""
+    from ilsvrc_assets import records, shards
 
     started = time.perf_counter()
-    # Inputs from the library stages before (the one-worker run writes under a folder of its own).
-    inputs = settings_module.load()
-
-    table = bounding_boxes.read_table(inputs.bounding_boxes_parquet)
-    synset_table = synsets.read_synsets(inputs.synsets_csv)
-    jobs = []
-    for split, archive in (("train", release.IMG_TRAIN), ("validation", release.IMG_VAL)):
-        split_jobs = shard_plan.plan_split(
-            split,
-            archives.read_index(inputs.image_index(split)),
-            synset_table,
-            bounding_boxes.boxes_by_image(table[table["split"] == split]),
-            release_dir / archive.name,
-            settings.tfrecords_dir,
-            settings.num_shards[split],
-        )
-        jobs.extend(split_jobs.values())
-    settings.tfrecords_dir.mkdir(parents=True, exist_ok=True)
-    planned = time.perf_counter()
     records.start_workers(settings.workers, wait=True)
     ready = time.perf_counter()
-    shards.write_shards(jobs, workers=settings.workers)
+    for split in release.SPLITS:
+        shards.write_split_shards(settings, split, LocalSource(release_dir))
     written = time.perf_counter()
-    print(
-        f"planned in {planned - started:.2f} s, {settings.workers} workers started in "
-        f"{ready - planned:.2f} s, shards written in {written - ready:.2f} s"
-    )
+    print(f"{settings.workers} workers started in {ready - started:.2f} s, shards written in {written - ready:.2f} s")
     return written - ready
 
 
 def run_manifest(settings: Settings, release_dir: Path) -> float:
     """Read every shard back (the manifest); like the shard rows, timed with the workers started."""
-    from ilsvrc_assets import archives, manifest, records
+    from ilsvrc_assets import manifest, records
 
     records.start_workers(settings.workers, wait=True)
     started = time.perf_counter()
-    result = manifest.build(
-        settings.tfrecords_dir,
-        {split: settings.shard_names(split) for split in release.SPLITS},
-        {split: len(archives.read_index(settings.image_index(split))) for split in release.SPLITS},
-        workers=settings.workers,
-    )
-    manifest.write(result, settings.manifest_json)
+    manifest.make_manifest(settings)
     return time.perf_counter() - started
 
 

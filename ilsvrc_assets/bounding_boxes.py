@@ -50,6 +50,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from lxml import etree
 
-from ilsvrc_assets import fileio, release
+from ilsvrc_assets import archives, fileio, release, synsets as synsets_module
+from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.stage import Log, Made, Verdict, quiet
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.sources import ImageSource
 
 
 class BoundingBoxError(ValueError):
@@ -1025,3 +1031,71 @@ def _image_problem(
             return f"the ground truth says {validation_synsets[number - 1]}"
         return None
     return f"unknown split {split!r}"
+
+
+# --- The stage and its check ---------------------------------------------------------------------
+
+
+def make_bounding_boxes(
+    settings: Settings, source: ImageSource, log: Log = quiet, outputs: BoxOutputs | None = None
+) -> Made:
+    """Stage ``bounding_boxes``: both box archives into ``<data>/bounding_boxes.parquet`` and the
+    reference CSVs (needs ``synsets`` and ``validation_labels``).
+
+    ``outputs`` puts the three files elsewhere (the benchmark's box table at scale).
+    """
+    out = outputs or BoxOutputs.of(settings)
+    train_boxes, validation_boxes = source.box_archives(log)
+    table = build_table(
+        train_boxes,
+        validation_boxes,
+        set(synsets_module.read_synsets(settings.synsets_csv)["wnid"]),
+        synsets_module.read_validation_labels(settings.validation_labels_csv),
+        workers=settings.workers,
+    )
+    write_outputs(table, out.parquet, out.train_csv, out.validation_csv)
+    kept = table[table["kept"]]
+    dropped = table[~table["kept"]]
+    return Made(
+        out.parquet,
+        {
+            "reference_csv": out.train_csv,
+            "boxes": len(table),
+            "kept_train_boxes": int((kept["split"] == "train").sum()),
+            "kept_validation_boxes": int((kept["split"] == "validation").sum()),
+            "annotated_train_images": int(kept.loc[kept["split"] == "train", "image"].nunique()),
+            "dropped": {str(k): int(v) for k, v in dropped["drop_reason"].value_counts().items()},
+        },
+        preview=table,
+    )
+
+
+@dataclass(frozen=True)
+class BoxOutputs:
+    """Where the box table and the two reference CSVs go."""
+
+    parquet: Path
+    train_csv: Path
+    validation_csv: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> BoxOutputs:
+        return cls(
+            settings.bounding_boxes_parquet, settings.bounding_boxes_csv, settings.validation_bounding_boxes_csv
+        )
+
+
+def bounding_boxes_verdict(settings: Settings) -> Verdict:
+    """Check ``boxes_are_valid``: every kept box valid and on a known image of its synset, and each
+    split has kept boxes at all (needs ``train_images``)."""
+    table = read_table(settings.bounding_boxes_parquet)
+    index = archives.read_index(settings.image_index("train"))
+    labels = synsets_module.read_validation_labels(settings.validation_labels_csv)
+    problems = find_problems(table, dict(zip(index["filename"], index["synset"])), labels)
+    for split in release.SPLITS:
+        if not (table["kept"] & (table["split"] == split)).any():
+            problems.append(
+                f"no kept {split} boxes: the {split} bounding-box archive holds no usable annotation"
+            )
+    kept = int(table["kept"].sum())
+    return Verdict(problems, f"{kept:,} kept boxes, all valid", {"kept_boxes": kept})

@@ -6,17 +6,43 @@ the CLI call :func:`build_definitions` with their own settings.
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, load_asset_checks_from_modules
+from dagster import AssetSelection, Definitions, define_asset_job
 
 from ilsvrc_assets import settings as settings_module
-from ilsvrc_assets.defs import bounding_boxes, image_index, kubernetes, manifest, synsets, validation_tree
-from ilsvrc_assets.defs.archives import archive_assets
+from ilsvrc_assets.defs import kubernetes
+from ilsvrc_assets.defs.archives import (
+    ARCHIVE_ASSETS,
+    devkit_archive,
+    train_archive,
+    train_boxes_archive,
+    validation_archive,
+    validation_boxes_archive,
+)
+from ilsvrc_assets.defs.bounding_boxes import bounding_boxes, boxes_are_valid
+from ilsvrc_assets.defs.image_index import (
+    every_synset_has_training_images,
+    fifty_per_synset,
+    train_images,
+    validation_images,
+)
+from ilsvrc_assets.defs.manifest import dataset_checks, dataset_manifest
 from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import audit_schedule, refresh_sensor
 from ilsvrc_assets.defs.shards import shards_asset
+from ilsvrc_assets.defs.synsets import agrees_with_shipped_labels, one_thousand_synsets, synsets, validation_labels
+from ilsvrc_assets.defs.validation_tree import matches_validation_label_file, validation_tree
 from ilsvrc_assets.settings import Settings
 
-CHECK_MODULES = (synsets, image_index, validation_tree, bounding_boxes, manifest)
+# Every check, by name; the archives' ``checksum`` checks are part of their assets.
+ASSET_CHECKS = [
+    one_thousand_synsets,
+    agrees_with_shipped_labels,
+    every_synset_has_training_images,
+    fifty_per_synset,
+    matches_validation_label_file,
+    boxes_are_valid,
+    dataset_checks,  # every_shard_present, record_totals, every_label_in_each_split, records_parse, images_decode
+]
 
 # Everything upstream of the shards: unpartitioned, one run.
 INPUTS = AssetSelection.groups("archives", "classes", "images", "validation", "boxes")
@@ -30,27 +56,35 @@ JOB_NAMES = {
 # Checks that judge outputs already on disk; they can run on their own, without rebuilding.
 # (The archive checksums are evaluated while fetching and need no separate run.)
 AUDIT = AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
-    *(archive_asset.key for archive_asset in archive_assets)
+    *(archive.key for archive in ARCHIVE_ASSETS.values())
 )
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
     """The code location for ``settings`` (default: from the environment)."""
     settings = settings or settings_module.load()
-    shard_assets = {split: shards_asset(settings, split) for split in ("train", "validation")}
+    # Partitioned by the settings' shard counts, so made here rather than at import.
+    train_shards = shards_asset(settings, "train_shards", "train")
+    validation_shards = shards_asset(settings, "validation_shards", "validation")
+    shard_assets = {"train": train_shards, "validation": validation_shards}
     return Definitions(
         assets=[
-            *archive_assets,
-            synsets.synsets_asset,
-            synsets.validation_labels,
-            image_index.train_images,
-            image_index.validation_images,
-            validation_tree.validation_tree,
-            bounding_boxes.bounding_boxes,
-            *shard_assets.values(),
-            manifest.dataset_manifest,
+            train_archive,
+            validation_archive,
+            devkit_archive,
+            train_boxes_archive,
+            validation_boxes_archive,
+            synsets,
+            validation_labels,
+            train_images,
+            validation_images,
+            validation_tree,
+            bounding_boxes,
+            train_shards,
+            validation_shards,
+            dataset_manifest,
         ],
-        asset_checks=load_asset_checks_from_modules(list(CHECK_MODULES)),
+        asset_checks=ASSET_CHECKS,
         jobs=[
             define_asset_job(
                 JOB_NAMES["inputs"],

@@ -17,12 +17,15 @@ record checks judge its current bytes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ilsvrc_assets import fileio, release
+from ilsvrc_assets.progress import reporter
+from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 
 FORMAT = "ilsvrc_assets manifest v1"
 
@@ -279,3 +282,104 @@ def record_problems(manifest: dict, kind: str, limit: int = 10) -> list[str]:
                 detail = "; ".join(shard.get("problems", [])[:3])
                 problems.append(f"{shard['name']}: {shard[key]} records failed to {kind} ({detail})")
     return _limited(problems, limit)
+
+
+# --- The stage and its checks --------------------------------------------------------------------
+
+CHECKS = {
+    "every_shard_present": "Every shard of both splits is on disk with the size and MD5 recorded when its "
+    "partition was materialised (hashed again whenever the checks run on their own).",
+    "record_totals": "Record totals equal the images in the archives (and, for the official release, "
+    "1,281,167 training and 50,000 validation records).",
+    "every_label_in_each_split": "Every label 1..1000 has records in each split.",
+    "records_parse": "Every record parses with tf.io.parse_single_example and the model zoo's feature "
+    "spec, with exactly the 15 features.",
+    "images_decode": "Every image/encoded decodes as a JPEG.",
+}
+"""The checks on the whole dataset, by name, with what each proves."""
+
+
+def _shard_names(settings: Settings) -> dict[str, list[str]]:
+    return {split: settings.shard_names(split) for split in release.SPLITS}
+
+
+def _expected_images(settings: Settings) -> dict[str, int]:
+    from ilsvrc_assets import archives
+
+    return {split: len(archives.read_index(settings.image_index(split))) for split in release.SPLITS}
+
+
+def make_manifest(settings: Settings, log: Log = quiet) -> Made:
+    """Stage ``dataset_manifest``: every shard read back into ``<data>/tfrecords/manifest.json``
+    (a shard unchanged since the previous manifest is not read again)."""
+    result = build(
+        settings.tfrecords_dir,
+        _shard_names(settings),
+        _expected_images(settings),
+        workers=settings.workers,
+        previous=read(settings.manifest_json),
+        progress=reporter("manifest: read back", "shards", log),
+    )
+    write(result, settings.manifest_json)
+    splits = result["splits"]
+    return Made(
+        settings.manifest_json,
+        {
+            **{f"{split}_records": info["records"] for split, info in splits.items()},
+            **{f"{split}_shards": info["num_shards"] for split, info in splits.items()},
+            "bytes": sum(info["bytes"] for info in splits.values()),
+        },
+    )
+
+
+def dataset_verdicts(
+    settings: Settings,
+    written: Mapping[str, Written],
+    official: Mapping[str, bool],
+    selected: Collection[str] = tuple(CHECKS),
+    hash_shards: bool = True,
+    log: Log = quiet,
+) -> dict[str, Verdict]:
+    """The checks in ``selected`` (names of :data:`CHECKS`), judged on the shards as they are on disk now.
+
+    ``written``: each shard's size and MD5 when it was written; ``official``: per split, whether
+    its archive is the official one; ``hash_shards``: False right after :func:`make_manifest`, whose
+    MD5s are then fresh.
+    """
+    names = _shard_names(settings)
+    found = audit(
+        settings.tfrecords_dir,
+        names,
+        _expected_images(settings),
+        written,
+        workers=settings.workers,
+        previous=read(settings.manifest_json),
+        hash_shards=hash_shards,
+        progress=reporter("audit: read back", "changed shards", log),
+    )
+    if found.read_back:
+        log(
+            f"{len(found.read_back)} shards differ from what manifest.json read and were read back "
+            f"again: {', '.join(found.read_back[:10])}"
+        )
+    current = found.manifest
+    total = sum(map(len, names.values()))
+    totals = {split: info["records"] for split, info in current["splits"].items()}
+    verdicts = {
+        "every_shard_present": lambda: Verdict(
+            found.shard_problems,
+            f"all {total} shards present, as written",
+            {"shards": total, "hashed": found.hashed, "read_back": len(found.read_back)},
+        ),
+        "record_totals": lambda: Verdict(
+            total_problems(current, official),
+            ", ".join(f"{s}: {n:,} records" for s, n in totals.items()),
+            dict(totals),
+        ),
+        "every_label_in_each_split": lambda: Verdict(
+            label_problems(current), "labels 1..1000 present in both splits"
+        ),
+        "records_parse": lambda: Verdict(record_problems(current, "parse"), "every record parses"),
+        "images_decode": lambda: Verdict(record_problems(current, "decode"), "every image decodes as JPEG"),
+    }
+    return {name: verdicts[name]() for name in CHECKS if name in selected}

@@ -61,6 +61,7 @@ BBOX_VAL = Archive(
 )
 
 ARCHIVES: tuple[Archive, ...] = (IMG_TRAIN, IMG_VAL, DEVKIT, BBOX_TRAIN, BBOX_VAL)
+MD5SUMS = "MD5SUMS"  # beside the archives (md5sum format): the MD5s a stand-in release is verified against
 ARCHIVES_BY_KEY: dict[str, Archive] = {a.key: a for a in ARCHIVES}
 ARCHIVES_BY_NAME: dict[str, Archive] = {a.name: a for a in ARCHIVES}
 

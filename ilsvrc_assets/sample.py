@@ -41,7 +41,7 @@ from ilsvrc_assets import fileio, release
 SAMPLE_VERSION = "1"
 
 SAMPLE_JSON = "SAMPLE.json"
-MD5SUMS = "MD5SUMS"  # the name sources.ArchiveSource looks for beside the archives
+MD5SUMS = release.MD5SUMS
 
 # Fixed tar header fields, so the archives do not depend on when or by whom they were made.
 TAR_MTIME = 1_338_508_800  # 2012-06-01 00:00 UTC, around the release

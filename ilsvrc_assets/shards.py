@@ -15,12 +15,18 @@ import os
 import random
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ilsvrc_assets import fileio, images, records, release
+from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.records import RecordSource
+from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.stage import Log, Made, quiet
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.sources import ImageSource
 
 T = TypeVar("T")
 
@@ -239,3 +245,76 @@ def _named(job: ShardJob, error: BaseException) -> ShardError:
     named = ShardError(f"{job.name}: {type(error).__name__}: {error}")
     named.__cause__ = error
     return named
+
+
+# --- The stage -----------------------------------------------------------------------------------
+
+
+def write_split_shards(
+    settings: Settings,
+    split: str,
+    source: ImageSource,
+    wanted: Sequence[str] | None = None,
+    on_shard: Callable[[ShardStats, bool], None] | None = None,
+    log: Log = quiet,
+) -> Made:
+    """Stages ``train_shards`` / ``validation_shards``: write the shards ``wanted`` of ``split``
+    (default: all of them) from ``source`` into ``<data>/tfrecords/``.
+
+    Needs the split's image index, ``bounding_boxes`` and ``synsets``. A shard whose plan and
+    file are unchanged since an earlier run (the ledger under ``<data>/.state/shards``) is not
+    written again; ``on_shard(stats, reused)`` is called for each shard, reused or written. Each
+    shard is written under its own lock, so runs of other shards (other batches, other
+    machines) go ahead in parallel while a second run of the same shard is refused.
+    """
+    from ilsvrc_assets import archives, bounding_boxes, shard_plan, synsets
+    from ilsvrc_assets.archives import ChecksumCache
+
+    wanted = list(settings.shard_names(split) if wanted is None else wanted)
+    reader = source.image_reader(split, log)
+    if removed := fileio.remove_stale_temp_files(settings.tfrecords_dir):
+        log(f"removed {removed} partial shard files left by an interrupted run")
+    _, _, num_shards = release.parse_shard_name(wanted[0])
+    table = bounding_boxes.read_table(settings.bounding_boxes_parquet)
+    jobs = shard_plan.plan_split(
+        split,
+        archives.read_index(settings.image_index(split)),
+        synsets.read_synsets(settings.synsets_csv),
+        bounding_boxes.boxes_by_image(table[table["split"] == split]),
+        reader.path,  # TODO(lead): the reader itself, once ShardJob takes one
+        settings.tfrecords_dir,
+        num_shards,
+        wanted=wanted,
+    )
+    jobs = {name: replace(job, lock=settings.lock_path(f"shards/{name}")) for name, job in jobs.items()}
+    archive_version = reader.version(ChecksumCache(settings.state_dir / "checksums.json"))
+    ledger = shard_plan.ShardLedger(settings.state_dir / "shards")
+    fingerprints = {name: shard_plan.fingerprint(job, archive_version) for name, job in jobs.items()}
+    to_write = []
+    for name in wanted:
+        stats = ledger.reusable(jobs[name], fingerprints[name])
+        if stats is None:
+            to_write.append(jobs[name])
+        elif on_shard:
+            on_shard(stats, True)
+    reused = len(wanted) - len(to_write)
+    log(
+        f"{split}: {len(to_write)} of {len(wanted)} shards to write "
+        f"({reused} unchanged since an earlier run) with {settings.workers} workers"
+    )
+    progress = Progress(f"{split} shards", sum(len(job.records) for job in to_write), "images", log)
+    written_records = 0
+
+    def done(stats: ShardStats) -> None:
+        nonlocal written_records
+        ledger.record(stats, fingerprints[stats.name])
+        if on_shard:
+            on_shard(stats, False)
+        written_records += stats.records
+        progress.update(written_records)
+
+    write_shards(to_write, workers=settings.workers, on_done=done)
+    return Made(
+        settings.tfrecords_dir,
+        {"shards_in_this_run": len(wanted), "shards_written": len(to_write), "shards_unchanged": reused},
+    )

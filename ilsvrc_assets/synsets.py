@@ -14,10 +14,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ilsvrc_assets import fileio, release
+from ilsvrc_assets import release, storage
+from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.stage import Log, Made, Verdict, quiet
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.sources import ImageSource
 
 SYNSET_COLUMNS = ("wnid", "label", "text", "ilsvrc2012_id", "words")
 
@@ -169,8 +175,8 @@ def validation_label_problems(labels: Sequence[str], limit: int = 10) -> list[st
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """Write a table atomically as CSV."""
-    with fileio.atomic_write(path, "w") as f:
+    """Publish a table as CSV (whole or not at all)."""
+    with storage.open_output(path, "w") as f:
         table.to_csv(f, index=False)
 
 
@@ -194,3 +200,45 @@ def read_validation_labels(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: validation labels not found; materialise 'validation_labels' first")
     return list(pd.read_csv(path, dtype=str)["synset"])
+
+
+# --- The stages and their checks -----------------------------------------------------------------
+
+
+def make_synsets(settings: Settings, source: ImageSource, log: Log = quiet) -> Made:
+    """Stage ``synsets``: the 1,000 classes from the devkit's meta.mat, to ``<data>/synsets.csv``."""
+    devkit = source.read_devkit(log)
+    table = synset_table(devkit)
+    write_csv(table, settings.synsets_csv)
+    return Made(
+        settings.synsets_csv,
+        {"synsets": len(table), "hierarchy_nodes": devkit.num_nodes},
+        preview=table,
+    )
+
+
+def synsets_verdict(settings: Settings) -> Verdict:
+    """Check ``one_thousand_synsets``: the table on disk against the release facts."""
+    table = read_synsets(settings.synsets_csv)
+    return Verdict(synset_problems(table), f"{len(table)} synsets, as the shipped list", {"synsets": len(table)})
+
+
+def make_validation_labels(settings: Settings, source: ImageSource, log: Log = quiet) -> Made:
+    """Stage ``validation_labels``: the devkit ground truth mapped to WNIDs, to
+    ``<data>/validation_labels.csv`` (needs ``synsets``)."""
+    devkit = source.read_devkit(log)
+    labels = validation_labels(devkit, read_synsets(settings.synsets_csv))
+    write_validation_labels(labels, settings.validation_labels_csv)
+    return Made(
+        settings.validation_labels_csv,
+        {
+            "images": len(labels),
+            "first_image": f"{release.validation_filename(1)} -> {labels[0] if labels else '-'}",
+        },
+    )
+
+
+def validation_labels_verdict(settings: Settings) -> Verdict:
+    """Check ``agrees_with_shipped_labels``: the labels on disk against the shipped label file."""
+    labels = read_validation_labels(settings.validation_labels_csv)
+    return Verdict(validation_label_problems(labels), f"all {len(labels)} labels agree with the shipped file")

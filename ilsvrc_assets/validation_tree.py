@@ -16,11 +16,17 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ilsvrc_assets import fileio, images, release
-from ilsvrc_assets.archives import ArchiveError
+from ilsvrc_assets import archives, fileio, images, release, storage
+from ilsvrc_assets.progress import Progress
+from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.stage import Log, Made, Verdict, quiet
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.sources import ImageReader, ImageSource
 
 
 IMAGES_PER_THREAD = 1000  # at least, for another thread to be worth starting
@@ -36,7 +42,7 @@ class TreeStats:
 
 
 def build(
-    archive: Path,
+    reader: ImageReader,
     index: pd.DataFrame,
     dest: Path,
     progress: Callable[[int, int], None] | None = None,
@@ -77,7 +83,7 @@ def build(
         os.makedirs(f"{root}/{synset}", exist_ok=True)
     skipped = len(rows) - len(todo)
     written = _write_images(
-        archive, root, todo, threads, lambda n: progress and progress(skipped + n, len(rows))
+        reader, root, todo, threads, lambda n: progress and progress(skipped + n, len(rows))
     )
     if progress:
         progress(len(rows), len(rows))
@@ -85,7 +91,7 @@ def build(
 
 
 def _write_images(
-    archive: Path,
+    reader: ImageReader,
     root: str,
     todo: Sequence[tuple[str, str, int, int]],
     threads: int,
@@ -99,6 +105,7 @@ def _write_images(
     """
     if not todo:
         return 0
+    store = storage.store_for(root)
     threads = max(1, min(threads, len(todo) // IMAGES_PER_THREAD or 1))
     step = -(-len(todo) // threads)
     chunks = [todo[i : i + step] for i in range(0, len(todo), step)]
@@ -106,20 +113,14 @@ def _write_images(
     stop = threading.Event()
 
     def write_chunk(n: int) -> None:
-        with open(archive, "rb") as tar:
+        with reader.open() as images_read:
             for filename, synset, offset, size in chunks[n]:
                 if stop.is_set():
                     return
-                tar.seek(offset)
-                data = tar.read(size)
-                if len(data) != size:
-                    raise ArchiveError(
-                        f"{archive.name}: member {filename!r} is cut short ({len(data)} of {size} "
-                        f"bytes); the archive is truncated: delete it and fetch it again"
-                    )
-                where = f"{archive.name} member {filename}"
+                data = images_read.read(filename, offset, size)
+                where = f"{reader.where} member {filename}"
                 images.check_complete(data, images.probe(data, where), where)  # an image, and whole
-                fileio.atomic_write_into(f"{root}/{synset}", filename, data)
+                store.write_into(f"{root}/{synset}", filename, data)
                 done[n] += 1
 
     with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
@@ -211,3 +212,44 @@ def problems(
     if len(missing) + len(extra) > 2 * limit:
         found.append(f"({len(missing)} missing and {len(extra)} misplaced in all)")
     return found
+
+
+# --- The stage and its check ---------------------------------------------------------------------
+
+
+def make_validation_tree(settings: Settings, source: ImageSource, log: Log = quiet) -> Made:
+    """Stage ``validation_tree``: every indexed validation image into ``<data>/validation/<wnid>/``.
+
+    Needs ``validation_images``. Held under the tree's lock: a second run at once would delete
+    this one's temporary files.
+    """
+    index = archives.read_index(settings.image_index("validation"))
+    progress = Progress("validation tree", len(index), "images", log)
+    with fileio.exclusive(settings.lock_path("validation_tree"), f"validation_tree in {settings.data_dir}"):
+        stats = build(
+            source.image_reader("validation", log),
+            index,
+            settings.validation_dir,
+            lambda done, _total: progress.update(done),
+            threads=settings.workers,
+        )
+    return Made(
+        settings.validation_dir,
+        {
+            "images": stats.images,
+            "written": stats.written,
+            "already_in_place": stats.skipped,
+            "removed_misplaced": stats.removed,
+            "bytes": stats.bytes,
+        },
+    )
+
+
+def validation_tree_verdict(settings: Settings) -> Verdict:
+    """Check ``matches_validation_label_file``: the tree on disk against the shipped label file."""
+    scanned = scan(settings.validation_dir)
+    return Verdict(
+        problems(scanned),
+        "50,000 images in 1,000 folders, as the label file says",
+        {"images": sum(len(v) for v in scanned.values()), "folders": len(scanned)},
+    )

@@ -152,7 +152,7 @@ def test_release_folder_and_md5sums(release_dir: Path, info: dict) -> None:
 def test_md5sums_name_is_what_sources_read() -> None:
     from ilsvrc_assets import sources
 
-    assert sample.MD5SUMS == sources.MD5SUMS
+    assert sample.MD5SUMS == release.MD5SUMS
 
 
 def test_headers_carry_no_time_or_owner(release_dir: Path) -> None:

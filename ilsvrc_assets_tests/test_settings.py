@@ -54,7 +54,7 @@ def test_partitions_per_run_sets_the_shard_backfill_batches(raw, expected):
     assert s.partitions_per_run == expected
     # Unset: a backfill writes the whole range in one run; set: in runs of that many shards.
     policy = BackfillPolicy.multi_run(expected) if expected else BackfillPolicy.single_run()
-    assert shards_asset(s, "train").backfill_policy == policy
+    assert shards_asset(s, "train_shards", "train").backfill_policy == policy
 
 
 @pytest.mark.parametrize("raw", ["0", "-2", "four"])

@@ -6,6 +6,7 @@ from PIL import Image
 
 from ilsvrc_assets import archives, release, validation_tree
 from ilsvrc_assets.archives import ArchiveError
+from ilsvrc_assets.sources.official import ArchiveReader
 
 
 def _jpeg(seed: int) -> bytes:
@@ -30,7 +31,7 @@ def small_release(tmp_path):
 def test_build_sorts_images_into_synset_folders_and_reruns(small_release, tmp_path):
     path, labels, index = small_release
     dest = tmp_path / "validation"
-    stats = validation_tree.build(path, index, dest)
+    stats = validation_tree.build(ArchiveReader(path), index, dest)
     assert (stats.images, stats.written, stats.skipped) == (4, 4, 0)
     tree = validation_tree.scan(dest)
     assert tree == {
@@ -43,7 +44,7 @@ def test_build_sorts_images_into_synset_folders_and_reruns(small_release, tmp_pa
     # A second run writes nothing; an image deleted meanwhile is restored; a misplaced one removed.
     (dest / "n01440764" / "ILSVRC2012_val_00000001.JPEG").unlink()
     (dest / "n01443537" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"stale")
-    stats = validation_tree.build(path, index, dest)
+    stats = validation_tree.build(ArchiveReader(path), index, dest)
     assert (stats.written, stats.skipped, stats.removed) == (1, 3, 1)
     assert validation_tree.scan(dest) == tree
 
@@ -63,7 +64,7 @@ def test_threads_write_the_same_tree_and_stop_at_a_bad_member(tmp_path, monkeypa
     seen = []
     dest = tmp_path / "validation"
     with pytest.raises(ValueError, match="member ILSVRC2012_val_00000045.JPEG"):
-        validation_tree.build(path, index, dest, lambda done, total: seen.append(done), threads=threads)
+        validation_tree.build(ArchiveReader(path), index, dest, lambda done, total: seen.append(done), threads=threads)
     # What was written is whole and in place; no temporary file is left.
     for image in dest.rglob("*"):
         if image.is_file():
@@ -72,7 +73,7 @@ def test_threads_write_the_same_tree_and_stop_at_a_bad_member(tmp_path, monkeypa
             assert image.read_bytes() == _jpeg(number) and image.parent.name == labels[number - 1]
 
     good = index[index["filename"] != release.validation_filename(45)]
-    stats = validation_tree.build(path, good, dest, lambda done, total: seen.append(done), threads=threads)
+    stats = validation_tree.build(ArchiveReader(path), good, dest, lambda done, total: seen.append(done), threads=threads)
     assert stats.images == stats.written + stats.skipped == 59
     tree = validation_tree.scan(dest)
     assert sum(len(names) for names in tree.values()) == 59
@@ -90,7 +91,7 @@ def test_member_that_is_not_an_image_is_named(tmp_path):
     index = archives.index_validation_archive(path, ["n01440764"])
     dest = tmp_path / "validation"
     with pytest.raises(ValueError, match="ILSVRC2012_img_val.tar member ILSVRC2012_val_00000001.JPEG"):
-        validation_tree.build(path, index, dest)
+        validation_tree.build(ArchiveReader(path), index, dest)
     assert validation_tree.scan(dest) in ({}, {"n01440764": []})
 
 
@@ -100,7 +101,7 @@ def test_truncated_archive_fails_without_partial_files(small_release, tmp_path):
     index.loc[0, "size"] = 10**6  # pretend the member runs past the end of the file
     dest = tmp_path / "validation"
     with pytest.raises(ArchiveError, match="cut short"):
-        validation_tree.build(path, index, dest)
+        validation_tree.build(ArchiveReader(path), index, dest)
     leftovers = [p for p in dest.rglob("*") if p.is_file() and p.stat().st_size != 0]
     for p in leftovers:  # everything present is a complete image, under its final name
         assert p.read_bytes()[:2] == b"\xff\xd8"

@@ -9,11 +9,11 @@ with a fresh observation to find the archives that changed at the source.
 """
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     AssetsDefinition,
+    DagsterInstance,
     DataVersion,
     MaterializeResult,
     MetadataValue,
@@ -21,28 +21,17 @@ from dagster import (
 )
 
 from ilsvrc_assets import release
-from ilsvrc_assets.archives import checksum_problem
+from ilsvrc_assets.defs.metadata import check_result
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.release import Archive
+from ilsvrc_assets.sources import checksum_verdict
 
 GROUP = "archives"
 SOURCE_VERSION = "source_version"  # metadata key of the observed version at materialisation
 
-ARCHIVE_ASSET_NAMES: dict[str, str] = {
-    release.IMG_TRAIN.key: "train_archive",
-    release.IMG_VAL.key: "validation_archive",
-    release.DEVKIT.key: "devkit_archive",
-    release.BBOX_TRAIN.key: "train_boxes_archive",
-    release.BBOX_VAL.key: "validation_boxes_archive",
-}
 
-
-def archive_asset_name(archive: Archive) -> str:
-    return ARCHIVE_ASSET_NAMES[archive.key]
-
-
-def _archive_asset(archive: Archive) -> AssetsDefinition:
-    name = archive_asset_name(archive)
+def archive_asset(archive: Archive, name: str) -> AssetsDefinition:
+    """The asset ``name`` of one of the five archives, with its blocking ``checksum`` check."""
 
     @asset(
         name=name,
@@ -60,12 +49,12 @@ def _archive_asset(archive: Archive) -> AssetsDefinition:
             )
         ],
     )
-    def _asset(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
-        source = ilsvrc.archive_source()
+    def _archive(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
+        source = ilsvrc.image_source()
         fetched = source.fetch(archive, ilsvrc.checksum_cache(), context.log.info)
-        problem = checksum_problem(archive.name, fetched.expected_md5, fetched.md5)
-        if problem:
-            context.log.error(problem)
+        verdict = checksum_verdict(fetched)
+        if not verdict.passed:
+            context.log.error(verdict.description)
         return MaterializeResult(
             metadata={
                 "path": MetadataValue.path(str(fetched.path)),
@@ -79,18 +68,38 @@ def _archive_asset(archive: Archive) -> AssetsDefinition:
                 "md5_reused_from_earlier_run": fetched.md5_from_cache,
             },
             data_version=DataVersion(fetched.md5),
-            check_results=[
-                AssetCheckResult(
-                    check_name="checksum",
-                    passed=problem is None,
-                    severity=AssetCheckSeverity.ERROR,
-                    description=problem or f"MD5 {fetched.md5} as expected ({fetched.expected_from})",
-                    metadata={"md5": fetched.md5, "expected_md5": fetched.expected_md5},
-                )
-            ],
+            check_results=[check_result(verdict)],
         )
 
-    return _asset
+    return _archive
 
 
-archive_assets: list[AssetsDefinition] = [_archive_asset(a) for a in release.ARCHIVES]
+train_archive = archive_asset(release.IMG_TRAIN, "train_archive")
+validation_archive = archive_asset(release.IMG_VAL, "validation_archive")
+devkit_archive = archive_asset(release.DEVKIT, "devkit_archive")
+train_boxes_archive = archive_asset(release.BBOX_TRAIN, "train_boxes_archive")
+validation_boxes_archive = archive_asset(release.BBOX_VAL, "validation_boxes_archive")
+
+ARCHIVE_ASSETS: dict[str, AssetsDefinition] = {
+    release.IMG_TRAIN.key: train_archive,
+    release.IMG_VAL.key: validation_archive,
+    release.DEVKIT.key: devkit_archive,
+    release.BBOX_TRAIN.key: train_boxes_archive,
+    release.BBOX_VAL.key: validation_boxes_archive,
+}
+
+
+def archive_asset_name(archive: Archive) -> str:
+    return ARCHIVE_ASSETS[archive.key].key.to_user_string()
+
+
+def is_official(instance: DagsterInstance, archive: Archive) -> bool:
+    """Whether the archive was the official one when last fetched (its materialisation says so).
+
+    Read from the history, never by locating the archive: a check or an audit must not download it.
+    """
+    event = instance.get_latest_materialization_event(AssetKey(archive_asset_name(archive)))
+    if event is None or event.asset_materialization is None:
+        return False
+    official = event.asset_materialization.metadata.get("official")
+    return bool(official.value) if official is not None else False

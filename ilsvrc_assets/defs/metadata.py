@@ -1,7 +1,11 @@
-"""Small helpers for the metadata shown with each materialisation in the Dagster UI."""
+"""The translation of the plain library's results into Dagster's: metadata, materialisations, check results."""
+
+from pathlib import Path
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetKey, MetadataValue
+from dagster import AssetCheckResult, AssetKey, MaterializeResult, MetadataValue
+
+from ilsvrc_assets.stage import Fact, Made, Verdict
 
 
 def markdown_preview(table: pd.DataFrame, rows: int = 10) -> MetadataValue:
@@ -18,22 +22,41 @@ def markdown_preview(table: pd.DataFrame, rows: int = 10) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
+def metadata_value(value: Fact) -> object:
+    """A fact as the UI shows it best: paths as paths, whole numbers as numbers, tables as JSON."""
+    if isinstance(value, Path):
+        return MetadataValue.path(str(value))
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, int):
+        return MetadataValue.int(value)
+    return MetadataValue.json(value)
+
+
+def metadata(facts: dict[str, Fact]) -> dict[str, object]:
+    return {key: metadata_value(value) for key, value in facts.items()}
+
+
+def materialized(made: Made, **extra: object) -> MaterializeResult:
+    """What an asset returns for a stage's :class:`Made`: its path, its facts and a preview."""
+    values = {"path": MetadataValue.path(str(made.path)), **metadata(made.facts)}
+    if made.preview is not None:
+        values["preview"] = markdown_preview(made.preview)
+    return MaterializeResult(metadata={**values, **extra})
+
+
 def check_result(
-    problems: list[str],
-    ok: str,
-    *,
-    asset_key: AssetKey | None = None,
-    check_name: str | None = None,
-    **metadata,
+    verdict: Verdict, *, asset_key: AssetKey | None = None, check_name: str | None = None
 ) -> AssetCheckResult:
-    """A check's result: passed when there are no problems, which are then its description.
+    """A check's result from its :class:`Verdict`: passed when there are no problems, which are then
+    its description.
 
     ``asset_key`` and ``check_name`` say which check it is where one step evaluates several.
     """
     return AssetCheckResult(
         asset_key=asset_key,
         check_name=check_name,
-        passed=not problems,
-        description="; ".join(problems) or ok,
-        metadata=metadata,
+        passed=verdict.passed,
+        description=verdict.description,
+        metadata=metadata(verdict.facts),
     )

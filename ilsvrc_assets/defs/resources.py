@@ -8,7 +8,7 @@ from dagster import ConfigurableResource
 from ilsvrc_assets import fileio, settings as settings_module
 from ilsvrc_assets.archives import ChecksumCache
 from ilsvrc_assets.settings import Settings
-from ilsvrc_assets.sources import ArchiveSource, from_settings
+from ilsvrc_assets.sources import ImageSource, from_settings
 
 
 class IlsvrcResource(ConfigurableResource):
@@ -51,7 +51,8 @@ class IlsvrcResource(ConfigurableResource):
             workers=self.workers,
         )
 
-    def archive_source(self) -> ArchiveSource:
+    def image_source(self) -> ImageSource:
+        """Where the images come from (``ILSVRC_SOURCE``)."""
         return from_settings(self.settings())
 
     def checksum_cache(self) -> ChecksumCache:

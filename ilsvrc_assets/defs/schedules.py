@@ -116,7 +116,7 @@ def refresh_sensor(settings: Settings) -> SensorDefinition:
             # Looked at again at the next wake-up: the cursor stays where it is.
             return SkipReason(f"the refresh backfill {', '.join(running)} is still in progress")
 
-        source = ilsvrc.archive_source()
+        source = ilsvrc.image_source()
         observed = {archive_asset_name(a): source.observe(a, context.log.info) for a in release.ARCHIVES}
         changed = changed_archives(recorded_versions(context.instance), observed)
         cursor = json.dumps({"tick": tick})

@@ -1,19 +1,13 @@
-"""``validation_tree``: ``<data>/validation/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG``."""
+"""``validation_tree``: ``<data>/validation/<wnid>/ILSVRC2012_val_XXXXXXXX.JPEG``.
 
-from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetExecutionContext,
-    MaterializeResult,
-    MetadataValue,
-    asset,
-    asset_check,
-)
+The work is in :mod:`ilsvrc_assets.validation_tree` (``make_validation_tree`` and the check's verdict).
+"""
 
-from ilsvrc_assets import archives, release, validation_tree as tree
-from ilsvrc_assets.defs.metadata import check_result
+from dagster import AssetCheckResult, AssetExecutionContext, MaterializeResult, asset, asset_check
+
+from ilsvrc_assets import validation_tree as tree
+from ilsvrc_assets.defs.metadata import check_result, materialized
 from ilsvrc_assets.defs.resources import IlsvrcResource
-from ilsvrc_assets.progress import Progress
 
 
 @asset(
@@ -26,29 +20,7 @@ from ilsvrc_assets.progress import Progress
     "Re-runnable: images already in place are kept, misplaced ones removed.",
 )
 def validation_tree(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
-    settings = ilsvrc.settings()
-    archive = ilsvrc.archive_source().locate(release.IMG_VAL, context.log.info)
-    index = archives.read_index(settings.image_index("validation"))
-
-    progress = Progress("validation tree", len(index), "images", context.log.info)
-    with ilsvrc.exclusive("validation_tree"):  # a second run at once would delete our temp files
-        stats = tree.build(
-            archive,
-            index,
-            settings.validation_dir,
-            lambda done, _total: progress.update(done),
-            threads=settings.workers,
-        )
-    return MaterializeResult(
-        metadata={
-            "path": MetadataValue.path(str(settings.validation_dir)),
-            "images": MetadataValue.int(stats.images),
-            "written": MetadataValue.int(stats.written),
-            "already_in_place": MetadataValue.int(stats.skipped),
-            "removed_misplaced": MetadataValue.int(stats.removed),
-            "bytes": MetadataValue.int(stats.bytes),
-        }
-    )
+    return materialized(tree.make_validation_tree(ilsvrc.settings(), ilsvrc.image_source(), context.log.info))
 
 
 @asset_check(
@@ -57,14 +29,5 @@ def validation_tree(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> M
     description="The tree on disk matches the shipped validation label file exactly: every image "
     "in its synset's folder, 50 per synset, 50,000 in all, nothing else.",
 )
-def matches_validation_label_file(
-    context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource
-) -> AssetCheckResult:
-    scanned = tree.scan(ilsvrc.settings().validation_dir)
-    problems = tree.problems(scanned)
-    return check_result(
-        problems,
-        "50,000 images in 1,000 folders, as the label file says",
-        images=sum(len(v) for v in scanned.values()),
-        folders=len(scanned),
-    )
+def matches_validation_label_file(ilsvrc: IlsvrcResource) -> AssetCheckResult:
+    return check_result(tree.validation_tree_verdict(ilsvrc.settings()))

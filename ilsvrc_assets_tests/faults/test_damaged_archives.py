@@ -20,6 +20,7 @@ from PIL import Image
 from ilsvrc_assets import archives, fileio, images, release, shards, validation_tree
 from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets.records import RecordSource
+from ilsvrc_assets.sources.official import ArchiveReader
 from ilsvrc_assets_tests.conftest import rewrite_tar, variant_release
 from ilsvrc_assets_tests.defs.graph import evaluations, run_job
 from ilsvrc_assets_tests.faults.helpers import temp_files
@@ -53,7 +54,7 @@ def test_truncated_jpeg_in_the_validation_archive_stops_the_tree_naming_it(tmp_p
     index = archives.index_validation_archive(archive, ["n01440764", "n01443537"])
     dest = tmp_path / "data" / "validation"
     with pytest.raises(images.ImageError) as caught:
-        validation_tree.build(archive, index, dest)
+        validation_tree.build(ArchiveReader(archive), index, dest)
     message = str(caught.value)
     assert message.startswith(
         f"{release.IMG_VAL.name} member ILSVRC2012_val_00000002.JPEG: the JPEG data is truncated"

@@ -1,6 +1,8 @@
-"""Where the release's archives come from: the built-in sample, a local folder, or an HTTP(S) URL.
+"""The official release: its five archives, from the built-in sample, a local folder, or an HTTP(S) URL.
 
-Each source makes an archive available as a local file and says which MD5 it must have: the one
+The layout is the official one (a train tar of 1,000 inner tars, a flat validation tar, the
+devkit, two gzip-compressed tars of VOC XML box files); what differs between the three is only
+how the archives get here. Each source makes an archive available as a local file and says which MD5 it must have: the one
 listed in an ``MD5SUMS`` file beside the archives (a stand-in release, the sample) or else the
 official one. Verifying is the same for every source.
 
@@ -13,52 +15,54 @@ observation to find what changed at the source.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from abc import abstractmethod
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
-from ilsvrc_assets import fileio, release
+import pandas as pd
+
+from ilsvrc_assets import archives, fileio, release, synsets
 from ilsvrc_assets.archives import ChecksumCache, md5_of
 from ilsvrc_assets.progress import reporter
-from ilsvrc_assets.release import Archive
-from ilsvrc_assets.settings import ENV_HTTP_URL, ENV_LOCAL_DIR, Settings
-
-Log = Callable[[str], None]
-MD5SUMS = "MD5SUMS"
+from ilsvrc_assets.release import MD5SUMS, Archive
+from ilsvrc_assets.settings import ENV_LOCAL_DIR
+from ilsvrc_assets.sources import FetchedArchive, ImageReader, ImageSource, Log, SourceError
 
 
-class SourceError(RuntimeError):
-    """An archive cannot be had from the configured source; the message says what to do."""
+class ArchiveSource(ImageSource):
+    """The official release, from a place its five archives come from."""
 
+    def inputs(self) -> tuple[Archive, ...]:
+        return release.ARCHIVES
 
-@dataclass(frozen=True)
-class FetchedArchive:
-    """An archive available as a local file, with what its checksum is and should be."""
+    # --- What the stages read: the official layout ------------------------------------------
 
-    archive: Archive
-    path: Path
-    size: int
-    md5: str
-    expected_md5: str
-    expected_from: str  # "the official release" or "<folder>/MD5SUMS"
-    md5_from_cache: bool
-    source_version: str = ""  # what observe() said of the archive this file is
+    def read_devkit(self, log: Log) -> synsets.Devkit:
+        return synsets.read_devkit(self.locate(release.DEVKIT, log))
 
-    @property
-    def official(self) -> bool:
-        """True when this is the official archive (its MD5 is the release's)."""
-        return self.md5 == self.archive.md5
+    def index_images(
+        self,
+        split: str,
+        known: Collection[str],
+        labels: Sequence[str],
+        log: Log,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> pd.DataFrame:
+        if split == "train":
+            path = self.locate(release.IMG_TRAIN, log)
+            return archives.index_train_archive(
+                path, frozenset(known), progress and (lambda done, total, _wnid: progress(done, total))
+            )
+        return archives.index_validation_archive(self.locate(release.IMG_VAL, log), labels)
 
+    def image_reader(self, split: str, log: Log) -> ImageReader:
+        archive = release.IMG_TRAIN if split == "train" else release.IMG_VAL
+        return ArchiveReader(self.locate(archive, log))
 
-class ArchiveSource(ABC):
-    """A place the five archives come from."""
+    def box_archives(self, log: Log) -> tuple[Path, Path]:
+        return self.locate(release.BBOX_TRAIN, log), self.locate(release.BBOX_VAL, log)
 
-    kind: str
-
-    @abstractmethod
-    def describe(self) -> str:
-        """Where the archives come from, for logs and metadata (never with credentials)."""
+    # --- Where the archives come from ----------------------------------------------------------
 
     @abstractmethod
     def folder(self, log: Log) -> Path:
@@ -290,13 +294,42 @@ def http_version(info: Mapping[str, int | str | None]) -> str:
     )
 
 
-def from_settings(settings: Settings) -> ArchiveSource:
-    """The source the settings name."""
-    if settings.source == "local":
-        assert settings.local_dir is not None
-        return LocalSource(settings.local_dir)
-    if settings.source == "http":
-        if not settings.http_url:
-            raise SourceError(f"set {ENV_HTTP_URL} to the base URL of the archives")
-        return HttpSource(settings.http_url, settings.download_dir)
-    return SampleSource(settings.sample_dir)
+class ArchiveReader(ImageReader):
+    """Images of an uncompressed tar, each by its offset and size from the index (one seek, one read)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = path.name
+
+    def open(self) -> "ArchiveReading":
+        return ArchiveReading(self.path)
+
+    def version(self, cache: ChecksumCache) -> str:
+        return cache.get(self.path) or local_version(self.path)
+
+    def __reduce__(self):  # sent to worker processes by path
+        return ArchiveReader, (self.path,)
+
+
+class ArchiveReading:
+    """An open handle on the archive (one per thread or process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = open(path, "rb")
+
+    def read(self, name: str, offset: int, size: int) -> bytes:
+        self.file.seek(offset)
+        data = self.file.read(size)
+        if len(data) != size:
+            raise archives.ArchiveError(
+                f"{self.path.name}: member {name!r} is cut short ({len(data)} of {size} bytes); the "
+                f"archive is truncated: delete it and fetch it again"
+            )
+        return data
+
+    def __enter__(self) -> "ArchiveReading":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
