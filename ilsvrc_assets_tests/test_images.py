@@ -11,36 +11,9 @@ from PIL import Image
 
 from ilsvrc_assets import images
 from ilsvrc_assets.images import ImageError, ImageInfo
+from ilsvrc_assets_tests.helpers import cmyk_jpeg, encode, gray_jpeg, noise, png, rgb_jpeg
 
 WHERE = "ILSVRC2012_img_train.tar member n01440764_1.JPEG"
-
-
-def encode(image: Image.Image, format: str = "JPEG", **options) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format=format, **options)
-    return out.getvalue()
-
-
-def noise(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    channels = {"L": 1, "RGB": 3, "RGBA": 4, "CMYK": 4}[mode]
-    array = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
-    return Image.fromarray(array[:, :, 0] if channels == 1 else array, mode)
-
-
-def rgb_jpeg(width: int = 40, height: int = 30, **options) -> bytes:
-    return encode(noise(width, height), "JPEG", **options)
-
-
-def gray_jpeg(width: int = 40, height: int = 30) -> bytes:
-    return encode(noise(width, height, "L"), "JPEG")
-
-
-def cmyk_jpeg(width: int = 40, height: int = 30) -> bytes:
-    return encode(Image.new("CMYK", (width, height), (0, 255, 255, 0)), "JPEG")  # red, in CMYK
-
-
-def png(width: int = 40, height: int = 30, mode: str = "RGB") -> bytes:
-    return encode(noise(width, height, mode), "PNG")
 
 
 # --- probe -----------------------------------------------------------------------------------
