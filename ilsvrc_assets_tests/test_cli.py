@@ -11,7 +11,7 @@ from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from ilsvrc_assets import cli, fileio, release
-from ilsvrc_assets_tests.conftest import variant_release
+from ilsvrc_assets_tests.helpers import variant_release
 
 
 def _run(args, env, cwd):

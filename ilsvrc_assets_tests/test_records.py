@@ -11,7 +11,7 @@ import pytest
 
 from ilsvrc_assets import images, release
 from ilsvrc_assets.records import RecordSource, ShardScan, encode_example, feature_spec, scan_shard
-from ilsvrc_assets_tests.test_images import cmyk_jpeg, gray_jpeg, png, rgb_jpeg
+from ilsvrc_assets_tests.helpers import cmyk_jpeg, gray_jpeg, png, rgb_jpeg
 
 tf = pytest.importorskip("tensorflow")
 

@@ -21,7 +21,7 @@ from ilsvrc_assets.shards import (
     write_shard,
     write_shards,
 )
-from ilsvrc_assets_tests.test_images import cmyk_jpeg, encode, gray_jpeg, noise, png, rgb_jpeg
+from ilsvrc_assets_tests.helpers import cmyk_jpeg, encode, gray_jpeg, noise, png, rgb_jpeg
 
 # --- assign_to_shards ------------------------------------------------------------------------
 

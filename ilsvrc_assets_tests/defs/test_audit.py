@@ -20,7 +20,7 @@ from ilsvrc_assets.cli import failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets.defs.manifest import written_shards
 from ilsvrc_assets.manifest import Written
-from ilsvrc_assets_tests.defs.graph import ALL_CHECKS, evaluations, materialized, run_job
+from ilsvrc_assets_tests.helpers import ALL_CHECKS, evaluations, materialized, run_job
 
 AUDITED = {name for name in ALL_CHECKS if not name.endswith(":checksum")}
 

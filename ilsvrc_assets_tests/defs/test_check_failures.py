@@ -20,8 +20,14 @@ from dagster import DagsterInstance
 from ilsvrc_assets import release
 from ilsvrc_assets.cli import failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
-from ilsvrc_assets_tests.conftest import rewrite_tar, variant_release
-from ilsvrc_assets_tests.defs.graph import build_all, evaluations, materialized, run_job
+from ilsvrc_assets_tests.helpers import (
+    build_all,
+    evaluations,
+    materialized,
+    rewrite_tar,
+    run_job,
+    variant_release,
+)
 
 INPUTS = JOB_NAMES["inputs"]
 

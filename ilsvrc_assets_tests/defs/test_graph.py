@@ -11,8 +11,9 @@ from dagster import AssetKey
 from PIL import Image
 
 from ilsvrc_assets import archives, release, shard_plan, synsets
+from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets.bounding_boxes import boxes_by_image, read_table
-from ilsvrc_assets_tests.defs.graph import ALL_CHECKS, build_all, evaluations
+from ilsvrc_assets_tests.helpers import ALL_CHECKS, build_all, evaluations, run_job
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +182,6 @@ def test_second_build_reuses_what_is_done(built):
 
 
 # --- The checks on outputs, made to fail by damaging what was built (these run last) ----------
-
-from ilsvrc_assets.definitions import JOB_NAMES  # noqa: E402
-from ilsvrc_assets_tests.defs.graph import run_job  # noqa: E402
-
 
 def _evaluate(settings, instance, job):
     return evaluations(run_job(settings, instance, job))

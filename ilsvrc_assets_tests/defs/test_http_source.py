@@ -13,8 +13,7 @@ from dagster import DagsterInstance
 from ilsvrc_assets import fileio, release
 from ilsvrc_assets.cli import failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
-from ilsvrc_assets_tests.conftest import make_settings
-from ilsvrc_assets_tests.defs.graph import evaluations, materialized, run_job
+from ilsvrc_assets_tests.helpers import evaluations, make_settings, materialized, run_job
 
 USER, PASSWORD = "alice", "s3cret-Pa55-do-not-log"
 PREFIX = "/data/ILSVRC/2012/"

@@ -16,8 +16,7 @@ from dagster import DagsterInstance
 
 from ilsvrc_assets import release, validation_tree
 from ilsvrc_assets.bounding_boxes import read_table
-from ilsvrc_assets_tests.conftest import make_settings
-from ilsvrc_assets_tests.defs.graph import ALL_CHECKS, build_all, evaluations
+from ilsvrc_assets_tests.helpers import ALL_CHECKS, build_all, evaluations, make_settings
 
 
 def _members(path: Path, mode: str) -> list[tuple[tarfile.TarInfo, bytes]]:

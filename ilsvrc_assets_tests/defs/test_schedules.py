@@ -29,8 +29,7 @@ from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.definitions import JOB_NAMES, build_definitions
 from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import AUDIT, CHANGED_TAG, REFRESH
-from ilsvrc_assets_tests.conftest import copy_file, make_settings, variant_release
-from ilsvrc_assets_tests.defs.graph import materialized, run_job
+from ilsvrc_assets_tests.helpers import copy_file, make_settings, materialized, run_job, variant_release
 
 ARCHIVE_ASSETS = [
     "train_archive",

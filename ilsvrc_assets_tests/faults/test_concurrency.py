@@ -18,9 +18,7 @@ from ilsvrc_assets import fileio
 from ilsvrc_assets.cli import EXIT_BUSY, failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets.defs.resources import IlsvrcResource
-from ilsvrc_assets_tests.conftest import make_settings
-from ilsvrc_assets_tests.defs.graph import run_job
-from ilsvrc_assets_tests.faults.helpers import build_env, kill_when, temp_files
+from ilsvrc_assets_tests.helpers import build_env, kill_when, make_settings, run_job, temp_files
 
 
 def _step_failure(result) -> str:
@@ -86,7 +84,7 @@ RUN_SHARDS = textwrap.dedent(
     from dagster._core.instance.ref import InstanceRef
     from ilsvrc_assets.cli import failure_message
     from ilsvrc_assets.definitions import JOB_NAMES, build_definitions
-    from ilsvrc_assets_tests.conftest import make_settings
+    from ilsvrc_assets_tests.helpers import make_settings
 
     data, sample, home, first, last = sys.argv[1:]
     settings = make_settings(Path(data), None, source="sample", sample_dir=Path(sample))

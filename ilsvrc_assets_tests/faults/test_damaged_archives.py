@@ -21,9 +21,7 @@ from ilsvrc_assets import archives, fileio, images, release, shards, validation_
 from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets.records import RecordSource
 from ilsvrc_assets.sources.official import ArchiveReader
-from ilsvrc_assets_tests.conftest import rewrite_tar, variant_release
-from ilsvrc_assets_tests.defs.graph import evaluations, run_job
-from ilsvrc_assets_tests.faults.helpers import temp_files
+from ilsvrc_assets_tests.helpers import evaluations, rewrite_tar, run_job, temp_files, variant_release
 
 
 def _jpeg(seed: int, size=(48, 32)) -> bytes:

@@ -12,9 +12,15 @@ from dagster import DagsterInstance
 from ilsvrc_assets import archives, bounding_boxes, fileio, shard_plan, shards, synsets
 from ilsvrc_assets.cli import failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
-from ilsvrc_assets_tests.conftest import TEST_SHARDS, make_settings
-from ilsvrc_assets_tests.defs.graph import evaluations, run_job
-from ilsvrc_assets_tests.faults.helpers import differing, final_files, temp_files
+from ilsvrc_assets_tests.helpers import (
+    TEST_SHARDS,
+    differing,
+    evaluations,
+    final_files,
+    make_settings,
+    run_job,
+    temp_files,
+)
 
 MB = 1024 * 1024
 

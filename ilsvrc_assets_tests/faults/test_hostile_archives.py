@@ -23,8 +23,7 @@ from ilsvrc_assets.archives import ArchiveError
 from ilsvrc_assets.bounding_boxes import BoundingBoxError
 from ilsvrc_assets.cli import failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
-from ilsvrc_assets_tests.conftest import rewrite_tar, variant_release
-from ilsvrc_assets_tests.defs.graph import run_job
+from ilsvrc_assets_tests.helpers import rewrite_tar, run_job, variant_release
 
 
 def _hostile(kind: str, name: str) -> tarfile.TarInfo:

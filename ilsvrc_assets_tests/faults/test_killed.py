@@ -15,12 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ilsvrc_assets import download, release
-from ilsvrc_assets_tests.conftest import make_settings
-from ilsvrc_assets_tests.faults.helpers import (
+from ilsvrc_assets_tests.helpers import (
     build_env,
     differing,
     final_files,
     kill_when,
+    make_settings,
     start_build,
     temp_files,
 )

@@ -13,8 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from ilsvrc_assets import settings as settings_module
-from ilsvrc_assets_tests.conftest import make_settings
-from ilsvrc_assets_tests.faults.helpers import build_env
+from ilsvrc_assets_tests.helpers import build_env, make_settings
 
 PASSWORD = "pw-Zq81-never-shown"
 TOKEN = "tok-Hv27-never-shown"

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ilsvrc_assets_tests.conftest import TEST_SHARDS
-from ilsvrc_assets_tests.defs.graph import ALL_CHECKS
+from ilsvrc_assets_tests.helpers import ALL_CHECKS, TEST_SHARDS
 from ilsvrc_assets_tests.ui.browser import Chromium, find_chromium
 from ilsvrc_assets_tests.ui.dagster_dev import PROJECT_ROOT, DagsterDev
 
