@@ -87,7 +87,7 @@ def test_reference_csv_is_the_kept_training_boxes(built):
 def _read_records(paths):
     import tensorflow as tf
 
-    from ilsvrc_assets.records import feature_spec
+    from ilsvrc_assets.tf_example import feature_spec
 
     for path in paths:
         for raw in tf.data.TFRecordDataset(str(path)):
@@ -223,7 +223,7 @@ def _rewrite_shard(path, keep_or_replace):
     """Rewrite a shard record by record: keep_or_replace(raw, parsed) -> list of raw records."""
     import tensorflow as tf
 
-    from ilsvrc_assets.records import feature_spec
+    from ilsvrc_assets.tf_example import feature_spec
 
     raws = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
     with tf.io.TFRecordWriter(str(path)) as writer:
