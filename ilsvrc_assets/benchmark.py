@@ -167,7 +167,8 @@ def run_shards(settings: Settings, release_dir: Path) -> float:
     TensorFlow, about 2 s) are printed but not counted: the rows compare writing throughput.
     The Dagster rows include both.
     """
-    from ilsvrc_assets import archives, bounding_boxes, records, shard_plan, shards, synsets
+    from ilsvrc_assets import archives, bounding_boxes, formats, shard_plan, shards, synsets
+    from ilsvrc_assets.record_workers import RecordWorkers
 
     started = time.perf_counter()
     # Inputs from the library stages before (the one-worker run writes under a folder of its own).
@@ -189,10 +190,12 @@ def run_shards(settings: Settings, release_dir: Path) -> float:
         jobs.extend(split_jobs.values())
     settings.tfrecords_dir.mkdir(parents=True, exist_ok=True)
     planned = time.perf_counter()
-    records.start_workers(settings.workers, wait=True)
-    ready = time.perf_counter()
-    shards.write_shards(jobs, workers=settings.workers)
-    written = time.perf_counter()
+    # Left before returning: the workers are reaped, so their peak RSS counts among this process's children.
+    with RecordWorkers(settings.workers) as workers:
+        workers.ready()
+        ready = time.perf_counter()
+        shards.write_shards(jobs, formats.by_name(formats.DEFAULT), workers)
+        written = time.perf_counter()
     print(
         f"planned in {planned - started:.2f} s, {settings.workers} workers started in "
         f"{ready - planned:.2f} s, shards written in {written - ready:.2f} s"
@@ -202,18 +205,20 @@ def run_shards(settings: Settings, release_dir: Path) -> float:
 
 def run_manifest(settings: Settings, release_dir: Path) -> float:
     """Read every shard back (the manifest); like the shard rows, timed with the workers started."""
-    from ilsvrc_assets import archives, manifest, records
+    from ilsvrc_assets import archives, manifest
+    from ilsvrc_assets.record_workers import RecordWorkers
 
-    records.start_workers(settings.workers, wait=True)
-    started = time.perf_counter()
-    result = manifest.build(
-        settings.tfrecords_dir,
-        {split: settings.shard_names(split) for split in release.SPLITS},
-        {split: len(archives.read_index(settings.image_index(split))) for split in release.SPLITS},
-        workers=settings.workers,
-    )
-    manifest.write(result, settings.manifest_json)
-    return time.perf_counter() - started
+    with RecordWorkers(settings.workers) as workers:  # reaped on leaving, as in run_shards
+        workers.ready()
+        started = time.perf_counter()
+        result = manifest.build(
+            settings.tfrecords_dir,
+            {split: settings.shard_names(split) for split in release.SPLITS},
+            {split: len(archives.read_index(settings.image_index(split))) for split in release.SPLITS},
+            workers=workers,
+        )
+        manifest.write(result, settings.manifest_json)
+        return time.perf_counter() - started
 
 
 # --- What each stage reads, for images/s and MB/s -------------------------------------------------
@@ -338,9 +343,8 @@ def child_main(stage_name: str, release_dir: Path, result_file: Path) -> int:
     started = time.perf_counter()
     timed = BY_NAME[stage_name].run(settings, release_dir)
     seconds = time.perf_counter() - started if timed is None else timed
-    from ilsvrc_assets import records
-
-    records.stop_workers()  # reaped, so that their peak RSS counts among this process's children
+    # The stages' record workers were stopped and reaped as they returned: their peak RSS counts
+    # among this process's children.
     own = _vm_hwm_kb()
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (
         1 if sys.platform == "darwin" else 1024

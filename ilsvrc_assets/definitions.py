@@ -11,9 +11,11 @@ from dagster import AssetSelection, Definitions, define_asset_job, load_asset_ch
 from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.defs import bounding_boxes, image_index, kubernetes, manifest, synsets, validation_tree
 from ilsvrc_assets.defs.archives import archive_assets
+from ilsvrc_assets.defs.record_workers import record_workers_resource
 from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import audit_schedule, refresh_sensor
 from ilsvrc_assets.defs.shards import shards_asset
+from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
 
 CHECK_MODULES = (synsets, image_index, validation_tree, bounding_boxes, manifest)
@@ -34,8 +36,14 @@ AUDIT = AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
 )
 
 
-def build_definitions(settings: Settings | None = None) -> Definitions:
-    """The code location for ``settings`` (default: from the environment)."""
+def build_definitions(
+    settings: Settings | None = None, record_workers: RecordWorkers | None = None
+) -> Definitions:
+    """The code location for ``settings`` (default: from the environment).
+
+    ``record_workers``: a pool the caller holds open for all its runs (the CLI's build); by default
+    each step that needs workers starts its own.
+    """
     settings = settings or settings_module.load()
     shard_assets = {split: shards_asset(settings, split) for split in ("train", "validation")}
     return Definitions(
@@ -82,7 +90,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         ],
         schedules=[audit_schedule(settings, JOB_NAMES["audit"])],
         sensors=[refresh_sensor(settings)],
-        resources=resources_for(settings),
+        resources={**resources_for(settings), "record_workers": record_workers_resource(record_workers)},
     )
 
 

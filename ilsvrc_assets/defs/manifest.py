@@ -21,6 +21,7 @@ from dagster import (
     DagsterInstance,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     asset,
     multi_asset_check,
 )
@@ -30,6 +31,7 @@ from ilsvrc_assets.defs.archives import archive_asset_name
 from ilsvrc_assets.defs.metadata import check_result
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.progress import reporter
+from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
 
 MANIFEST = "dataset_manifest"
@@ -52,7 +54,9 @@ def _expected_images(settings: Settings) -> dict[str, int]:
     "count, bytes, MD5, labels, records that do not parse with the model zoo's feature spec, "
     "images that do not decode as JPEG). The checks on this asset judge the whole dataset.",
 )
-def dataset_manifest(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
+def dataset_manifest(
+    context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
+) -> MaterializeResult:
     settings = ilsvrc.settings()
 
     progress = reporter("manifest: read back", "shards", context.log.info)
@@ -60,7 +64,7 @@ def dataset_manifest(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> 
         settings.tfrecords_dir,
         _shard_names(settings),
         _expected_images(settings),
-        workers=settings.workers,
+        workers=record_workers,
         previous=manifest.read(settings.manifest_json),
         progress=progress,
     )
@@ -144,7 +148,9 @@ CHECKS = {
     can_subset=True,
     description="The checks on the whole dataset, judged on the shards as they are on disk now.",
 )
-def dataset_checks(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> Iterator[AssetCheckResult]:
+def dataset_checks(
+    context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
+) -> Iterator[AssetCheckResult]:
     settings = ilsvrc.settings()
     names = _shard_names(settings)
     # Right after dataset_manifest was built in this run, its MD5s are fresh; on their own (the
@@ -157,7 +163,7 @@ def dataset_checks(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) 
         names,
         _expected_images(settings),
         written_shards(context.instance, settings),
-        workers=settings.workers,
+        workers=record_workers,
         previous=manifest.read(settings.manifest_json),
         hash_shards=not fresh,
         progress=progress,

@@ -16,13 +16,25 @@ from dagster import (
     BackfillPolicy,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     StaticPartitionsDefinition,
     asset,
 )
 
-from ilsvrc_assets import archives, bounding_boxes, fileio, release, shard_plan, shards, sources, synsets
+from ilsvrc_assets import (
+    archives,
+    bounding_boxes,
+    fileio,
+    formats,
+    release,
+    shard_plan,
+    shards,
+    sources,
+    synsets,
+)
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.progress import Progress
+from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
 
 SPLIT_ARCHIVES = {"train": release.IMG_TRAIN, "validation": release.IMG_VAL}
@@ -96,8 +108,11 @@ def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
         "table, PNG/CMYK re-encoded as RGB JPEG). Images are shuffled across shards with a fixed "
         "seed, so the assignment is deterministic. Read straight out of the archive, never extracted.",
     )
-    def _asset(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
+    def _asset(
+        context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
+    ) -> MaterializeResult:
         require_upstream_checks_passed(context, UPSTREAM_CHECKS[split])
+        record_workers.start()  # they load TensorFlow while the shards are planned
         settings = ilsvrc.settings()
         archive_path = ilsvrc.archive_source().locate(archive, context.log.info)
         wanted = list(context.partition_keys)
@@ -132,20 +147,21 @@ def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
                 _record(context, stats, reused=True)
         context.log.info(
             f"{split}: {len(to_write)} of {len(wanted)} shards to write "
-            f"({reused} unchanged since an earlier run) with {settings.workers} workers"
+            f"({reused} unchanged since an earlier run) with {record_workers.processes} workers"
         )
         progress = Progress(
             f"{split} shards", sum(len(job.records) for job in to_write), "images", context.log.info
         )
         written_records = [0]
 
-        def on_done(stats: shards.ShardStats) -> None:
+        def on_done(stats: shard_plan.ShardStats) -> None:
             ledger.record(stats, fingerprints[stats.name])
             _record(context, stats, reused=False)
             written_records[0] += stats.records
             progress.update(written_records[0])
 
-        shards.write_shards(to_write, workers=settings.workers, on_done=on_done)
+        record_format = formats.by_name(formats.DEFAULT)
+        shards.write_shards(to_write, record_format, record_workers, on_done=on_done)
         return MaterializeResult(
             metadata={
                 "shards_in_this_run": MetadataValue.int(len(wanted)),
@@ -158,7 +174,7 @@ def shards_asset(settings: Settings, split: str) -> AssetsDefinition:
     return _asset
 
 
-def _record(context: AssetExecutionContext, stats: shards.ShardStats, reused: bool) -> None:
+def _record(context: AssetExecutionContext, stats: shard_plan.ShardStats, reused: bool) -> None:
     context.add_asset_metadata(
         {
             "path": MetadataValue.path(str(stats.path)),
