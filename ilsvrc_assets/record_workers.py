@@ -97,8 +97,7 @@ class RecordWorkers:
         the work alone (the benchmark) needs.
         """
         self.start()
-        assert self._executor is not None
-        return {f.result() for f in [self._executor.submit(_started, 0.5) for _ in range(self.processes)]}
+        return {f.result() for f in [self.submit(_started, 0.5) for _ in range(self.processes)]}
 
     def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
         """Run ``fn(*args)`` in a worker (``fn`` and ``args`` picklable); starts the pool if needed."""
