@@ -153,26 +153,31 @@ def run_shards(settings: Settings, release_dir: Path) -> float:
     """Both splits' shards through the stage function, with the workers started first; returns the
     seconds of the stage (planning included), not of starting the workers (each loads TensorFlow,
     about 2 s; the Dagster rows include it)."""
-    from ilsvrc_assets import records, shards
+    from ilsvrc_assets import shards
+    from ilsvrc_assets.record_workers import RecordWorkers
 
     started = time.perf_counter()
-    records.start_workers(settings.workers, wait=True)
-    ready = time.perf_counter()
-    for split in release.SPLITS:
-        shards.write_split_shards(settings, split, LocalSource(release_dir))
-    written = time.perf_counter()
+    # Left before returning: the workers are reaped, so their peak RSS counts among this process's children.
+    with RecordWorkers(settings.workers) as workers:
+        workers.ready()
+        ready = time.perf_counter()
+        for split in release.SPLITS:
+            shards.write_split_shards(settings, split, LocalSource(release_dir), workers)
+        written = time.perf_counter()
     print(f"{settings.workers} workers started in {ready - started:.2f} s, shards written in {written - ready:.2f} s")
     return written - ready
 
 
 def run_manifest(settings: Settings, release_dir: Path) -> float:
     """Read every shard back (the manifest); like the shard rows, timed with the workers started."""
-    from ilsvrc_assets import manifest, records
+    from ilsvrc_assets import manifest
+    from ilsvrc_assets.record_workers import RecordWorkers
 
-    records.start_workers(settings.workers, wait=True)
-    started = time.perf_counter()
-    manifest.make_manifest(settings)
-    return time.perf_counter() - started
+    with RecordWorkers(settings.workers) as workers:  # reaped on leaving, as in run_shards
+        workers.ready()
+        started = time.perf_counter()
+        manifest.make_manifest(settings, workers)
+        return time.perf_counter() - started
 
 
 # --- What each stage reads, for images/s and MB/s -------------------------------------------------
@@ -297,9 +302,8 @@ def child_main(stage_name: str, release_dir: Path, result_file: Path) -> int:
     started = time.perf_counter()
     timed = BY_NAME[stage_name].run(settings, release_dir)
     seconds = time.perf_counter() - started if timed is None else timed
-    from ilsvrc_assets import records
-
-    records.stop_workers()  # reaped, so that their peak RSS counts among this process's children
+    # The stages' record workers were stopped and reaped as they returned: their peak RSS counts
+    # among this process's children.
     own = _vm_hwm_kb()
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (
         1 if sys.platform == "darwin" else 1024

@@ -138,8 +138,9 @@ def build(args: argparse.Namespace) -> int:
     settings = settings_module.load()
     from dagster import DagsterInstance
 
-    from ilsvrc_assets import fileio, records
+    from ilsvrc_assets import fileio
     from ilsvrc_assets.definitions import build_definitions
+    from ilsvrc_assets.record_workers import RecordWorkers
     from ilsvrc_assets.sources import from_settings
 
     print(f"ilsvrc-assets: source {from_settings(settings).describe()}")
@@ -147,20 +148,19 @@ def build(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         # One build at a time per output folder: a second one would only redo the same work.
-        with fileio.exclusive(settings.lock_path("build"), f"the build of {settings.data_dir}"):
-            # The record workers (the shard runs' and the read-back's, one pool for the whole
-            # build) load TensorFlow while the first run reads the archives.
-            records.start_workers(settings.workers)
-            try:
-                with DagsterInstance.get() as instance:
-                    _, failed = run_stages(
-                        build_definitions(settings),
-                        instance,
-                        args.log_level,
-                        echo=lambda m: print(m, flush=True),
-                    )
-            finally:
-                records.stop_workers()
+        # The record workers (the shard runs' and the read-back's, one pool for the whole build)
+        # load TensorFlow while the first run reads the archives.
+        with (
+            fileio.exclusive(settings.lock_path("build"), f"the build of {settings.data_dir}"),
+            RecordWorkers(settings.workers) as workers,
+            DagsterInstance.get() as instance,
+        ):
+            _, failed = run_stages(
+                build_definitions(settings, record_workers=workers),
+                instance,
+                args.log_level,
+                echo=lambda m: print(m, flush=True),
+            )
     except fileio.BusyError as e:
         print(f"ilsvrc-assets: not started: {e}", file=sys.stderr)
         return EXIT_BUSY

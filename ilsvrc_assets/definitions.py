@@ -26,11 +26,13 @@ from ilsvrc_assets.defs.image_index import (
     validation_images,
 )
 from ilsvrc_assets.defs.manifest import dataset_checks, dataset_manifest
+from ilsvrc_assets.defs.record_workers import record_workers_resource
 from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import audit_schedule, refresh_sensor
 from ilsvrc_assets.defs.shards import shards_asset
 from ilsvrc_assets.defs.synsets import agrees_with_shipped_labels, one_thousand_synsets, synsets, validation_labels
 from ilsvrc_assets.defs.validation_tree import matches_validation_label_file, validation_tree
+from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
 
 # Every check, by name; the archives' ``checksum`` checks are part of their assets.
@@ -60,8 +62,14 @@ AUDIT = AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
 )
 
 
-def build_definitions(settings: Settings | None = None) -> Definitions:
-    """The code location for ``settings`` (default: from the environment)."""
+def build_definitions(
+    settings: Settings | None = None, record_workers: RecordWorkers | None = None
+) -> Definitions:
+    """The code location for ``settings`` (default: from the environment).
+
+    ``record_workers``: a pool the caller holds open for all its runs (the CLI's build); by default
+    each step that needs workers starts its own.
+    """
     settings = settings or settings_module.load()
     # Partitioned by the settings' shard counts, so made here rather than at import.
     train_shards = shards_asset(settings, "train_shards", "train")
@@ -116,7 +124,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         ],
         schedules=[audit_schedule(settings, JOB_NAMES["audit"])],
         sensors=[refresh_sensor(settings)],
-        resources=resources_for(settings),
+        resources={**resources_for(settings), "record_workers": record_workers_resource(record_workers)},
     )
 
 

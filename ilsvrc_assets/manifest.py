@@ -21,11 +21,15 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ilsvrc_assets import fileio, release
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.record_workers import RecordWorkers
 
 FORMAT = "ilsvrc_assets manifest v1"
 
@@ -42,11 +46,12 @@ def build(
     folder: Path,
     shard_names: Mapping[str, Sequence[str]],
     expected_images: Mapping[str, int],
-    workers: int,
+    workers: RecordWorkers,
     previous: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Read back every shard (reusing unchanged entries of ``previous``) and summarise them."""
+    """Read back every shard (reusing unchanged entries of ``previous``) with the caller's record
+    ``workers``, and summarise them."""
     old = _entries_by_name(previous)
 
     def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
@@ -66,7 +71,7 @@ def _entries_by_name(manifest: dict | None) -> dict[str, dict]:
 def _read_back(
     folder: Path,
     shard_names: Mapping[str, Sequence[str]],
-    workers: int,
+    workers: RecordWorkers,
     reusable: Callable[[str, tuple[int, int]], dict | None],
     progress: Callable[[int, int], None] | None,
 ) -> tuple[dict[str, dict], list[str]]:
@@ -74,7 +79,7 @@ def _read_back(
 
     Returns the entries by name and the names of the shards read back.
     """
-    from ilsvrc_assets.records import scan_shards
+    from ilsvrc_assets.shard_scan import scan_shards
 
     entries: dict[str, dict] = {}
     to_scan: list[Path] = []
@@ -148,7 +153,7 @@ def audit(
     shard_names: Mapping[str, Sequence[str]],
     expected_images: Mapping[str, int],
     written: Mapping[str, Written],
-    workers: int,
+    workers: RecordWorkers,
     previous: dict | None = None,
     hash_shards: bool = True,
     progress: Callable[[int, int], None] | None = None,
@@ -159,7 +164,8 @@ def audit(
     for shards whose size and modification time it recorded, as when ``previous`` was built a
     moment ago). A shard is a problem when it is missing, when nothing was recorded for it, or
     when its size or MD5 differs from ``written``. The entries of ``previous`` are reused for
-    shards whose MD5 and size are the ones it read; every other shard present is read back again.
+    shards whose MD5 and size are the ones it read; every other shard present is read back again,
+    with the caller's record ``workers``.
     """
     old = _entries_by_name(previous)
     present = [
@@ -173,7 +179,8 @@ def audit(
             md5s[name] = entry["md5"]
         else:
             to_hash.append((name, path))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # hashlib releases the GIL
+    # As many threads as record workers (the cores the deployment gives): hashlib releases the GIL.
+    with ThreadPoolExecutor(max_workers=workers.processes) as pool:
         for (name, _), digest in zip(to_hash, pool.map(lambda item: _md5_if_present(item[1]), to_hash)):
             if digest is not None:
                 md5s[name] = digest
@@ -309,14 +316,14 @@ def _expected_images(settings: Settings) -> dict[str, int]:
     return {split: len(archives.read_index(settings.image_index(split))) for split in release.SPLITS}
 
 
-def make_manifest(settings: Settings, log: Log = quiet) -> Made:
+def make_manifest(settings: Settings, workers: RecordWorkers, log: Log = quiet) -> Made:
     """Stage ``dataset_manifest``: every shard read back into ``<data>/tfrecords/manifest.json``
     (a shard unchanged since the previous manifest is not read again)."""
     result = build(
         settings.tfrecords_dir,
         _shard_names(settings),
         _expected_images(settings),
-        workers=settings.workers,
+        workers=workers,
         previous=read(settings.manifest_json),
         progress=reporter("manifest: read back", "shards", log),
     )
@@ -334,6 +341,7 @@ def make_manifest(settings: Settings, log: Log = quiet) -> Made:
 
 def dataset_verdicts(
     settings: Settings,
+    workers: RecordWorkers,
     written: Mapping[str, Written],
     official: Mapping[str, bool],
     selected: Collection[str] = tuple(CHECKS),
@@ -352,7 +360,7 @@ def dataset_verdicts(
         names,
         _expected_images(settings),
         written,
-        workers=settings.workers,
+        workers=workers,
         previous=read(settings.manifest_json),
         hash_shards=hash_shards,
         progress=reporter("audit: read back", "changed shards", log),

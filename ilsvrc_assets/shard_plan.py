@@ -1,27 +1,125 @@
-"""Which image goes into which TFRecord shard, and which shards are already written.
+"""Which image goes into which shard, and which shards are already written.
 
 The plan is a pure function of the image index, the synset table, the kept boxes and the shard
 count: the whole split is sorted by file name, shuffled with a fixed seed and cut into
-contiguous pieces (see :func:`ilsvrc_assets.shards.assign_to_shards`), so every run assigns every
-image to the same shard. Each written shard leaves a small ledger entry (its plan's fingerprint
-and what was written); a later run skips a shard whose file and fingerprint are unchanged, so an
-interrupted build continues where it stopped.
+contiguous pieces (:func:`assign_to_shards`), so every run assigns every image to the same shard
+whatever order the archive lists them in. Each entry of the plan is a :class:`ShardJob`, which a
+record format (``ilsvrc_assets.formats``) writes into one shard file. Each written shard leaves a
+small ledger entry (its plan's fingerprint and what was written); a later run skips a shard whose
+file and fingerprint are unchanged, so an interrupted build continues where it stopped.
+
+Nothing here imports TensorFlow or pandas at run time: the jobs travel to worker processes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import random
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pandas as pd
+from ilsvrc_assets import fileio, formats, release
 
-from ilsvrc_assets import fileio, release
-from ilsvrc_assets.records import RecordSource
-from ilsvrc_assets.shards import ShardJob, ShardStats, assign_to_shards
+if TYPE_CHECKING:
+    import pandas as pd
 
-Box = tuple[float, float, float, float]
+    from ilsvrc_assets.sources import ImageReader
+
+Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax, normalised to [0, 1]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RecordSource:
+    """One image to write into a shard: where its bytes are and what the record says about it.
+
+    Small and picklable, so a shard's worth travels cheaply to a worker process.
+    """
+
+    filename: str  # basename, e.g. "n01440764_10026.JPEG" or "ILSVRC2012_val_00000293.JPEG"
+    synset: str  # WNID, e.g. "n01440764"
+    label: int  # 1..1000, the model zoo's 1-based label
+    text: str  # e.g. "tench, Tinca tinca"
+    offset: int  # of the image's bytes inside the (uncompressed) archive file
+    size: int
+    boxes: tuple[Box, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard to write: its name, final path, what reads the images' bytes, and the records in order."""
+
+    name: str
+    path: Path
+    reader: ImageReader  # reads the images' bytes (the official release: from the archive)
+    records: tuple[RecordSource, ...]
+    # Held while the shard is written, so two runs never write the same shard at once.
+    lock: Path | None = None
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    """What writing a shard produced."""
+
+    name: str
+    path: Path
+    records: int
+    bytes: int
+    md5: str
+    converted: tuple[str, ...]  # file names re-encoded to RGB JPEG (PNG, CMYK)
+
+
+def filename_sort_key(filename: str) -> tuple[str, int, str]:
+    """Sort key for image file names: the number after the last ``_`` compares numerically.
+
+    ``n01440764_9.JPEG`` sorts before ``n01440764_10.JPEG`` (the training numbers are not
+    zero-padded). Names without such a number sort by their text, before numbered ones of the
+    same prefix.
+    """
+    stem = filename.rsplit(".", 1)[0] if "." in filename else filename
+    prefix, sep, number = stem.rpartition("_")
+    if sep and number.isdigit():
+        return prefix, int(number), filename
+    return stem, -1, filename
+
+
+def _default_key(image: Any) -> tuple[str, int, str]:
+    # Plain file names, or anything with a ``filename`` attribute (e.g. RecordSource).
+    return filename_sort_key(image if isinstance(image, str) else image.filename)
+
+
+def assign_to_shards(
+    images: Sequence[T],
+    num_shards: int,
+    seed: int = release.SHUFFLE_SEED,
+    key: Callable[[T], Hashable] | None = None,
+) -> list[list[T]]:
+    """Split ``images`` into ``num_shards`` lists, deterministically and independently of input order.
+
+    The images are sorted by ``key`` (default :func:`filename_sort_key` of the file name, or of
+    the ``filename`` attribute), shuffled as a whole with ``random.Random(seed)``, and cut into
+    contiguous pieces at ``floor(i * n / num_shards)``, so sizes differ by at most one (shards
+    are empty when there are fewer images than shards). Two images with the same key would make
+    the order depend on the input, so that raises ValueError.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be at least 1, not {num_shards}")
+    sort_key = key or _default_key
+    keyed = sorted(((sort_key(image), i) for i, image in enumerate(images)), key=lambda pair: pair[0])
+    for (a, _), (b, _) in itertools.pairwise(keyed):
+        if a == b:
+            raise ValueError(
+                f"two images have the same sort key {a!r}; the shard assignment would depend on input order"
+            )
+    ordered = [images[i] for _, i in keyed]
+    random.Random(seed).shuffle(ordered)
+    n = len(ordered)
+    bounds = [i * n // num_shards for i in range(num_shards + 1)]
+    return [ordered[bounds[i] : bounds[i + 1]] for i in range(num_shards)]
 
 
 def plan_split(
@@ -29,13 +127,18 @@ def plan_split(
     index: pd.DataFrame,
     synset_table: pd.DataFrame,
     boxes_by_image: Mapping[str, Sequence[Box]],
-    archive: Path,
+    reader: ImageReader,
     out_dir: Path,
     num_shards: int,
     wanted: Iterable[str] | None = None,
     seed: int = release.SHUFFLE_SEED,
+    record_format: formats.RecordFormat | None = None,
 ) -> dict[str, ShardJob]:
-    """The shard jobs of a split (only those named in ``wanted``, default all), by shard name."""
+    """The shard jobs of a split (only those named in ``wanted``, default all), by shard name.
+
+    Each shard's file is ``out_dir / record_format.file_name(name)`` (default: the default format's).
+    """
+    record_format = record_format or formats.by_name(formats.DEFAULT)
     labels = dict(zip(synset_table["wnid"], synset_table["label"]))
     texts = dict(zip(synset_table["wnid"], synset_table["text"]))
     rows = {
@@ -67,7 +170,8 @@ def plan_split(
                     boxes=tuple(tuple(b) for b in boxes_by_image.get(filename, ())),
                 )
             )
-        jobs[name] = ShardJob(name=name, path=out_dir / name, archive=archive, records=tuple(records))
+        path = out_dir / record_format.file_name(name)
+        jobs[name] = ShardJob(name=name, path=path, reader=reader, records=tuple(records))
     return jobs
 
 
@@ -83,7 +187,12 @@ def fingerprint(job: ShardJob, archive_version: str) -> str:
 
 
 class ShardLedger:
-    """What was written for each shard, one small JSON file per shard under ``folder``."""
+    """What was written for each shard, one small JSON file per shard under ``folder``.
+
+    Besides what the write produced, an entry keeps the file's modification time as recorded, so a
+    shard rewritten since (even to the same size, as after a flipped byte) is not taken as unchanged:
+    materialising its partition again, as the audit advises, writes it again.
+    """
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -105,18 +214,22 @@ class ShardLedger:
             "bytes": stats.bytes,
             "md5": stats.md5,
             "converted": list(stats.converted),
+            "mtime_ns": stats.path.stat().st_mtime_ns,
         }
         fileio.atomic_write_text(self._entry_path(stats.name), json.dumps(entry, indent=1))
 
     def reusable(self, job: ShardJob, fingerprint: str) -> ShardStats | None:
-        """The stats of an earlier write of this exact shard, if its file is still as written."""
+        """The stats of an earlier write of this exact shard, if its file is still as written: same
+        fingerprint, and the file's size and modification time those recorded (entries written
+        before times were recorded are judged by the size alone)."""
         entry = self.get(job.name)
         if not entry or entry.get("fingerprint") != fingerprint:
             return None
         try:
-            if job.path.stat().st_size != entry["bytes"]:
-                return None
+            st = job.path.stat()
         except FileNotFoundError:
+            return None
+        if st.st_size != entry["bytes"] or entry.get("mtime_ns", st.st_mtime_ns) != st.st_mtime_ns:
             return None
         return ShardStats(
             name=job.name,

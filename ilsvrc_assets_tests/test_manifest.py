@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 
 from ilsvrc_assets import fileio, manifest
+from ilsvrc_assets.record_workers import RecordWorkers
 
+# Never started: nothing is read back here (a pool started only with its first task).
+IDLE_WORKERS = RecordWorkers(2, eager=False)
 NAMES = {"train": [f"train-0000{i}-of-00004" for i in range(4)], "validation": ["validation-00000-of-00001"]}
 
 
@@ -49,7 +52,7 @@ def test_intact_shards_pass_and_every_one_is_hashed(tmp_path):
     folder = _shards(tmp_path / "tfrecords")
     names = [n for ns in NAMES.values() for n in ns]
     found = manifest.audit(
-        folder, NAMES, {"train": 4, "validation": 1}, _written(folder), 2, _as_read(folder, names)
+        folder, NAMES, {"train": 4, "validation": 1}, _written(folder), IDLE_WORKERS, _as_read(folder, names)
     )
     assert found.shard_problems == [] and found.read_back == [] and found.hashed == 5
     assert found.manifest["splits"]["train"]["records"] == 4
@@ -68,7 +71,7 @@ def test_each_kind_of_damage_is_named_with_the_file_and_the_fix(tmp_path):
     del written["validation-00000-of-00001"]
     present = [n for ns in NAMES.values() for n in ns if (folder / n).exists()]
     found = manifest.audit(
-        folder, NAMES, {"train": 4, "validation": 1}, written, 1, _as_read(folder, present)
+        folder, NAMES, {"train": 4, "validation": 1}, written, IDLE_WORKERS, _as_read(folder, present)
     )
     assert found.shard_problems == [
         (
@@ -97,12 +100,24 @@ def test_without_hashing_the_md5s_of_a_manifest_just_built_are_taken(tmp_path):
     names = [n for ns in NAMES.values() for n in ns]
     just_built = _as_read(folder, names)
     found = manifest.audit(
-        folder, NAMES, {"train": 4, "validation": 1}, _written(folder), 1, just_built, hash_shards=False
+        folder,
+        NAMES,
+        {"train": 4, "validation": 1},
+        _written(folder),
+        IDLE_WORKERS,
+        just_built,
+        hash_shards=False,
     )
     assert found.hashed == 0 and found.shard_problems == []
     # A shard whose size or time is not what that manifest recorded is hashed all the same.
     os.utime(folder / names[0], ns=(0, 0))
     found = manifest.audit(
-        folder, NAMES, {"train": 4, "validation": 1}, _written(folder), 1, just_built, hash_shards=False
+        folder,
+        NAMES,
+        {"train": 4, "validation": 1},
+        _written(folder),
+        IDLE_WORKERS,
+        just_built,
+        hash_shards=False,
     )
     assert found.hashed == 1

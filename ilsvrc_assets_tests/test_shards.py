@@ -1,94 +1,26 @@
-"""Assigning images to shards, writing shards from an archive, and reading them back."""
+"""Writing the shards of a plan from an archive (in the TFRecord format), and reading them back."""
 
 from __future__ import annotations
 
 import io
-import random
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ilsvrc_assets import fileio, images
-from ilsvrc_assets.records import RecordSource, scan_shard, scan_shards
-from ilsvrc_assets.shards import (
-    ShardError,
-    ShardJob,
-    ShardStats,
-    assign_to_shards,
-    filename_sort_key,
-    write_shard,
-    write_shards,
-)
-from ilsvrc_assets_tests.helpers import cmyk_jpeg, encode, gray_jpeg, noise, png, rgb_jpeg
-
-# --- assign_to_shards ------------------------------------------------------------------------
-
-NAMES = [f"n0{1440764 + s}_{i}.JPEG" for s in range(7) for i in random.Random(1).sample(range(1, 5000), 15)]
-
-
-def test_assignment_puts_every_image_in_exactly_one_shard_with_even_sizes() -> None:
-    shards = assign_to_shards(NAMES, 8)
-    assert len(shards) == 8
-    assert sorted(name for shard in shards for name in shard) == sorted(NAMES)
-    sizes = [len(shard) for shard in shards]
-    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(NAMES)
-    # Shuffled across the split: a shard holds several classes.
-    assert all(len({name.split("_")[0] for name in shard}) > 1 for shard in shards)
-
-
-def test_assignment_does_not_depend_on_input_order() -> None:
-    shuffled = NAMES[:]
-    random.Random(7).shuffle(shuffled)
-    assert assign_to_shards(shuffled, 8) == assign_to_shards(NAMES, 8) == assign_to_shards(NAMES[::-1], 8)
-    assert assign_to_shards(NAMES, 8, seed=1) != assign_to_shards(NAMES, 8)
-
-
-def test_assignment_is_pinned() -> None:
-    # The assignment decides every shard's bytes: a change here must be deliberate.
-    assert assign_to_shards([f"n01440764_{i}.JPEG" for i in range(10, 0, -1)], 3) == [
-        ["n01440764_9.JPEG", "n01440764_8.JPEG", "n01440764_4.JPEG"],
-        ["n01440764_6.JPEG", "n01440764_2.JPEG", "n01440764_3.JPEG"],
-        ["n01440764_10.JPEG", "n01440764_5.JPEG", "n01440764_1.JPEG", "n01440764_7.JPEG"],
-    ]
-
-
-def test_assignment_with_fewer_images_than_shards() -> None:
-    shards = assign_to_shards(["ILSVRC2012_val_00000002.JPEG", "ILSVRC2012_val_00000001.JPEG"], 5)
-    assert [len(s) for s in shards] == [0, 0, 1, 0, 1]  # bounds floor(i * 2 / 5)
-    assert assign_to_shards([], 3) == [[], [], []]
-
-
-def test_assignment_of_record_sources_uses_their_file_names() -> None:
-    sources = [RecordSource(name, "n01440764", 1, "tench", 0, 1) for name in NAMES]
-    by_source = assign_to_shards(sources[::-1], 4)
-    assert [[s.filename for s in shard] for shard in by_source] == assign_to_shards(NAMES, 4)
-
-
-def test_assignment_refuses_duplicates_and_no_shards() -> None:
-    with pytest.raises(ValueError, match="same sort key"):
-        assign_to_shards(["a_1.JPEG", "b_1.JPEG", "a_1.JPEG"], 2)
-    with pytest.raises(ValueError, match="at least 1"):
-        assign_to_shards(["a_1.JPEG"], 0)
-
-
-def test_filename_sort_key_compares_numbers_numerically() -> None:
-    names = [
-        "n01440764_10.JPEG",
-        "n01440764_9.JPEG",
-        "n01440764_100.JPEG",
-        "n01443537_2.JPEG",
-        "ILSVRC2012_val_00000010.JPEG",
-    ]
-    assert sorted(names, key=filename_sort_key) == [
-        "ILSVRC2012_val_00000010.JPEG",
-        "n01440764_9.JPEG",
-        "n01440764_10.JPEG",
-        "n01440764_100.JPEG",
-        "n01443537_2.JPEG",
-    ]
-
+from ilsvrc_assets.formats import RecordFormat
+from ilsvrc_assets.formats.tfrecord import FORMAT as TFRECORD
+from ilsvrc_assets.record_workers import RecordWorkers
+from ilsvrc_assets.shard_plan import RecordSource, ShardJob, ShardStats, assign_to_shards
+from ilsvrc_assets.shard_scan import scan_shard, scan_shards
+from ilsvrc_assets.shards import ShardError, write_shard, write_shards
+from ilsvrc_assets.sources.official import ArchiveReader
+from ilsvrc_assets_tests.test_images import cmyk_jpeg, encode, gray_jpeg, noise, png, rgb_jpeg
 
 # --- writing shards --------------------------------------------------------------------------
 
@@ -156,8 +88,8 @@ def read_records(path: Path) -> dict[str, dict]:
 
 def test_write_shard_from_an_archive(archive, tmp_path: Path) -> None:
     path, sources, data = archive
-    job = ShardJob("train-00000-of-00001", tmp_path / "out" / "train-00000-of-00001", path, tuple(sources))
-    stats = write_shard(job)
+    job = ShardJob("train-00000-of-00001", tmp_path / "out" / "train-00000-of-00001", ArchiveReader(path), tuple(sources))
+    stats = write_shard(job, TFRECORD)
     assert stats == ShardStats(
         name=job.name,
         path=job.path,
@@ -183,8 +115,8 @@ def test_write_shard_from_an_archive(archive, tmp_path: Path) -> None:
 
 
 def test_write_shard_of_no_records_writes_an_empty_file(archive, tmp_path: Path) -> None:
-    job = ShardJob("validation-00003-of-00004", tmp_path / "validation-00003-of-00004", archive[0], ())
-    stats = write_shard(job)
+    job = ShardJob("validation-00003-of-00004", tmp_path / "validation-00003-of-00004", ArchiveReader(archive[0]), ())
+    stats = write_shard(job, TFRECORD)
     assert (stats.records, stats.bytes, job.path.read_bytes()) == (0, 0, b"")
     assert scan_shard(job.path).records == 0
 
@@ -193,10 +125,10 @@ def test_write_shard_stops_at_a_short_read_and_leaves_nothing(archive, tmp_path:
     path, sources, _ = archive
     beyond = replace(sources[3], offset=path.stat().st_size - 100)
     job = ShardJob(
-        "train-00007-of-01024", tmp_path / "train-00007-of-01024", path, (sources[0], beyond, sources[4])
+        "train-00007-of-01024", tmp_path / "train-00007-of-01024", ArchiveReader(path), (sources[0], beyond, sources[4])
     )
     with pytest.raises(ShardError) as caught:
-        write_shard(job)
+        write_shard(job, TFRECORD)
     message = str(caught.value)
     assert message.startswith(
         f"train-00007-of-01024: ILSVRC2012_img_train.tar member {PNG_NAME} is cut short (100 of "
@@ -210,7 +142,7 @@ def test_write_shard_keeps_an_existing_shard_when_it_fails(archive, tmp_path: Pa
     job = ShardJob(
         "train-00001-of-01024",
         tmp_path / "train-00001-of-01024",
-        path,
+        ArchiveReader(path),
         (replace(sources[0], offset=sources[0].offset + 1),),
     )
     job.path.write_bytes(b"the previous shard")
@@ -218,30 +150,35 @@ def test_write_shard_keeps_an_existing_shard_when_it_fails(archive, tmp_path: Pa
         ShardError,
         match=r"^train-00001-of-01024: ILSVRC2012_img_train.tar member n01440764_1.JPEG: not a JPEG or PNG image",
     ):
-        write_shard(job)
+        write_shard(job, TFRECORD)
     assert job.path.read_bytes() == b"the previous shard"
     assert leftovers(tmp_path) == []
 
 
 def test_write_shard_names_a_missing_archive(archive, tmp_path: Path) -> None:
     job = ShardJob(
-        "train-00001-of-01024", tmp_path / "train-00001-of-01024", tmp_path / "gone.tar", archive[1][:1]
+        "train-00001-of-01024", tmp_path / "train-00001-of-01024", ArchiveReader(tmp_path / "gone.tar"), archive[1][:1]
     )
-    with pytest.raises(ShardError, match=r"^train-00001-of-01024: cannot open the archive .*gone.tar"):
-        write_shard(job)
+    with pytest.raises(ShardError, match=r"^train-00001-of-01024: cannot open gone.tar .*gone.tar"):
+        write_shard(job, TFRECORD)
     assert list(tmp_path.iterdir()) == []
 
 
 def _jobs(archive, folder: Path) -> list[ShardJob]:
     path, sources, _ = archive
     names = [f"train-{i:05d}-of-00004" for i in range(4)]
-    return [ShardJob(n, folder / n, path, tuple(s)) for n, s in zip(names, assign_to_shards(sources, 4))]
+    return [ShardJob(n, folder / n, ArchiveReader(path), tuple(s)) for n, s in zip(names, assign_to_shards(sources, 4))]
 
 
 def test_write_shards_gives_the_same_bytes_with_one_or_two_workers(archive, tmp_path: Path) -> None:
     finished: list[str] = []
-    one = write_shards(_jobs(archive, tmp_path / "one"), workers=1)
-    two = write_shards(_jobs(archive, tmp_path / "two"), workers=2, on_done=lambda s: finished.append(s.name))
+    with RecordWorkers(1) as workers:
+        one = write_shards(_jobs(archive, tmp_path / "one"), TFRECORD, workers)
+        scans = list(scan_shards([s.path for s in one], workers))  # no more TF start-ups
+    with RecordWorkers(2) as workers:
+        two = write_shards(
+            _jobs(archive, tmp_path / "two"), TFRECORD, workers, on_done=lambda s: finished.append(s.name)
+        )
     assert [s.name for s in two] == [f"train-{i:05d}-of-00004" for i in range(4)]  # job order
     assert sorted(finished) == [s.name for s in two]
     assert sum(s.records for s in two) == len(archive[1])
@@ -250,7 +187,6 @@ def test_write_shards_gives_the_same_bytes_with_one_or_two_workers(archive, tmp_
         assert (a.md5, a.bytes, a.records, a.converted) == (b.md5, b.bytes, b.records, b.converted)
     assert sorted(c for s in two for c in s.converted) == sorted([PNG_NAME, CMYK_NAME])
 
-    scans = list(scan_shards([s.path for s in two], workers=1))  # one more TF start-up only
     assert sorted(s.name for s in scans) == [s.name for s in two]
     assert all(s.parse_errors == 0 and s.decode_errors == 0 and s.synsets_ok for s in scans)
     assert {s.name: s.md5 for s in scans} == {s.name: s.md5 for s in two}
@@ -260,18 +196,22 @@ def test_write_shards_raises_the_first_failure_naming_the_shard(archive, tmp_pat
     jobs = _jobs(archive, tmp_path)
     path, sources, _ = archive
     jobs[1] = replace(jobs[1], records=(replace(sources[0], offset=10**9),))
-    with pytest.raises(
-        ShardError,
-        match=r"^train-00001-of-00004: ILSVRC2012_img_train.tar member n01440764_1.JPEG is cut short",
+    with (
+        RecordWorkers(1) as workers,
+        pytest.raises(
+            ShardError,
+            match=r"^train-00001-of-00004: ILSVRC2012_img_train.tar member n01440764_1.JPEG is cut short",
+        ),
     ):
-        write_shards(jobs, workers=1)
+        write_shards(jobs, TFRECORD, workers)
     assert not jobs[1].path.exists()
     assert leftovers(tmp_path) == []
 
 
-def test_write_shards_of_nothing() -> None:
-    assert write_shards([], workers=4) == []
-    assert list(scan_shards([], workers=4)) == []
+def test_write_shards_of_nothing_starts_no_worker() -> None:
+    workers = RecordWorkers(4, eager=False)
+    assert write_shards([], TFRECORD, workers) == []
+    assert repr(workers) == "RecordWorkers(4, not started)"
 
 
 # --- reading damaged shards back -------------------------------------------------------------
@@ -282,7 +222,7 @@ def written(archive, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path, sources, _ = archive
     folder = tmp_path_factory.mktemp("written")
     return write_shard(
-        ShardJob("train-00000-of-00001", folder / "train-00000-of-00001", path, tuple(sources))
+        ShardJob("train-00000-of-00001", folder / "train-00000-of-00001", ArchiveReader(path), tuple(sources)), TFRECORD
     ).path
 
 
@@ -306,3 +246,45 @@ def test_scan_shard_reports_a_truncated_file(written: Path, tmp_path: Path) -> N
     assert 0 < scan.records < 20 and scan.parse_errors == 1
     assert "unreadable, the file is corrupt or truncated" in scan.problems[0]
     assert scan.bytes == damaged.stat().st_size
+
+
+# --- any record format -----------------------------------------------------------------------
+
+
+class _Lines(RecordFormat):
+    """A format of one text line per image: what shards.py needs of a format, and no more."""
+
+    name = "lines"
+    folder = "lines"
+
+    def file_name(self, shard: str) -> str:
+        return f"{shard}.txt"
+
+    def space_needed(self, job: ShardJob) -> int:
+        return 100 * len(job.records)
+
+    @contextmanager
+    def open(self, path: Path) -> Iterator[Any]:
+        with open(path, "w") as file:
+
+            class Writer:
+                def add(self, source: RecordSource, image: bytes, info: images.ImageInfo) -> None:
+                    file.write(f"{source.filename} {source.label} {info.width}x{info.height} {len(image)}\n")
+
+            yield Writer()
+
+
+def test_write_shard_writes_any_format_the_same_way(archive, tmp_path: Path) -> None:
+    path, sources, data = archive
+    job = ShardJob("train-00000-of-00001", tmp_path / "train-00000-of-00001.txt", ArchiveReader(path), tuple(sources[:5]))
+    stats = write_shard(job, _Lines())
+    lines = job.path.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == [s.filename for s in sources[:5]]
+    assert lines[0] == f"n01440764_1.JPEG 1 40x30 {len(data['n01440764_1.JPEG'])}"  # unchanged JPEG
+    assert stats.converted == (PNG_NAME, CMYK_NAME) and stats.md5 == fileio.md5_file(job.path)
+    assert leftovers(tmp_path) == []
+    # The failures are the same too: named, and nothing left behind.
+    cut = replace(job, path=tmp_path / "cut.txt", records=(replace(sources[0], offset=10**9),))
+    with pytest.raises(ShardError, match="member n01440764_1.JPEG is cut short"):
+        write_shard(cut, _Lines())
+    assert not cut.path.exists() and leftovers(tmp_path) == []

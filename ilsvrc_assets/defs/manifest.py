@@ -21,6 +21,7 @@ from dagster import (
     DagsterInstance,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     asset,
     multi_asset_check,
 )
@@ -29,6 +30,7 @@ from ilsvrc_assets import manifest, release, shard_plan
 from ilsvrc_assets.defs.archives import is_official
 from ilsvrc_assets.defs.metadata import check_result, metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
+from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
 
 MANIFEST = "dataset_manifest"
@@ -43,8 +45,10 @@ MANIFEST = "dataset_manifest"
     "count, bytes, MD5, labels, records that do not parse with the model zoo's feature spec, "
     "images that do not decode as JPEG). The checks on this asset judge the whole dataset.",
 )
-def dataset_manifest(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
-    made = manifest.make_manifest(ilsvrc.settings(), context.log.info)
+def dataset_manifest(
+    context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
+) -> MaterializeResult:
+    made = manifest.make_manifest(ilsvrc.settings(), record_workers, context.log.info)
     return MaterializeResult(metadata={"path": MetadataValue.path(str(made.path)), **metadata(made.facts)})
 
 
@@ -95,10 +99,13 @@ def _built_in_this_run(context: AssetCheckExecutionContext) -> bool:
     can_subset=True,
     description="The checks on the whole dataset, judged on the shards as they are on disk now.",
 )
-def dataset_checks(context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource) -> Iterator[AssetCheckResult]:
+def dataset_checks(
+    context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
+) -> Iterator[AssetCheckResult]:
     settings = ilsvrc.settings()
     verdicts = manifest.dataset_verdicts(
         settings,
+        record_workers,
         written_shards(context.instance, settings),
         official={
             split: is_official(context.instance, archive)

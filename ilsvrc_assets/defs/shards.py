@@ -14,6 +14,7 @@ from dagster import (
     BackfillPolicy,
     MaterializeResult,
     MetadataValue,
+    ResourceParam,
     StaticPartitionsDefinition,
     asset,
 )
@@ -21,6 +22,8 @@ from dagster import (
 from ilsvrc_assets import shards
 from ilsvrc_assets.defs.metadata import metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
+from ilsvrc_assets.record_workers import RecordWorkers
+from ilsvrc_assets.shard_plan import ShardStats
 from ilsvrc_assets.settings import Settings
 
 # Blocking checks upstream of each split's shards. Dagster skips downstream steps of a failed
@@ -94,10 +97,13 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
         "table, PNG/CMYK re-encoded as RGB JPEG). Images are shuffled across shards with a fixed "
         "seed, so the assignment is deterministic. Read straight out of the archive, never extracted.",
     )
-    def _shards(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
+    def _shards(
+        context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
+    ) -> MaterializeResult:
         require_upstream_checks_passed(context, UPSTREAM_CHECKS[split])
+        record_workers.start()  # they load TensorFlow while the shards are planned
 
-        def record(stats: shards.ShardStats, reused: bool) -> None:
+        def record(stats: ShardStats, reused: bool) -> None:
             context.add_asset_metadata(
                 {
                     "path": MetadataValue.path(str(stats.path)),
@@ -111,7 +117,13 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
             )
 
         made = shards.write_split_shards(
-            ilsvrc.settings(), split, ilsvrc.image_source(), list(context.partition_keys), record, context.log.info
+            ilsvrc.settings(),
+            split,
+            ilsvrc.image_source(),
+            record_workers,
+            wanted=list(context.partition_keys),
+            on_shard=record,
+            log=context.log.info,
         )
         return MaterializeResult(metadata={"folder": MetadataValue.path(str(made.path)), **metadata(made.facts)})
 

@@ -16,6 +16,7 @@ observation to find what changed at the source.
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -294,21 +295,21 @@ def http_version(info: Mapping[str, int | str | None]) -> str:
     )
 
 
+@dataclass(frozen=True)
 class ArchiveReader(ImageReader):
     """Images of an uncompressed tar, each by its offset and size from the index (one seek, one read)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.where = path.name
+    path: Path
 
-    def open(self) -> "ArchiveReading":
+    @property
+    def where(self) -> str:
+        return self.path.name
+
+    def open(self) -> ArchiveReading:
         return ArchiveReading(self.path)
 
     def version(self, cache: ChecksumCache) -> str:
         return cache.get(self.path) or local_version(self.path)
-
-    def __reduce__(self):  # sent to worker processes by path
-        return ArchiveReader, (self.path,)
 
 
 class ArchiveReading:
@@ -323,12 +324,12 @@ class ArchiveReading:
         data = self.file.read(size)
         if len(data) != size:
             raise archives.ArchiveError(
-                f"{self.path.name}: member {name!r} is cut short ({len(data)} of {size} bytes); the "
-                f"archive is truncated: delete it and fetch it again"
+                f"{self.path.name} member {name} is cut short ({len(data)} of {size} bytes at offset "
+                f"{offset}); the archive is truncated (delete it and fetch it again) or the image index is stale"
             )
         return data
 
-    def __enter__(self) -> "ArchiveReading":
+    def __enter__(self) -> ArchiveReading:
         return self
 
     def __exit__(self, *exc: object) -> None:

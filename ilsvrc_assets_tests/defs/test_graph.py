@@ -13,6 +13,7 @@ from PIL import Image
 from ilsvrc_assets import archives, release, shard_plan, synsets
 from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets.bounding_boxes import boxes_by_image, read_table
+from ilsvrc_assets.sources.official import ArchiveReader
 from ilsvrc_assets_tests.helpers import ALL_CHECKS, build_all, evaluations, run_job
 
 
@@ -88,7 +89,7 @@ def test_reference_csv_is_the_kept_training_boxes(built):
 def _read_records(paths):
     import tensorflow as tf
 
-    from ilsvrc_assets.records import feature_spec
+    from ilsvrc_assets.tf_example import feature_spec
 
     for path in paths:
         for raw in tf.data.TFRecordDataset(str(path)):
@@ -151,9 +152,9 @@ def test_shard_assignment_is_deterministic_and_mixes_classes(built):
     settings = built[0]
     index = archives.read_index(settings.image_index("train"))
     table = synsets.read_synsets(settings.synsets_csv)
-    plan_a = shard_plan.plan_split("train", index, table, {}, Path("a"), Path("out"), 8)
+    plan_a = shard_plan.plan_split("train", index, table, {}, ArchiveReader(Path("a")), Path("out"), 8)
     plan_b = shard_plan.plan_split(
-        "train", index.sample(frac=1, random_state=1), table, {}, Path("a"), Path("out"), 8
+        "train", index.sample(frac=1, random_state=1), table, {}, ArchiveReader(Path("a")), Path("out"), 8
     )
     assert {n: [r.filename for r in j.records] for n, j in plan_a.items()} == {
         n: [r.filename for r in j.records] for n, j in plan_b.items()
@@ -220,7 +221,7 @@ def _rewrite_shard(path, keep_or_replace):
     """Rewrite a shard record by record: keep_or_replace(raw, parsed) -> list of raw records."""
     import tensorflow as tf
 
-    from ilsvrc_assets.records import feature_spec
+    from ilsvrc_assets.tf_example import feature_spec
 
     raws = [r.numpy() for r in tf.data.TFRecordDataset(str(path))]
     with tf.io.TFRecordWriter(str(path)) as writer:

@@ -19,7 +19,8 @@ from PIL import Image
 
 from ilsvrc_assets import archives, fileio, images, release, shards, validation_tree
 from ilsvrc_assets.definitions import JOB_NAMES
-from ilsvrc_assets.records import RecordSource
+from ilsvrc_assets.formats.tfrecord import FORMAT as TFRECORD
+from ilsvrc_assets.shard_plan import RecordSource, ShardJob
 from ilsvrc_assets.sources.official import ArchiveReader
 from ilsvrc_assets_tests.helpers import evaluations, rewrite_tar, run_job, temp_files, variant_release
 
@@ -80,9 +81,9 @@ def test_truncated_jpeg_in_the_train_archive_fails_its_shard_naming_it(tmp_path)
         for f, s, o, n in zip(index["filename"], index["synset"], index["offset"], index["size"])
     )
     name = "train-00000-of-00001"
-    job = shards.ShardJob(name=name, path=tmp_path / "tfrecords" / name, archive=archive, records=records)
+    job = ShardJob(name=name, path=tmp_path / "tfrecords" / name, reader=ArchiveReader(archive), records=records)
     with pytest.raises(shards.ShardError) as caught:
-        shards.write_shard(job)
+        shards.write_shard(job, TFRECORD)
     assert str(caught.value).startswith(
         f"{name}: {release.IMG_TRAIN.name} member n01440764_9.JPEG: the JPEG data is truncated"
     )

@@ -10,8 +10,11 @@ import pytest
 from dagster import DagsterInstance
 
 from ilsvrc_assets import archives, bounding_boxes, fileio, shard_plan, shards, synsets
+from ilsvrc_assets.formats.tfrecord import FORMAT as TFRECORD
+from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.cli import failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
+from ilsvrc_assets.sources.official import ArchiveReader
 from ilsvrc_assets_tests.helpers import (
     TEST_SHARDS,
     differing,
@@ -78,7 +81,7 @@ def test_validation_tree_on_a_full_disk_says_how_much_it_needs_then_finishes(
     assert differing(settings.validation_dir, reference.validation_dir) == []
 
 
-def _validation_job(reference, out_dir: Path, name: str) -> shards.ShardJob:
+def _validation_job(reference, out_dir: Path, name: str) -> shard_plan.ShardJob:
     """The job of one validation shard of the clean build's plan, writing into ``out_dir``."""
     table = bounding_boxes.read_table(reference.bounding_boxes_parquet)
     jobs = shard_plan.plan_split(
@@ -86,7 +89,7 @@ def _validation_job(reference, out_dir: Path, name: str) -> shards.ShardJob:
         archives.read_index(reference.image_index("validation")),
         synsets.read_synsets(reference.synsets_csv),
         bounding_boxes.boxes_by_image(table[table["split"] == "validation"]),
-        reference.sample_dir / "ILSVRC2012_img_val.tar",
+        ArchiveReader(reference.sample_dir / "ILSVRC2012_img_val.tar"),
         out_dir,
         TEST_SHARDS["validation"],
         wanted=[name],
@@ -101,14 +104,15 @@ def test_shards_on_a_full_disk_are_refused_up_front_then_written_after_space_is_
     name = reference.shard_names("validation")[1]
     job = _validation_job(reference, small_disk.path / "tfrecords", name)
     with pytest.raises(fileio.DiskFullError) as caught:
-        shards.write_shards([job], workers=1)
+        shards.write_shards([job], TFRECORD, RecordWorkers(1, eager=False))  # refused before any worker starts
     message = str(caught.value)
     assert f"writing 1 shard ({name} ...) needs about" in message
     assert "MB" in message and "free up" in message and str(small_disk.path / "tfrecords") in message
     assert final_files(small_disk.path) == {}
 
     small_disk.resize(64 * MB)
-    [stats] = shards.write_shards([job], workers=1)
+    with RecordWorkers(1) as workers:
+        [stats] = shards.write_shards([job], TFRECORD, workers)
     assert stats.path.read_bytes() == (reference.tfrecords_dir / name).read_bytes()
 
 
@@ -125,6 +129,6 @@ def test_disk_filling_up_mid_write_leaves_nothing_partial(small_disk, built_samp
     name = reference.shard_names("validation")[0]
     job = _validation_job(reference, small_disk.path / "tfrecords", name)
     with pytest.raises(shards.ShardError) as caught:
-        shards.write_shard(job)
+        shards.write_shard(job, TFRECORD)
     assert str(caught.value).startswith(f"{name}: no space left on the device writing")
     assert final_files(small_disk.path) == {} and temp_files(small_disk.path) == []

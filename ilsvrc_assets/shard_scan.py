@@ -1,239 +1,31 @@
-"""The TF/TPU model zoo's ``tf.train.Example``: writing one, and reading a whole shard back.
+"""Reading TFRecord shards back the way the model zoo does, and saying what is wrong with them.
 
-Each record holds exactly the 15 features of ``release.FEATURE_KEYS`` (see
-``shared/ILSVRC2012.md``, "The TFRecord format the TF model zoo reads"). :func:`scan_shard`
-reads a written shard the way the model zoo's readers do (parsing with :func:`feature_spec`,
-JPEG decoding with ``channels=3``) and reports what it found rather than failing on the first
-bad record. It parses and decodes in batches (``tf.io.parse_example``, ``map_fn`` over
-``decode_jpeg``) and falls back to ``parse_single_example``/``decode_jpeg`` one record at a time
-only for a batch that fails, since each TensorFlow call from Python costs far more than the work.
+:func:`scan_shard` reads a written shard the way the model zoo's readers do (parsing with
+``tf_example.feature_spec``, JPEG decoding with ``channels=3``) and reports what it found rather
+than failing on the first bad record. It parses and decodes in batches (``tf.io.parse_example``,
+``map_fn`` over ``decode_jpeg``) and falls back to ``parse_single_example``/``decode_jpeg`` one
+record at a time only for a batch that fails, since each TensorFlow call from Python costs far
+more than the work. :func:`scan_shards` does it for many shards in the caller's record workers.
 
-TensorFlow is imported only inside the functions that build, write or read records: the Dagster
-process imports this module for :class:`RecordSource` and must not load TensorFlow; the work that
-needs it runs in worker processes (:func:`scan_shards`, ``shards.write_shards``).
+TensorFlow is imported only inside the functions that read records, which run in the workers.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import multiprocessing
-import multiprocessing.util
-import os
-import struct
-import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ilsvrc_assets import fileio, images, release
-
-Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax, normalised to [0, 1]
+from ilsvrc_assets.record_workers import RecordWorkers
+from ilsvrc_assets.tf_example import feature_spec
 
 # How many problem descriptions a ShardScan keeps; the counts cover all of them.
 MAX_PROBLEMS = 20
-
-
-@dataclass(frozen=True)
-class RecordSource:
-    """One image to write into a shard: where its bytes are and what the record says about it.
-
-    Small and picklable, so a shard's worth travels cheaply to a worker process.
-    """
-
-    filename: str  # basename, e.g. "n01440764_10026.JPEG" or "ILSVRC2012_val_00000293.JPEG"
-    synset: str  # WNID, e.g. "n01440764"
-    label: int  # 1..1000, the model zoo's 1-based label
-    text: str  # e.g. "tench, Tinca tinca"
-    offset: int  # of the image's bytes inside the (uncompressed) archive file
-    size: int
-    boxes: tuple[Box, ...] = ()
-
-
-def encode_example(source: RecordSource, image: bytes, info: images.ImageInfo) -> bytes:
-    """The serialized ``tf.train.Example`` of one image, with exactly the 15 model-zoo features.
-
-    ``image`` is stored as given (callers pass the output of ``images.prepare``) and ``info``
-    gives its height and width. The bytes are those of TensorFlow's own deterministic
-    serialization (map keys sorted; a test compares the two), written directly in the protocol
-    buffer wire format: building the message objects costs more than everything else done per
-    image. Raises ValueError naming the file for a label outside 1..1000 or a box that is not four
-    numbers in [0, 1].
-    """
-    if not 1 <= source.label <= release.NUM_SYNSETS:
-        raise ValueError(
-            f"{source.filename}: label {source.label} is outside 1..{release.NUM_SYNSETS} "
-            "(records use the 1-based model-zoo label)"
-        )
-    for box in source.boxes:
-        if len(box) != 4 or not all(0.0 <= v <= 1.0 for v in box):
-            raise ValueError(
-                f"{source.filename}: bounding box {box!r} is not (xmin, ymin, xmax, ymax) within [0, 1]"
-            )
-    # The entries in key order (Features.feature is map<string, Feature>: each entry a message of
-    # key, field 1, and value, field 2, as field 1 of Features; sorted by key, as deterministic
-    # serialization does). The image is not copied into nested messages: its entry is a header
-    # computed from its length, followed by the image itself, and everything is joined once.
-    parts = [
-        _synset_entries(source.label, source.synset, source.text),
-        _list_entry_header("image/encoded", BYTES, len(image)),
-        image,
-        _list_entry("image/filename", BYTES, source.filename.encode()),
-        _FORMAT_ENTRY,
-        _list_entry("image/height", INT64S, _varint(info.height)),
-        _box_entries(source.label, source.boxes),
-        _list_entry("image/width", INT64S, _varint(info.width)),
-    ]
-    return b"".join([b"\x0a", _varint(sum(map(len, parts))), *parts])  # Example.features
-
-
-_SMALL_VARINTS = [bytes((n,)) for n in range(0x80)]
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _SMALL_VARINTS[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (wire type 2): tag, length, bytes."""
-    return _SMALL_VARINTS[number << 3 | 2] + _varint(len(payload)) + payload
-
-
-_SORTED_KEYS = tuple(sorted(release.FEATURE_KEYS))
-_ENTRY_KEYS = {key: _field(1, key.encode()) for key in _SORTED_KEYS}  # a map entry's key field
-
-
-# Feature's oneof: bytes_list = 1, float_list = 2, int64_list = 3; each list's values are field 1
-# (packed for numbers, omitted when empty).
-def _byte(value: bytes) -> bytes:
-    return _field(1, _field(1, value))
-
-
-def _floats(values: Sequence[float]) -> bytes:
-    return _field(2, _field(1, struct.pack(f"<{len(values)}f", *values)) if values else b"")
-
-
-def _int64s(values: Sequence[int]) -> bytes:
-    if any(v < 0 for v in values):
-        raise ValueError(f"negative int64 values are not written here: {values!r}")
-    return _field(3, _field(1, b"".join(_varint(v) for v in values)) if values else b"")
-
-
-def _entry(key: str, feature: bytes) -> bytes:
-    """One entry of the Features map, as a field of Features."""
-    return _field(1, _ENTRY_KEYS[key] + _field(2, feature))
-
-
-BYTES, FLOATS, INT64S = 1, 2, 3  # Feature's oneof: bytes_list, float_list, int64_list
-
-
-@functools.lru_cache(maxsize=1 << 16)  # most lengths recur: names, sizes, box counts
-def _list_entry_header(key: str, kind: int, length: int) -> bytes:
-    """The bytes of ``_entry(key, <kind list of one field of length bytes>)`` before that field's
-    value: a bytes_list of one value, or a packed float/int64 list. Lets an entry be written
-    without copying its value into each nested message in turn."""
-    values = 1 + len(_varint(length)) + length  # the list message: its field 1
-    feature = 1 + len(_varint(values)) + values  # Feature: the list as field `kind`
-    key_field = _ENTRY_KEYS[key]
-    entry = len(key_field) + 1 + len(_varint(feature)) + feature  # map entry: key 1, value 2
-    return b"".join(
-        (b"\x0a", _varint(entry), key_field, b"\x12", _varint(feature), _SMALL_VARINTS[kind << 3 | 2],
-         _varint(values), b"\x0a", _varint(length))
-    )  # fmt: skip
-
-
-def _list_entry(key: str, kind: int, value: bytes) -> bytes:
-    return _list_entry_header(key, kind, len(value)) + value
-
-
-@functools.lru_cache(maxsize=2048)
-def _synset_entries(label: int, synset: str, text: str) -> bytes:
-    """The entries before image/encoded: the same for every image of a synset."""
-    return b"".join(
-        [
-            _entry("image/channels", _int64s([3])),
-            _entry("image/class/label", _int64s([label])),
-            _entry("image/class/synset", _byte(synset.encode())),
-            _entry("image/class/text", _byte(text.encode("utf-8"))),
-            _entry("image/colorspace", _byte(b"RGB")),
-        ]
-    )
-
-
-def _box_entries(label: int, boxes: Sequence[Box]) -> bytes:
-    """The entries of the box lists (label, xmax, xmin, ymax, ymin: key order)."""
-    if not boxes:
-        return _NO_BOX_ENTRIES
-    floats = struct.Struct(f"<{len(boxes)}f").pack
-    return b"".join(
-        (
-            _list_entry("image/object/bbox/label", INT64S, _varint(label) * len(boxes)),
-            _list_entry("image/object/bbox/xmax", FLOATS, floats(*[b[2] for b in boxes])),
-            _list_entry("image/object/bbox/xmin", FLOATS, floats(*[b[0] for b in boxes])),
-            _list_entry("image/object/bbox/ymax", FLOATS, floats(*[b[3] for b in boxes])),
-            _list_entry("image/object/bbox/ymin", FLOATS, floats(*[b[1] for b in boxes])),
-        )
-    )
-
-
-_FORMAT_ENTRY = _entry("image/format", _byte(b"JPEG"))
-_NO_BOX_ENTRIES = b"".join(
-    _entry(f"image/object/bbox/{name}", empty)
-    for name, empty in (
-        ("label", _int64s([])), ("xmax", _floats([])), ("xmin", _floats([])),
-        ("ymax", _floats([])), ("ymin", _floats([])),
-    )
-)  # fmt: skip
-# The order encode_example writes the entries in must be the sorted order of the keys.
-assert _SORTED_KEYS == (
-    "image/channels", "image/class/label", "image/class/synset", "image/class/text",
-    "image/colorspace", "image/encoded", "image/filename", "image/format", "image/height",
-    "image/object/bbox/label", "image/object/bbox/xmax", "image/object/bbox/xmin",
-    "image/object/bbox/ymax", "image/object/bbox/ymin", "image/width",
-), _SORTED_KEYS  # fmt: skip
-
-
-def feature_spec() -> dict[str, Any]:
-    """The parse spec of the model zoo's readers, for ``tf.io.parse_single_example``.
-
-    ``image/class/label`` is ``FixedLenFeature([1], int64)`` as in the inception reader, so a
-    record with no label or several labels fails to parse; the bbox keys are ``VarLenFeature``.
-    """
-    import tensorflow as tf
-
-    spec: dict[str, Any] = {
-        "image/height": tf.io.FixedLenFeature([], tf.int64),
-        "image/width": tf.io.FixedLenFeature([], tf.int64),
-        "image/channels": tf.io.FixedLenFeature([], tf.int64),
-        "image/class/label": tf.io.FixedLenFeature([1], tf.int64),
-        "image/object/bbox/label": tf.io.VarLenFeature(tf.int64),
-    }
-    for key in (
-        "image/colorspace",
-        "image/class/synset",
-        "image/class/text",
-        "image/format",
-        "image/filename",
-        "image/encoded",
-    ):
-        spec[key] = tf.io.FixedLenFeature([], tf.string)
-    for key in (
-        "image/object/bbox/xmin",
-        "image/object/bbox/xmax",
-        "image/object/bbox/ymin",
-        "image/object/bbox/ymax",
-    ):
-        spec[key] = tf.io.VarLenFeature(tf.float32)
-    return spec
 
 
 @dataclass
@@ -602,119 +394,19 @@ def _image_issue(
     return None, (encoded, ratio, expected)
 
 
-def worker_init() -> None:
-    """Initializer of the spawn-context worker processes that write or read records.
+def scan_shards(paths: Sequence[Path], workers: RecordWorkers, decode: bool = True) -> Iterator[ShardScan]:
+    """:func:`scan_shard` for many shards in the caller's ``workers``, yielded as each finishes.
 
-    Runs before the worker first imports TensorFlow, so the environment set here applies to it.
-    """
-    # The work is CPU-only (protobufs, CRCs, JPEG decoding). Hiding GPUs keeps each of the N
-    # workers from initialising CUDA and reserving most of a GPU's memory, as TF does by default.
-    os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-    # TF's C++ log lines (start-up notices, per-op warnings on damaged records, which the scan
-    # reports itself) would repeat once per worker; errors still surface as Python exceptions.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # Some start-up lines are written before TF's logging reads that setting: import TF once here
-    # with stderr pointed at /dev/null, then restore it.
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        # Nor its Python warnings (a deprecation notice for the record iterator, once per worker).
-        tf.get_logger().setLevel("ERROR")
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def scan_shards(paths: Sequence[Path], workers: int, decode: bool = True) -> Iterator[ShardScan]:
-    """:func:`scan_shard` for many shards in a pool of ``workers`` processes, yielded as each finishes.
-
-    The pool is :func:`worker_pool`'s: TensorFlow is loaded only in the workers, so the calling
-    process never imports it. The first failure (e.g. a missing file) cancels the shards not yet
-    started and is raised.
+    TensorFlow is loaded only in the workers, so the calling process never imports it. The first
+    failure (e.g. a missing file) cancels the shards not yet started and is raised.
     """
     paths = [Path(p) for p in paths]
-    if not paths:
-        return
-    executor = worker_pool(workers)
     futures: list[Future[ShardScan]] = []
     try:
         for path in paths:  # submitted in the given order, so shards start in that order
-            futures.append(executor.submit(scan_shard, path, decode))
+            futures.append(workers.submit(scan_shard, path, decode))
         for future in as_completed(futures):  # each future waited on once (not wait() in a loop)
             yield future.result()
     finally:
         # Also reached when the consumer stops early: do not start the remaining shards.
-        settle(futures)
-
-
-_POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}  # (this process, workers) -> pool
-_KEEP_POOLS = False  # set by start_workers: keep the pools between calls in this process
-
-
-def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """This process's pool of ``workers`` record worker processes.
-
-    The pool uses the spawn start method (TensorFlow is not fork-safe) and :func:`worker_init`;
-    workers start as work arrives and each loads TensorFlow once (a few seconds). After each
-    call the pool is shut down (:func:`release_workers`), unless :func:`start_workers` asked to
-    keep it: then every later call in this process uses the same workers, as a build's training
-    shards, validation shards and read-back do. A pool broken by a dead worker is replaced.
-    """
-    key = (os.getpid(), max(1, workers))
-    pool = _POOLS.get(key)
-    if pool is None or getattr(pool, "_broken", False):
-        pool = ProcessPoolExecutor(
-            max_workers=key[1], mp_context=multiprocessing.get_context("spawn"), initializer=worker_init
-        )
-        _POOLS[key] = pool
-        # Shut down before multiprocessing, at exit, waits for this process's children: in a
-        # process that multiprocessing started (Dagster's step processes), that wait comes before
-        # the executor's own exit hook, and idle workers would be waited for forever.
-        multiprocessing.util.Finalize(pool, pool.shutdown, exitpriority=100)
-    return pool
-
-
-def release_workers() -> None:
-    """After a call: shut the pools down, unless :func:`start_workers` asked to keep them."""
-    if not _KEEP_POOLS:
-        stop_workers()
-
-
-def stop_workers() -> None:
-    """Shut down this process's record worker pools (made again, not kept, when next needed)."""
-    global _KEEP_POOLS
-    _KEEP_POOLS = False
-    for key in [key for key in _POOLS if key[0] == os.getpid()]:
-        _POOLS.pop(key).shutdown(wait=True)
-
-
-def start_workers(workers: int, wait: bool = False) -> None:
-    """Start the pool's workers now, so they load TensorFlow while this process does other work,
-    and keep them for every later call in this process (until :func:`stop_workers`).
-
-    With ``wait``, return once every worker is up (each has taken one of the short tasks sent).
-    """
-    global _KEEP_POOLS
-    _KEEP_POOLS = True
-    pool = worker_pool(workers)
-    started = [pool.submit(_started, 0.5 if wait else 0.0) for _ in range(max(1, workers))]
-    if wait:
-        for future in started:
-            future.result()
-
-
-def _started(pause: float) -> int:
-    time.sleep(pause)  # long enough that each worker takes one of these tasks
-    return os.getpid()
-
-
-def settle(futures: Sequence[Future[Any]]) -> None:
-    """At the end of a call: cancel the futures not yet started, wait for the running ones, then
-    :func:`release_workers`."""
-    for future in futures:
-        future.cancel()
-    wait(futures)
-    release_workers()
+        workers.finish(futures)

@@ -1,0 +1,83 @@
+"""What a shard is: the record formats, one module each (``tfrecord`` today).
+
+A record format decides the bytes of a shard file, nothing else. It says:
+
+- its ``name``: how it is chosen (:func:`by_name`) and the Dagster kind of the shard assets;
+- its ``folder`` under the data folder, and the file name of each shard (:meth:`RecordFormat.file_name`
+  of the shard's name, e.g. ``train-00000-of-01024``, which is also the shard's partition key);
+- about how many bytes a shard will take (:meth:`RecordFormat.space_needed`), checked against the
+  free space before writing;
+- how to write a shard: :meth:`RecordFormat.open` gives a :class:`ShardWriter` on a path, which takes
+  the shard's images one at a time, in the plan's order.
+
+Everything else about writing one shard of a plan (``shard_plan.ShardJob``) is the same for every
+format and is done once, in ``shards.write_shard``, which runs in a record worker and returns the
+shard's ``ShardStats``: reading each image from the archive, re-encoding PNG/CMYK as RGB JPEG
+(``images.prepare``), writing under a temporary name renamed into place when complete, the MD5,
+the shard's lock, and errors naming the shard, the archive and the member. (The same division as
+webdataset's ``ShardWriter``: a format is a small object that takes samples.)
+
+Adding a format (e.g. WebDataset): a module here defining a :class:`RecordFormat` subclass and an
+instance of it named ``FORMAT``, and its name in :data:`FORMATS`. Nothing in ``shards`` or
+``shard_plan`` changes. Formats run in worker processes, so they must be picklable (keep them
+free of state) and import heavy libraries (TensorFlow) only inside :meth:`RecordFormat.open`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.images import ImageInfo
+    from ilsvrc_assets.shard_plan import RecordSource, ShardJob
+
+# name -> module defining FORMAT; imported only when chosen.
+FORMATS = {"tfrecord": "ilsvrc_assets.formats.tfrecord"}
+DEFAULT = "tfrecord"
+
+
+class ShardWriter(Protocol):
+    """An open shard file of one format, taking one image at a time."""
+
+    def add(self, source: RecordSource, image: bytes, info: ImageInfo) -> None:
+        """Write ``image`` (the prepared bytes: an RGB or grayscale JPEG of ``info``'s size) as the
+        next record, with what ``source`` says about it (file name, synset, label, text, boxes)."""
+
+
+class RecordFormat(ABC):
+    """One way of writing a shard (see the module's docstring)."""
+
+    name: ClassVar[str]  # e.g. "tfrecord"
+    folder: ClassVar[str]  # under the data folder, e.g. "tfrecords"
+
+    def file_name(self, shard: str) -> str:
+        """The file name of the shard named ``shard`` (``release.shard_name``); the name itself unless a
+        format needs a suffix (e.g. ``.tar``)."""
+        return shard
+
+    @abstractmethod
+    def space_needed(self, job: ShardJob) -> int:
+        """About how many bytes the shard of ``job`` will take (generously: it is checked against
+        the free space before writing)."""
+
+    @abstractmethod
+    def open(self, path: Path) -> AbstractContextManager[ShardWriter]:
+        """A writer on a new file at ``path``, closed (complete) when the ``with`` block ends.
+
+        ``path`` is a temporary name that the caller renames into place once the block ends
+        without error, and removes otherwise. A shard without images must still be a valid file.
+        """
+
+    def __repr__(self) -> str:
+        return f"<record format {self.name}>"
+
+
+def by_name(name: str) -> RecordFormat:
+    """The record format called ``name`` (a key of :data:`FORMATS`)."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown record format {name!r}; known: {', '.join(sorted(FORMATS))}")
+    return importlib.import_module(FORMATS[name]).FORMAT
