@@ -60,20 +60,15 @@ _LONG_NAME, _LONG_LINK = b"L", b"K"  # GNU: the next member's name / link target
 _PAX, _PAX_SOLARIS, _PAX_GLOBAL = b"x", b"X", b"g"
 
 # The numeric fields tarfile parses (and refuses a header for): mode, uid, gid, size, mtime,
-# chksum, devmajor, devminor. The pattern accepts, in one call, the usual spelling of each (octal
-# digits between spaces, ended by NUL, or GNU base-256); anything else is checked the slow way.
-_OCTAL = rb"(?= *[0-7]* *\x00)"
-
-
-def _numeric(length: int) -> bytes:
-    return rb"(?:[\x80\xff].{%d}|%s.{%d})" % (length - 1, _OCTAL, length)
-
-
+# chksum, devmajor, devminor. One match accepts the spelling tar writers use (zero-padded octal
+# ended by NUL; the checksum as six digits, NUL, space; device numbers zero or all NUL) and
+# captures size and checksum; any other spelling is checked field by field as tarfile would.
 _FIELDS = (("mode", 100, 8), ("uid", 108, 8), ("gid", 116, 8), ("size", 124, 12), ("mtime", 136, 12))
 _FIELDS += (("checksum", 148, 8), ("devmajor", 329, 8), ("devminor", 337, 8))
 _USUAL_NUMBERS = re.compile(
-    rb"(?s).{100}" + _numeric(8) * 3 + _numeric(12) * 2 + _numeric(8) + rb".{173}" + _numeric(8) * 2
+    rb"(?s).{100}(?:[0-7]{7}\x00){3}([0-7]{11})\x00[0-7]{11}\x00([0-7]{6})\x00 .{173}(?:[0-7]{7}\x00|\x00{8}){2}"
 )
+_EXTENSIONS = frozenset((b"L", b"K", b"x", b"X", b"g"))
 _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")  # as tarfile reads it: '<length> <keyword>=<value>\n'
 _PAX_CHARSET = re.compile(rb"\d+ hdrcharset=([^\n]+)\n")
 _PAX_CHARSETS = (b"BINARY", b"ISO-IR 10646 2000 UTF-8")
@@ -87,6 +82,9 @@ class TarError(ValueError):
         self.archive, self.problem, self.member = archive, problem, member
         where = archive if member is None else f"{archive} member {member}"
         super().__init__(f"{where}: {problem}")
+
+
+_new = tuple.__new__
 
 
 class Member(NamedTuple):
@@ -157,14 +155,13 @@ class _File:
         self.pos += _padded(size)
         return data
 
-    def data(self, size: int, want: bool) -> bytes | None:
+    def data(self, size: int, want: bool) -> None:
         # Only checks that the member lies inside: its bytes are the caller's to read.
-        end = self.pos + _padded(size)
+        end = self.pos + size + (-size % BLOCK)
         if end > self.end:
             raise _Truncated
         self.pos = end
         self._last_size = size
-        return None
 
 
 class _Stream:
@@ -175,6 +172,7 @@ class _Stream:
         self._buffer = b""
         self._at = 0
         self.start = self.pos = 0
+        self.last: bytes | None = None  # the bytes of the member just passed, if wanted
 
     def _take(self, size: int) -> bytes:
         end = self._at + size
@@ -225,13 +223,14 @@ class _Stream:
         self._skip(-size % BLOCK)
         return data
 
-    def data(self, size: int, want: bool) -> bytes | None:
-        data = self._take(size) if want else None
-        if data is None:
-            self._skip(_padded(size))
-        else:
+    def data(self, size: int, want: bool) -> None:
+        """Reads the member's bytes into ``last`` (None when not wanted, then skipped)."""
+        if want:
+            self.last = self._take(size)
             self._skip(-size % BLOCK)
-        return data
+        else:
+            self.last = None
+            self._skip(_padded(size))
 
     def drain(self) -> None:
         """Read to the end, so that a compressed stream checks its CRC and length."""
@@ -262,23 +261,22 @@ def _number(field: bytes) -> int:
 
 def _check_header(header: bytes) -> int:
     """The member's size, after checking the checksum and every numeric field; ValueError if bad."""
-    stored = header[148:156]
-    if _USUAL_NUMBERS.match(header) is not None and stored[0] < 0o200 and header[124] < 0o200:
-        checksum = int(stored.partition(b"\x00")[0].strip() or b"0", 8)
-        size = int(header[124:136].partition(b"\x00")[0].strip() or b"0", 8)
+    usual = _USUAL_NUMBERS.match(header)
+    if usual is not None:
+        size = int(usual[1], 8)
+        checksum = int(usual[2], 8)
     else:
         for field, start, length in _FIELDS:
             try:
                 _number(header[start : start + length])
             except ValueError:
                 raise ValueError(f"the {field} field is not a number") from None
-        checksum = _number(stored)
+        checksum = _number(header[148:156])
         size = _number(header[124:136])
     # The sum of all bytes, with the checksum field counted as 8 spaces. Each half's sum is below
-    # 65,521, so adler32's low half (1 + sum) gives it exactly, far faster than sum() in Python.
-    view = memoryview(header)
-    unsigned = (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
-    unsigned += 256 - sum(stored)
+    # 65,521, so adler32's low half (1 + sum) is that sum exactly, ten times faster than sum().
+    unsigned = (zlib.adler32(header[:256]) & 0xFFFF) + (zlib.adler32(header[256:]) & 0xFFFF) + 254
+    unsigned -= sum(header[148:156])
     if checksum != unsigned:
         # Some old writers summed signed bytes.
         high = sum(1 for b in header[:148] + header[156:] if b > 127)
@@ -321,8 +319,6 @@ def _outside(name: str) -> bool:
     """True for an absolute name or one whose '..' leads out of the archive."""
     if name.startswith("/"):
         return True
-    if ".." not in name:
-        return False
     normalised = posixpath.normpath(name)
     return normalised == ".." or normalised.startswith("../")
 
@@ -332,8 +328,8 @@ def _walk(
     archive: str,
     max_size: int | None,
     wanted: Callable[[str], bool] | None,
-) -> Iterator[tuple[Member, bytes | None]]:
-    """(member, data) of every regular file; data only from a stream, for members ``wanted``."""
+) -> Iterator[Member]:
+    """Every regular file; from a stream, ``blocks.last`` holds its bytes if ``wanted``."""
     name_override: tuple[str, bool] | None = None  # (name, from pax) of the first GNU 'L' or pax path
     size_override: int | None = None  # of the first pax size
     extended = False  # an extension header was read: a member header must follow
@@ -358,7 +354,7 @@ def _walk(
                 archive, f"damaged tar header at byte {at:,} ({e}{after}); delete the archive and fetch it again"
             ) from None
         kind = header[156:157]
-        if kind in (_LONG_NAME, _LONG_LINK, _PAX, _PAX_SOLARIS, _PAX_GLOBAL):
+        if kind in _EXTENSIONS:
             if size > MAX_METADATA_BYTES:
                 raise TarError(
                     archive,
@@ -391,17 +387,18 @@ def _walk(
                 size_override = int(records["size"])
             continue
 
-        name = _text(header[:100])
+        name = header[:100].partition(b"\x00")[0].decode("utf-8", "surrogateescape")
         is_dir = kind == _DIRECTORY or (kind == b"\x00" and name.endswith("/"))
         if header[345]:  # the ustar prefix
             name = _text(header[345:500]) + "/" + (name.rstrip("/") if is_dir else name)
-        if name_override is not None:
-            override, from_pax = name_override
-            name = override.rstrip("/") if from_pax else override.removesuffix("/") if is_dir else override
-        if size_override is not None:
-            size = size_override
-        name_override = size_override = None
-        extended = False
+        if extended:
+            if name_override is not None:
+                override, from_pax = name_override
+                name = override.rstrip("/") if from_pax else override.removesuffix("/") if is_dir else override
+            if size_override is not None:
+                size = size_override
+            name_override = size_override = None
+            extended = False
         previous = name
         if is_dir:
             continue  # nothing is extracted, so a directory's name is harmless; it has no data
@@ -416,14 +413,14 @@ def _walk(
         clean = name
         while clean.startswith("./"):
             clean = clean[2:]
-        if _outside(clean):
+        if clean[:1] == "/" or (".." in clean and _outside(clean)):
             raise TarError(archive, "a path outside the archive; refusing to read it", name)
         want = wanted is None or wanted(clean)
-        if max_size is not None and want and size > max_size:
+        if want and max_size is not None and size > max_size:
             raise TarError(archive, f"{size:,} bytes, more than the {max_size:,} a member of it can be", name)
         offset = blocks.pos
         try:
-            data = blocks.data(size, want)
+            blocks.data(size, want)
         except _Truncated:
             raise TarError(
                 archive,
@@ -431,7 +428,7 @@ def _walk(
                 f"the archive is truncated: delete it and fetch it again",
                 name,
             ) from None
-        yield Member(clean, offset, size), data
+        yield _new(Member, (clean, offset, size))  # tuple.__new__: half the cost of Member(...)
 
 
 def _cut_header(at: int, previous: str | None) -> str:
@@ -453,9 +450,7 @@ def members(file: BinaryIO, archive: str, *, start: int = 0, end: int | None = N
     Directories are skipped; anything else that is not a regular file, and any damage, raises
     :class:`TarError`.
     """
-    blocks = _File(file, start, end)
-    for member, _ in _walk(blocks, archive, None, None):
-        yield member
+    return _walk(_File(file, start, end), archive, None, None)
 
 
 def stream_members(
@@ -472,7 +467,8 @@ def stream_members(
     before it is read. Directories are skipped; everything else as for :func:`members`.
     """
     blocks = _Stream(stream)
-    yield from _walk(blocks, archive, max_size, wanted)
+    for member in _walk(blocks, archive, max_size, wanted):
+        yield member, blocks.last
 
 
 class _CheckedStream:
