@@ -150,26 +150,46 @@ def index_train_archive(
             prefix = wnid + "_"
             digits = slice(len(prefix), -len(".JPEG"))
             count = len(filenames)
-            for image in tar_reader.members(file, where, start=inner.offset, end=inner.offset + inner.size):
-                filename = image.name.rpartition("/")[2]
+            for image_name, offset, size in tar_reader.members(
+                file, where, start=inner.offset, end=inner.offset + inner.size
+            ):
                 # '<wnid>_<digits>.JPEG', tested without splitting the name (1.28 million of them).
                 if not (
-                    filename.startswith(prefix) and filename.endswith(".JPEG") and filename[digits].isdigit()
+                    image_name.startswith(prefix) and image_name.endswith(".JPEG") and image_name[digits].isdigit()
                 ):
-                    raise ArchiveError(
-                        f"{where}: member {image.name!r} is not a training image '{wnid}_<n>.JPEG'"
-                    )
-                if filename in seen_files:
-                    raise ArchiveError(f"{where}: image {filename!r} appears twice")
-                seen_files.add(filename)
-                filenames.append(filename)
-                offsets.append(image.offset)
-                sizes.append(image.size)
+                    image_name = _train_image_in_a_folder(where, wnid, image_name)
+                filenames.append(image_name)
+                offsets.append(offset)
+                sizes.append(size)
+            # Duplicates checked per inner tar, a set operation rather than one per image.
+            before = len(seen_files)
+            seen_files.update(filenames[count:])
+            if len(seen_files) - before != len(filenames) - count:
+                _refuse_duplicate(where, filenames, count)
             synset_column.extend([wnid] * (len(filenames) - count))
             if progress:
                 progress(done, len(synsets), wnid)
     columns = {"filename": filenames, "synset": synset_column, "offset": offsets, "size": sizes}
     return pd.DataFrame(columns).astype({"offset": "int64", "size": "int64"})
+
+
+def _train_image_in_a_folder(where: str, wnid: str, name: str) -> str:
+    """The file name of a training image stored under a folder, or the error naming the member."""
+    filename = posixpath.basename(name)
+    stem, ext = posixpath.splitext(filename)
+    prefix, _, number = stem.rpartition("_")
+    if ext != ".JPEG" or prefix != wnid or not number.isdigit():
+        raise ArchiveError(f"{where}: member {name!r} is not a training image '{wnid}_<n>.JPEG'")
+    return filename
+
+
+def _refuse_duplicate(where: str, filenames: list[str], start: int) -> None:
+    """Raise for the first of ``filenames[start:]`` that an earlier one repeats."""
+    seen = set(filenames[:start])
+    for filename in filenames[start:]:
+        if filename in seen:
+            raise ArchiveError(f"{where}: image {filename!r} appears twice")
+        seen.add(filename)
 
 
 def index_validation_archive(path: Path, validation_synsets: list[str] | tuple[str, ...]) -> pd.DataFrame:

@@ -131,20 +131,23 @@ class _File:
         """The block at the current position (b"" at the end); moves past it."""
         pos = self.pos
         at = pos - self._buffer_start
-        if 0 <= at and at + BLOCK <= len(self._buffer):
-            block = self._buffer[at : at + BLOCK]
-        else:
-            # Close headers (small members) come from one read; far ones (images) one block each.
-            want = min(BLOCK if self._last_size >= _WINDOW // 4 else _WINDOW, self.end - pos)
-            if want <= 0:
-                return b""
-            self._buffer = self._read(want, pos)
-            self._buffer_start = pos
-            block = self._buffer[:BLOCK]
+        if 0 <= at <= len(self._buffer) - BLOCK:
+            self.pos = pos + BLOCK
+            return self._buffer[at : at + BLOCK]
+        # Close headers (small members) come from one read; far ones (images) one block each.
+        want = self.end - pos
+        if self._last_size < _WINDOW // 4 and want > _WINDOW:
+            want = _WINDOW
+        elif want > BLOCK:
+            want = BLOCK
+        elif want <= 0:
+            return b""
+        self._buffer = block = os.pread(self._fd, want, pos) if self._fd >= 0 else self._read(want, pos)
+        self._buffer_start = pos
         if len(block) < BLOCK:
             raise _Truncated
         self.pos = pos + BLOCK
-        return block
+        return block[:BLOCK] if want > BLOCK else block
 
     def metadata(self, size: int) -> bytes:
         if self.pos + _padded(size) > self.end:
@@ -334,10 +337,12 @@ def _walk(
     size_override: int | None = None  # of the first pax size
     extended = False  # an extension header was read: a member header must follow
     previous = None  # the last member's name, to say where a damaged header lies
+    next_header, data_of = blocks.header, blocks.data  # looked up once: this loop runs a million times
+    usual_numbers, adler32 = _USUAL_NUMBERS.match, zlib.adler32
     while True:
         at = blocks.pos
         try:
-            header = blocks.header()
+            header = next_header()
         except _Truncated:
             raise TarError(archive, _cut_header(at, previous)) from None
         if not header or header == _ZEROS:  # the end (a tar without end blocks is complete too)
@@ -346,13 +351,20 @@ def _walk(
             if not header and at == blocks.start:
                 raise TarError(archive, "is empty, not a tar; delete it and fetch it again")
             return
-        try:
-            size = _check_header(header)
-        except ValueError as e:
-            after = "" if previous is None else f", after member {previous!r}"
-            raise TarError(
-                archive, f"damaged tar header at byte {at:,} ({e}{after}); delete the archive and fetch it again"
-            ) from None
+        # The usual header, checked inline; anything else (or a mismatch) the careful way.
+        usual = usual_numbers(header)
+        if usual is not None and int(usual[2], 8) == (
+            (adler32(header[:256]) & 0xFFFF) + (adler32(header[256:]) & 0xFFFF) + 254 - sum(header[148:156])
+        ):
+            size = int(usual[1], 8)
+        else:
+            try:
+                size = _check_header(header)
+            except ValueError as e:
+                after = "" if previous is None else f", after member {previous!r}"
+                raise TarError(
+                    archive, f"damaged tar header at byte {at:,} ({e}{after}); delete the archive and fetch it again"
+                ) from None
         kind = header[156:157]
         if kind in _EXTENSIONS:
             if size > MAX_METADATA_BYTES:
@@ -420,7 +432,7 @@ def _walk(
             raise TarError(archive, f"{size:,} bytes, more than the {max_size:,} a member of it can be", name)
         offset = blocks.pos
         try:
-            blocks.data(size, want)
+            data_of(size, want)
         except _Truncated:
             raise TarError(
                 archive,
