@@ -155,7 +155,9 @@ def index_train_archive(
             ):
                 # '<wnid>_<digits>.JPEG', tested without splitting the name (1.28 million of them).
                 if not (
-                    image_name.startswith(prefix) and image_name.endswith(".JPEG") and image_name[digits].isdigit()
+                    image_name.startswith(prefix)
+                    and image_name.endswith(".JPEG")
+                    and image_name[digits].isdigit()
                 ):
                     image_name = _train_image_in_a_folder(where, wnid, image_name)
                 filenames.append(image_name)

@@ -28,7 +28,14 @@ import pandas as pd
 
 from ilsvrc_assets import release, tar_reader
 from ilsvrc_assets.box_outputs import boxes_by_image, find_problems, read_table, reference_csv, write_outputs
-from ilsvrc_assets.box_rules import COLUMNS, DROP_BAD_FRAME, DROP_OTHER_SYNSET, DROP_ZERO_AREA, table_of_files, typed
+from ilsvrc_assets.box_rules import (
+    COLUMNS,
+    DROP_BAD_FRAME,
+    DROP_OTHER_SYNSET,
+    DROP_ZERO_AREA,
+    table_of_files,
+    typed,
+)
 from ilsvrc_assets.box_workers import Helpers, Parsed, gc_paused, parse_batch
 from ilsvrc_assets.box_xml import MAX_XML_BYTES, Annotation, BoundingBoxError, parse_annotation
 
@@ -273,5 +280,3 @@ def build_table(
         validation = _read_validation(validation_archive, validation_synsets, helpers)
     # Each part is sorted by (image, box) and "train" < "validation", so concatenating keeps the order.
     return typed(pd.concat([train, validation], ignore_index=True))
-
-

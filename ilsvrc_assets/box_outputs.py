@@ -15,7 +15,6 @@ from ilsvrc_assets.box_rules import COLUMNS, COORDINATES
 from ilsvrc_assets.box_xml import BoundingBoxError
 
 
-
 def reference_csv(table: pd.DataFrame, split: str = "train") -> str:
     """The reference CSV text (``<image>,xmin,ymin,xmax,ymax`` with ``%.4f``, no header) for a split's kept boxes."""
     kept = table[(table["split"] == split) & table["kept"].astype(bool)]

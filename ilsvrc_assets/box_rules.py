@@ -199,4 +199,3 @@ def table_of_files(
 def typed(table: pd.DataFrame) -> pd.DataFrame:
     """The table with its fixed column dtypes (also for an empty table)."""
     return table.astype({**{c: "str" for c in _TEXT_COLUMNS}, **_DTYPES})
-

@@ -21,6 +21,7 @@ class BoundingBoxError(ValueError):
 
 MAX_XML_BYTES = 1024 * 1024  # the real files are under 2 KB; anything near this is not an annotation
 
+
 @dataclass(frozen=True)
 class Annotation:
     """What one PASCAL VOC file says, values as written (not yet truncated or normalised)."""
@@ -167,4 +168,3 @@ def parse_annotation(xml: bytes, where: str) -> Annotation:
     """
     width, height, filename, objects = parse_annotation_values(xml, where)
     return Annotation(width=width, height=height, filename=filename, objects=tuple(objects))
-

@@ -57,7 +57,8 @@ _REFUSED = {
 }
 _LINK_TYPES = (b"1", b"2")
 _LONG_NAME, _LONG_LINK = b"L", b"K"  # GNU: the next member's name / link target
-_PAX, _PAX_SOLARIS, _PAX_GLOBAL = b"x", b"X", b"g"
+_PAX, _PAX_SOLARIS, _PAX_GLOBAL = b"x", b"X", b"g"  # pax: the next member's records / every member's
+_EXTENSIONS = frozenset((_LONG_NAME, _LONG_LINK, _PAX, _PAX_SOLARIS, _PAX_GLOBAL))
 
 # The numeric fields tarfile parses (and refuses a header for): mode, uid, gid, size, mtime,
 # chksum, devmajor, devminor. One match accepts the spelling tar writers use (zero-padded octal
@@ -68,7 +69,6 @@ _FIELDS += (("checksum", 148, 8), ("devmajor", 329, 8), ("devminor", 337, 8))
 _USUAL_NUMBERS = re.compile(
     rb"(?s).{100}(?:[0-7]{7}\x00){3}([0-7]{11})\x00[0-7]{11}\x00([0-7]{6})\x00 .{173}(?:[0-7]{7}\x00|\x00{8}){2}"
 )
-_EXTENSIONS = frozenset((b"L", b"K", b"x", b"X", b"g"))
 _PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")  # as tarfile reads it: '<length> <keyword>=<value>\n'
 _PAX_CHARSET = re.compile(rb"\d+ hdrcharset=([^\n]+)\n")
 _PAX_CHARSETS = (b"BINARY", b"ISO-IR 10646 2000 UTF-8")
@@ -135,13 +135,12 @@ class _File:
             self.pos = pos + BLOCK
             return self._buffer[at : at + BLOCK]
         # Close headers (small members) come from one read; far ones (images) one block each.
-        want = self.end - pos
-        if self._last_size < _WINDOW // 4 and want > _WINDOW:
-            want = _WINDOW
-        elif want > BLOCK:
-            want = BLOCK
-        elif want <= 0:
+        remaining = self.end - pos
+        if remaining <= 0:
             return b""
+        want = _WINDOW if self._last_size < _WINDOW // 4 else BLOCK
+        if want > remaining:
+            want = remaining
         self._buffer = block = os.pread(self._fd, want, pos) if self._fd >= 0 else self._read(want, pos)
         self._buffer_start = pos
         if len(block) < BLOCK:
@@ -234,11 +233,6 @@ class _Stream:
         else:
             self.last = None
             self._skip(_padded(size))
-
-    def drain(self) -> None:
-        """Read to the end, so that a compressed stream checks its CRC and length."""
-        while self._read(_STREAM_CHUNK):
-            pass
 
 
 def _padded(size: int) -> int:
@@ -363,7 +357,8 @@ def _walk(
             except ValueError as e:
                 after = "" if previous is None else f", after member {previous!r}"
                 raise TarError(
-                    archive, f"damaged tar header at byte {at:,} ({e}{after}); delete the archive and fetch it again"
+                    archive,
+                    f"damaged tar header at byte {at:,} ({e}{after}); delete the archive and fetch it again",
                 ) from None
         kind = header[156:157]
         if kind in _EXTENSIONS:
@@ -391,7 +386,10 @@ def _walk(
             if kind == _PAX_GLOBAL:
                 # tarfile applies a global path or size to every later member; no writer does that.
                 if "path" in records or "size" in records:
-                    raise TarError(archive, f"has a global pax header at byte {at:,} that renames or resizes every member")
+                    raise TarError(
+                        archive,
+                        f"has a global pax header at byte {at:,} that renames or resizes every member",
+                    )
                 continue
             if "path" in records and name_override is None:
                 name_override = (records["path"], True)
@@ -406,7 +404,9 @@ def _walk(
         if extended:
             if name_override is not None:
                 override, from_pax = name_override
-                name = override.rstrip("/") if from_pax else override.removesuffix("/") if is_dir else override
+                name = (
+                    override.rstrip("/") if from_pax else override.removesuffix("/") if is_dir else override
+                )
             if size_override is not None:
                 size = size_override
             name_override = size_override = None
@@ -476,7 +476,7 @@ def stream_members(
 
     The bytes are read for the members whose name ``wanted`` accepts (all when None) and
     skipped otherwise (None); a wanted member over ``max_size`` bytes raises :class:`TarError`
-    before it is read. Directories are skipped; everything else as for :func:`members`.
+    before it is read (so ``max_size`` bounds the memory a hostile size can take). Directories are skipped; everything else as for :func:`members`.
     """
     blocks = _Stream(stream)
     for member in _walk(blocks, archive, max_size, wanted):

@@ -149,10 +149,30 @@ _NUMBERS = st.one_of(st.integers(-10, 1000).map(str), st.floats(-10, 1000).map(l
 _ODD_VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(
-        ["", " 12 ", "1e3", "1_0", "x", "-0", "\u0661\u0662", "&#49;2", "<![CDATA[5]]>", "1<!--c-->2", "&amp;",
-         "nan", "Infinity", "0x10", "1.5e308", "1e309", "<b>3</b>", "3<b>4</b>"]
+        [
+            "",
+            " 12 ",
+            "1e3",
+            "1_0",
+            "x",
+            "-0",
+            "\u0661\u0662",
+            "&#49;2",
+            "<![CDATA[5]]>",
+            "1<!--c-->2",
+            "&amp;",
+            "nan",
+            "Infinity",
+            "0x10",
+            "1.5e308",
+            "1e309",
+            "<b>3</b>",
+            "3<b>4</b>",
+        ]
     ),
-    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="<&"), max_size=8),
+    st.text(
+        alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="<&"), max_size=8
+    ),
 )
 _VALUES = st.one_of(*[_NUMBERS] * 8, _ODD_VALUES)  # mostly numbers, so that most files are read
 
@@ -163,44 +183,72 @@ def _element(tag: str, body: str) -> str:
 
 @st.composite
 def _box(draw: st.DrawFn) -> str:
-    tags = draw(st.lists(st.sampled_from(["xmin", "ymin", "xmax", "ymax", "xmin", "ymin", "xmax", "ymax", "other"]),
-                         max_size=6))
+    tags = draw(
+        st.lists(
+            st.sampled_from(["xmin", "ymin", "xmax", "ymax", "xmin", "ymin", "xmax", "ymax", "other"]),
+            max_size=6,
+        )
+    )
     tags = tags if draw(st.integers(0, 3)) == 0 else ["xmin", "ymin", "xmax", "ymax"]
     return _element("bndbox", "".join(_element(tag, draw(_VALUES)) for tag in tags))
 
 
 @st.composite
 def _object(draw: st.DrawFn) -> str:
-    parts = draw(st.lists(st.one_of(
-        st.sampled_from(["n01440764", "Scottish_deerhound", "", "n01443537"]).map(lambda n: _element("name", n)),
-        _box(),
-        st.just("<pose>Unspecified</pose>"),
-        st.just("<!-- note -->"),
-        st.just("<name/>"),
-    ), max_size=5))
+    parts = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from(["n01440764", "Scottish_deerhound", "", "n01443537"]).map(
+                    lambda n: _element("name", n)
+                ),
+                _box(),
+                st.just("<pose>Unspecified</pose>"),
+                st.just("<!-- note -->"),
+                st.just("<name/>"),
+            ),
+            max_size=5,
+        )
+    )
     return _element("object", "\n\t".join(parts))
 
 
 @st.composite
 def documents(draw: st.DrawFn) -> bytes:
-    size = _element("size", _element("width", draw(_VALUES)) + _element("height", draw(_VALUES)) + "<depth>3</depth>")
-    children = draw(st.lists(st.one_of(
-        st.just(size), st.just(size),
-        st.builds(lambda v: _element("size", _element("width", v)), _VALUES),
-        _VALUES.map(lambda v: _element("filename", v)),
-        st.just("<filename/>"),
-        _object(), _object(),
-        st.just("<folder>n01440764</folder>"),
-        st.just("<!-- comment -->"),
-    ), max_size=6))
+    size = _element(
+        "size", _element("width", draw(_VALUES)) + _element("height", draw(_VALUES)) + "<depth>3</depth>"
+    )
+    children = draw(
+        st.lists(
+            st.one_of(
+                st.just(size),
+                st.just(size),
+                st.builds(lambda v: _element("size", _element("width", v)), _VALUES),
+                _VALUES.map(lambda v: _element("filename", v)),
+                st.just("<filename/>"),
+                _object(),
+                _object(),
+                st.just("<folder>n01440764</folder>"),
+                st.just("<!-- comment -->"),
+            ),
+            max_size=6,
+        )
+    )
     if draw(st.integers(0, 3)):
         children.insert(draw(st.integers(0, len(children))), size)
     root = draw(st.sampled_from(["annotation"] * 6 + ["annotations", "Annotation"]))
-    prolog = draw(st.sampled_from([
-        "", "", '<?xml version="1.0"?>\n', '<?xml version="1.0" encoding="UTF-8"?>',
-        "<!DOCTYPE annotation>", '<!DOCTYPE annotation [<!ENTITY e "5">]>',
-        '<!DOCTYPE annotation [<!ELEMENT annotation ANY>]>',
-    ]))
+    prolog = draw(
+        st.sampled_from(
+            [
+                "",
+                "",
+                '<?xml version="1.0"?>\n',
+                '<?xml version="1.0" encoding="UTF-8"?>',
+                "<!DOCTYPE annotation>",
+                '<!DOCTYPE annotation [<!ENTITY e "5">]>',
+                "<!DOCTYPE annotation [<!ELEMENT annotation ANY>]>",
+            ]
+        )
+    )
     body = "\n\t".join(children)
     if "ENTITY" in prolog and draw(st.booleans()):
         body += _element("object", "<bndbox><xmin>&e;</xmin></bndbox>")
@@ -225,7 +273,9 @@ def test_damaged_documents_are_refused_or_read_as_the_strict_parse_reads_them(do
         elif what == "byte" and damaged:
             damaged[at] = data.draw(st.sampled_from(list(b"<>/&;\"'= ax0\x00\xff")))
         else:
-            damaged[at:at] = data.draw(st.sampled_from([b"<!ENTITY x 'y'>", b"<a>", b"</a>", b"&x;", b"<!--", b"]]>"]))
+            damaged[at:at] = data.draw(
+                st.sampled_from([b"<!ENTITY x 'y'>", b"<a>", b"</a>", b"&x;", b"<!--", b"]]>"])
+            )
     check_against_oracle(bytes(damaged))
 
 

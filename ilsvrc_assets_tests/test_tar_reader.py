@@ -51,21 +51,27 @@ def tarfile_members(data: bytes) -> list[tuple[str, int, int]] | str | None:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             infos = tar.getmembers()
-    except Exception:  # tarfile lets some damage through as other errors: all are refusals
+    except Exception:  # noqa: BLE001 - tarfile lets some damage through as other errors: all are refusals
         return None
     found = []
     for info in infos:
         if info.isdir():
             continue
-        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE) or _outside(_clean(info.name)):
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE) or _outside(
+            _clean(info.name)
+        ):
             return REFUSED
         found.append((_clean(info.name), info.offset_data, info.size))
     return found
 
 
-def reader_members(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[str, int, int]] | TarError:
+def reader_members(
+    data: bytes, start: int = 0, end: int | None = None
+) -> list[tuple[str, int, int]] | TarError:
     try:
-        return [tuple(m) for m in tar_reader.members(_Bounded(data, start, end), ARCHIVE, start=start, end=end)]
+        return [
+            tuple(m) for m in tar_reader.members(_Bounded(data, start, end), ARCHIVE, start=start, end=end)
+        ]
     except TarError as e:
         return e
 
@@ -118,10 +124,18 @@ def check_against_tarfile(data: bytes) -> list[tuple[str, int, int]] | TarError:
     ours = reader_members(data)
     streamed = stream_members(data)
     theirs = tarfile_members(data)
-    event("tarfile: " + ("refuses" if theirs is None else "lists a member to refuse" if theirs == REFUSED else "lists"))
-    event("reader: " + ("refuses" if isinstance(ours, TarError) else "lists members" if ours else "lists nothing"))
+    event(
+        "tarfile: "
+        + ("refuses" if theirs is None else "lists a member to refuse" if theirs == REFUSED else "lists")
+    )
+    event(
+        "reader: "
+        + ("refuses" if isinstance(ours, TarError) else "lists members" if ours else "lists nothing")
+    )
     if isinstance(ours, TarError):
-        assert str(ours).startswith(f"{ARCHIVE}: " if ours.member is None else f"{ARCHIVE} member {ours.member}: ")
+        assert str(ours).startswith(
+            f"{ARCHIVE}: " if ours.member is None else f"{ARCHIVE} member {ours.member}: "
+        )
         assert isinstance(streamed, TarError), "the stream accepted what the file refused"
     else:
         assert theirs is not None, f"tarfile refuses this archive, the reader listed {ours}"
@@ -136,7 +150,9 @@ def check_against_tarfile(data: bytes) -> list[tuple[str, int, int]] | TarError:
 # --- Archives written by tarfile -----------------------------------------------------------------
 
 # Mostly names any archive may hold, some that leave it, some too long for a plain header.
-_SEGMENTS = st.sampled_from(["a", "b", "n01440764", "a", "b", ".", "..", "", "é", "x" * 60, "y" * 120, "a\\b", " "])
+_SEGMENTS = st.sampled_from(
+    ["a", "b", "n01440764", "a", "b", ".", "..", "", "é", "x" * 60, "y" * 120, "a\\b", " "]
+)
 _NAMES = st.builds(
     lambda lead, parts: lead + "/".join(parts),
     st.sampled_from(["", "", "", "", "./", "/", "././"]),
@@ -207,9 +223,16 @@ def test_damaged_archives_give_tarfiles_members_or_an_error(members, fmt, data):
             # A header field rewritten, with the checksum made right again (or not).
             header = at - at % 512
             field = slice(header + 124, header + 136) if what == "size" else slice(header + 148, header + 156)
-            value = data.draw(st.sampled_from([b"%011o\x00" % data.draw(st.integers(0, 8**11 - 1)),
-                                               b"\x80" + bytes(3) + os.urandom(8)[:8], b"garbage!    ",
-                                               b"  17  \x00\x00\x00\x00\x00\x00"]))
+            value = data.draw(
+                st.sampled_from(
+                    [
+                        b"%011o\x00" % data.draw(st.integers(0, 8**11 - 1)),
+                        b"\x80" + bytes(3) + os.urandom(8)[:8],
+                        b"garbage!    ",
+                        b"  17  \x00\x00\x00\x00\x00\x00",
+                    ]
+                )
+            )
             damaged[field] = value[: field.stop - field.start].ljust(field.stop - field.start, b"\x00")
             if what == "size" and data.draw(st.booleans()):
                 _fix_checksum(damaged, header)
@@ -232,7 +255,9 @@ def _fix_checksum(buffer: bytearray, header: int) -> None:
 
 _OCTALS = st.one_of(
     st.integers(0, 4000).map(lambda n: b"%o" % n),
-    st.sampled_from([b"", b" ", b"  644 ", b"0_7", b"+7", b"-7", b"8", b"\x1c7", b"7 7", b"\xff" * 3, b"\x80\x00\x01"]),
+    st.sampled_from(
+        [b"", b" ", b"  644 ", b"0_7", b"+7", b"-7", b"8", b"\x1c7", b"7 7", b"\xff" * 3, b"\x80\x00\x01"]
+    ),
     st.binary(max_size=12),
 )
 
@@ -246,14 +271,43 @@ def headers(draw: st.DrawFn) -> bytes:
     def put(start: int, length: int, value: bytes) -> None:
         block[start : start + length] = value[:length].ljust(length, b"\x00")
 
-    put(0, 100, draw(st.one_of(st.sampled_from([b"a", b"./b", b"../c", b"/d", b"e/", b"f" * 100, b"\xff\xfe"]),
-                                st.binary(max_size=100))))
+    put(
+        0,
+        100,
+        draw(
+            st.one_of(
+                st.sampled_from([b"a", b"./b", b"../c", b"/d", b"e/", b"f" * 100, b"\xff\xfe"]),
+                st.binary(max_size=100),
+            )
+        ),
+    )
     for start, length in ((100, 8), (108, 8), (116, 8), (136, 12), (329, 8), (337, 8)):
         put(start, length, draw(st.one_of(st.just(b"0000644\x00"), _OCTALS)))
     size = draw(st.integers(0, 1200))
     put(124, 12, draw(st.one_of(st.just(b"%011o" % size), _OCTALS)))
-    block[156:157] = draw(st.sampled_from([b"0", b"\x00", b"7", b"5", b"1", b"2", b"3", b"4", b"6", b"S", b"A",
-                                           b"L", b"K", b"x", b"g", b"X", b"D"]))
+    block[156:157] = draw(
+        st.sampled_from(
+            [
+                b"0",
+                b"\x00",
+                b"7",
+                b"5",
+                b"1",
+                b"2",
+                b"3",
+                b"4",
+                b"6",
+                b"S",
+                b"A",
+                b"L",
+                b"K",
+                b"x",
+                b"g",
+                b"X",
+                b"D",
+            ]
+        )
+    )
     put(257, 8, draw(st.sampled_from([b"ustar\x0000", b"ustar  \x00", b""])))
     put(345, 155, draw(st.sampled_from([b"", b"", b"pre", b"pre/", b"../up", b"/abs"])))
     checksum = 256 + sum(block[:148]) + sum(block[156:])
@@ -276,9 +330,15 @@ def pax_data(records: list[tuple[str, str, int]]) -> bytes:
 
 _PAX_RECORDS = st.lists(
     st.tuples(
-        st.sampled_from(["path", "size", "mtime", "comment", "linkpath", "GNU.sparse.size", "hdrcharset", "é", "a=b"]),
-        st.one_of(st.sampled_from(["n01440764/x.xml", "12", "-3", "1_0", "", "../../etc", "a/", "BINARY", "x" * 200]),
-                  st.text(max_size=20)),
+        st.sampled_from(
+            ["path", "size", "mtime", "comment", "linkpath", "GNU.sparse.size", "hdrcharset", "é", "a=b"]
+        ),
+        st.one_of(
+            st.sampled_from(
+                ["n01440764/x.xml", "12", "-3", "1_0", "", "../../etc", "a/", "BINARY", "x" * 200]
+            ),
+            st.text(max_size=20),
+        ),
         st.sampled_from([0, 0, 0, 0, 1, -1, -5]),
     ),
     max_size=4,
@@ -295,7 +355,11 @@ def extended(draw: st.DrawFn) -> bytes:
         payload = pax_data(draw(_PAX_RECORDS)) + draw(st.sampled_from([b"", b"", b"\x00\x00", b"junk"]))
     info = tarfile.TarInfo("././@PaxHeader")
     info.type, info.size = kind, len(payload)
-    header = info.tobuf(tarfile.USTAR_FORMAT) if kind != tarfile.GNUTYPE_LONGNAME else info.tobuf(tarfile.GNU_FORMAT)
+    header = (
+        info.tobuf(tarfile.USTAR_FORMAT)
+        if kind != tarfile.GNUTYPE_LONGNAME
+        else info.tobuf(tarfile.GNU_FORMAT)
+    )
     padded = payload + bytes(-len(payload) % 512)
     member = tarfile.TarInfo(draw(st.sampled_from(["short", "dir/", "./x"])))
     member.type = draw(st.sampled_from([tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE]))
@@ -347,7 +411,9 @@ def test_an_inner_tar_is_read_in_place_with_absolute_offsets(members, state, gar
 
 
 def test_offsets_point_at_the_data_and_the_file_is_shared(tmp_path: Path) -> None:
-    inner = write_tar([("file", "n01440764_1.JPEG", 700), ("dir", "d", 0), ("file", "./n01440764_2.JPEG", 3)], 0)
+    inner = write_tar(
+        [("file", "n01440764_1.JPEG", 700), ("dir", "d", 0), ("file", "./n01440764_2.JPEG", 3)], 0
+    )
     assert inner
     path = tmp_path / "outer.tar"
     with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
@@ -359,7 +425,9 @@ def test_offsets_point_at_the_data_and_the_file_is_shared(tmp_path: Path) -> Non
         found = []
         for member in tar_reader.members(file, path.name):
             label = f"{path.name} member {member.name}"
-            found += list(tar_reader.members(file, label, start=member.offset, end=member.offset + member.size))
+            found += list(
+                tar_reader.members(file, label, start=member.offset, end=member.offset + member.size)
+            )
     data = path.read_bytes()
     assert [m.name for m in found] == ["n01440764_1.JPEG", "n01440764_2.JPEG"] * 2
     assert [data[m.offset : m.offset + m.size] for m in found] == [b"\x01" * 700, b"\x03" * 3] * 2
@@ -386,7 +454,7 @@ def test_damage_is_named() -> None:
     cases = {
         "empty, not a tar": b"",
         "ends in the middle of a header at byte 1,024 (after member 'first')": data[:1100],
-        "cut short": data[:1024 + 1024],
+        "cut short": data[: 1024 + 1024],
         "damaged tar header at byte 1,024 (the header checksum does not match, after member 'first')": (
             data[:1030] + b"X" + data[1031:]
         ),
@@ -399,8 +467,10 @@ def test_damage_is_named() -> None:
 
 def test_sizes_are_limited_only_for_members_wanted() -> None:
     data = write_tar([("file", "big", 5000), ("file", "small", 10)], tarfile.GNU_FORMAT)
-    wanted = lambda name: name == "small"  # noqa: E731
-    got = [(m.name, d) for m, d in tar_reader.stream_members(_OneWay(data), ARCHIVE, max_size=100, wanted=wanted)]
+    wanted = lambda name: name == "small"
+    got = [
+        (m.name, d) for m, d in tar_reader.stream_members(_OneWay(data), ARCHIVE, max_size=100, wanted=wanted)
+    ]
     assert got == [("big", None), ("small", b"\x02" * 10)]
     with pytest.raises(TarError, match=f"^{ARCHIVE} member big: 5,000 bytes, more than the 100"):
         list(tar_reader.stream_members(_OneWay(data), ARCHIVE, max_size=100))
@@ -421,11 +491,17 @@ def test_a_gzip_tar_and_its_damage(tmp_path: Path) -> None:
     path = tmp_path / "a.tar.gz"
     path.write_bytes(gzip.compress(raw))
     with tar_reader.open_gzip_tar(path) as stream:
-        assert [(m, d) for m, d in tar_reader.stream_members(stream, path.name)] == [(Member("a", 512, 3), b"\x01" * 3)]
+        assert [(m, d) for m, d in tar_reader.stream_members(stream, path.name)] == [
+            (Member("a", 512, 3), b"\x01" * 3)
+        ]
     path.write_bytes(gzip.compress(raw)[:-9])
-    with pytest.raises(TarError, match="^a.tar.gz: cannot be read as a gzip-compressed tar"):
-        with tar_reader.open_gzip_tar(path) as stream:
-            list(tar_reader.stream_members(stream, path.name))
-    with pytest.raises(TarError, match="archive not found"):
-        with tar_reader.open_gzip_tar(tmp_path / "missing.tar.gz"):
-            pass
+    with (
+        pytest.raises(TarError, match="^a.tar.gz: cannot be read as a gzip-compressed tar"),
+        tar_reader.open_gzip_tar(path) as stream,
+    ):
+        list(tar_reader.stream_members(stream, path.name))
+    with (
+        pytest.raises(TarError, match="archive not found"),
+        tar_reader.open_gzip_tar(tmp_path / "missing.tar.gz"),
+    ):
+        pass
