@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ilsvrc_assets import fileio, release
+from ilsvrc_assets import fileio, release, storage
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
@@ -231,7 +231,7 @@ def _md5_if_present(path: Path) -> str | None:
 
 
 def write(manifest: dict, path: Path) -> None:
-    fileio.atomic_write_text(path, json.dumps(manifest, indent=1))
+    storage.write_text(path, json.dumps(manifest, indent=1))
 
 
 def read(path: Path) -> dict | None:

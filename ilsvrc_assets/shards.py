@@ -10,7 +10,6 @@ caller's :class:`~ilsvrc_assets.record_workers.RecordWorkers`. Nothing here depe
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, as_completed
 from dataclasses import replace
@@ -57,32 +56,31 @@ def _write_shard(job: ShardJob, record_format: RecordFormat) -> ShardStats:
     reader = job.reader
     path = Path(job.path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fileio.temp_path_for(path)
     converted: list[str] = []
     current: RecordSource | None = None
     try:
-        try:
-            reading = reader.open()
-        except OSError as e:
-            raise ShardError(f"{job.name}: cannot open {reader.where} ({e})") from e
-        with reading, record_format.open(tmp) as writer:
-            for current in job.records:
-                where = f"{reader.where} member {current.filename}"
-                try:
-                    data = reading.read(current.filename, current.offset, current.size)
-                except ArchiveError as e:
-                    raise ShardError(f"{job.name}: {e}") from e
-                stored, info = images.prepare(data, where)
-                if stored is not data:  # prepare returns unchanged images as the same object
-                    converted.append(current.filename)
-                writer.add(current, stored, info)
-        current = None  # what fails from here on is the shard file, not a member
-        # The shard was just written, so this read is served from the page cache.
-        md5 = fileio.md5_file(tmp)
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
+        # Written under a temporary name and published (renamed into place) only when complete.
+        with storage.store_for(path).staged_file(path) as tmp:
+            try:
+                reading = reader.open()
+            except OSError as e:
+                raise ShardError(f"{job.name}: cannot open {reader.where} ({e})") from e
+            with reading, record_format.open(tmp) as writer:
+                for current in job.records:
+                    where = f"{reader.where} member {current.filename}"
+                    try:
+                        data = reading.read(current.filename, current.offset, current.size)
+                    except ArchiveError as e:
+                        raise ShardError(f"{job.name}: {e}") from e
+                    stored, info = images.prepare(data, where)
+                    if stored is not data:  # prepare returns unchanged images as the same object
+                        converted.append(current.filename)
+                    writer.add(current, stored, info)
+            current = None  # what fails from here on is the shard file, not a member
+            # The shard was just written, so this read is served from the page cache.
+            md5 = fileio.md5_file(tmp)
+            size = tmp.stat().st_size
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
         if isinstance(e, ShardError) or not isinstance(e, Exception):
             raise
         if isinstance(e, images.ImageError):

@@ -8,8 +8,6 @@ table this module builds carries both, so no later step has to guess which one i
 from __future__ import annotations
 
 import io
-import tarfile
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ilsvrc_assets import release, storage
+from ilsvrc_assets import release, storage, tar_reader
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 
@@ -26,6 +24,10 @@ if TYPE_CHECKING:
     from ilsvrc_assets.sources import ImageSource
 
 SYNSET_COLUMNS = ("wnid", "label", "text", "ilsvrc2012_id", "words")
+
+
+# meta.mat and the ground truth are a few hundred KB; a member claiming more is not the devkit's.
+_MAX_DEVKIT_MEMBER = 64 * 1024 * 1024
 
 
 class DevkitError(ValueError):
@@ -48,15 +50,15 @@ def read_devkit(path: Path) -> Devkit:
     if not path.is_file():
         raise DevkitError(f"{path}: devkit archive not found")
     try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                name = member.name.removeprefix("./")
-                if name in wanted and member.isreg():
-                    # Both members are small (a few hundred KB): reading them whole is fine.
-                    found[name] = tar.extractfile(member).read()
-    # tarfile's stream reader lets some damage through as TypeError/zlib.error; all mean the same.
-    except (tarfile.TarError, OSError, EOFError, zlib.error, TypeError) as e:
-        raise DevkitError(f"{path.name}: damaged devkit archive ({e}); delete it and fetch it again") from e
+        with tar_reader.open_gzip_tar(path) as stream:
+            members = tar_reader.stream_members(
+                stream, path.name, max_size=_MAX_DEVKIT_MEMBER, wanted=lambda name: name in wanted
+            )
+            for member, data in members:
+                if data is not None:
+                    found[member.name] = data
+    except tar_reader.TarError as e:
+        raise DevkitError(str(e)) from e  # names the archive (and member), and what to do
     for name in sorted(wanted - found.keys()):
         raise DevkitError(f"{path.name}: member {name} is missing; is this ILSVRC2012_devkit_t12.tar.gz?")
     leaves, num_nodes = parse_meta_mat(

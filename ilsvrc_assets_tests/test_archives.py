@@ -54,6 +54,17 @@ def test_train_index_refuses_unknown_synsets_and_odd_members(tmp_path):
         archives.index_train_archive(path, set(SYNSETS))
 
 
+def test_train_index_refuses_a_repeated_image_and_accepts_one_in_a_folder(tmp_path):
+    image = b"\xff\xd8x"
+    inner = _tar_bytes({"n01440764_3.JPEG": image, "n01440764_4.JPEG": image, "./n01440764_3.JPEG": image})
+    path = tmp_path / "ILSVRC2012_img_train.tar"
+    path.write_bytes(_tar_bytes({"n01440764.tar": inner}))
+    with pytest.raises(ArchiveError, match="n01440764.tar: image 'n01440764_3.JPEG' appears twice"):
+        archives.index_train_archive(path, {"n01440764"})
+    path.write_bytes(_tar_bytes({"n01440764.tar": _tar_bytes({"d/n01440764_3.JPEG": image})}))
+    assert list(archives.index_train_archive(path, {"n01440764"})["filename"]) == ["n01440764_3.JPEG"]
+
+
 def test_truncated_archive_is_named(tmp_path):
     path = _train_archive(tmp_path / "ILSVRC2012_img_train.tar", SYNSETS)
     data = path.read_bytes()

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ilsvrc_assets import bounding_boxes as bb
-from ilsvrc_assets import fileio
+from ilsvrc_assets import box_rules, box_workers, fileio
 from ilsvrc_assets.bounding_boxes import BoundingBoxError
 
 TENCH, GOLDFISH, DEERHOUND = "n01440764", "n01443537", "n02092002"
@@ -286,9 +286,9 @@ def test_round4_equals_the_printed_value() -> None:
     rng = random.Random(7)
     values = [k / w for w in (3, 7, 32, 64, 375, 500, 640, 1000, 1024, 2000, 4000) for k in range(w + 1)]
     values += [rng.random() for _ in range(20000)] + [0.00005, 0.00015, 0.99995, 0.03125, 0.96875]
-    rounded = bb._round4(np.array(values))
+    rounded = box_rules._round4(np.array(values))
     assert rounded.tolist() == [float("%.4f" % v) for v in values]
-    assert math.isnan(bb._round4(np.array([math.nan]))[0])
+    assert math.isnan(box_rules._round4(np.array([math.nan]))[0])
 
 
 # --- Validation --------------------------------------------------------------------------------
@@ -716,7 +716,7 @@ def eager_helpers(monkeypatch) -> list[bool]:
 
     monkeypatch.setattr(bb, "_BATCH", 4)
     submitted: list[bool] = []
-    submit = bb._Helpers.submit
+    submit = box_workers.Helpers.submit
 
     def submit_when_ready(self, batch):
         future = submit(self, batch)
@@ -726,7 +726,7 @@ def eager_helpers(monkeypatch) -> list[bool]:
         submitted.append(future is not None)
         return future
 
-    monkeypatch.setattr(bb._Helpers, "submit", submit_when_ready)
+    monkeypatch.setattr(box_workers.Helpers, "submit", submit_when_ready)
     return submitted
 
 
@@ -772,7 +772,7 @@ def test_without_working_helpers_the_main_process_parses_everything(tmp_path: Pa
     def cannot_start(*args, **kwargs):
         raise AssertionError("daemonic processes are not allowed to have children")
 
-    monkeypatch.setattr(bb, "ProcessPoolExecutor", cannot_start)
+    monkeypatch.setattr(box_workers, "ProcessPoolExecutor", cannot_start)
     pd.testing.assert_frame_equal(bb.read_train_boxes(archive, SYNSETS, workers=3), alone)
 
     def died(self, batch):  # a helper killed (say, by the OOM killer) after taking the batch
@@ -780,5 +780,5 @@ def test_without_working_helpers_the_main_process_parses_everything(tmp_path: Pa
         future.set_exception(BrokenProcessPool("a child process terminated abruptly"))
         return future
 
-    monkeypatch.setattr(bb._Helpers, "submit", died)
+    monkeypatch.setattr(box_workers.Helpers, "submit", died)
     pd.testing.assert_frame_equal(bb.read_train_boxes(archive, SYNSETS, workers=2), alone)

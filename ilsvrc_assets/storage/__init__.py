@@ -18,6 +18,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import IO
 
 Location = str | os.PathLike[str]
@@ -30,6 +31,11 @@ class OutputStore(ABC):
     def open_write(self, location: Location, mode: str = "wb") -> AbstractContextManager[IO]:
         """A file to write ``location``'s new contents to; published when the block succeeds, discarded
         (the previous contents kept) when it raises."""
+
+    @abstractmethod
+    def staged_file(self, location: Location) -> AbstractContextManager[Path]:
+        """A local path to write ``location``'s new contents to (for writers that need a path, such
+        as TensorFlow's); published when the block succeeds, removed when it raises."""
 
     @abstractmethod
     def write_into(self, folder: str, name: str, data: bytes) -> None:

@@ -4,7 +4,9 @@ into place (``rename(2)`` is atomic within a file system), so no reader sees it 
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import IO
 
 from ilsvrc_assets import fileio
@@ -16,6 +18,17 @@ class LocalStore(OutputStore):
 
     def open_write(self, location: Location, mode: str = "wb") -> AbstractContextManager[IO]:
         return fileio.atomic_write(location, mode)
+
+    @contextmanager
+    def staged_file(self, location: Location) -> Iterator[Path]:
+        path = Path(location)
+        tmp = fileio.temp_path_for(path)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write_into(self, folder: str, name: str, data: bytes) -> None:
         fileio.atomic_write_into(folder, name, data)
