@@ -68,8 +68,10 @@ def ensure_dagster_home(environ: dict[str, str] | None = None) -> Path:
 
 def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
     """(job name, run tags) in dependency order; a shard job covers all its partitions in one run."""
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
+    from ilsvrc_assets.defs.dagster_internals import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
     from ilsvrc_assets.definitions import JOB_NAMES
 
     stages = [(JOB_NAMES["inputs"], {})]
