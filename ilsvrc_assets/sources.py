@@ -13,19 +13,19 @@ observation to find what changed at the source.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ilsvrc_assets import fileio, release
+from ilsvrc_assets import download, fileio, release
 from ilsvrc_assets.archives import ChecksumCache, md5_of
 from ilsvrc_assets.progress import reporter
-from ilsvrc_assets.release import Archive
+from ilsvrc_assets.release import MD5SUMS, Archive
 from ilsvrc_assets.settings import ENV_HTTP_URL, ENV_LOCAL_DIR, Settings
 
 Log = Callable[[str], None]
-MD5SUMS = "MD5SUMS"
 
 
 class SourceError(RuntimeError):
@@ -169,20 +169,21 @@ class SampleSource(ArchiveSource):
 class HttpSource(ArchiveSource):
     """Archives at an HTTP(S) base URL, downloaded (with resume) into a local folder.
 
-    Credentials come from the environment at download time (see :mod:`ilsvrc_assets.download`)
-    and are never stored in settings, logs or metadata.
+    ``credentials`` (default: none) go with every request to the server; :func:`from_settings`
+    reads them from the environment. They are never stored in settings, logs or metadata.
     """
 
     kind = "http"
 
-    def __init__(self, base_url: str, download_dir: Path):
+    def __init__(
+        self, base_url: str, download_dir: Path, credentials: download.Credentials = download.Credentials()
+    ):
         self.base_url = base_url
         self.download_dir = download_dir
+        self.credentials = credentials
         self._expected: tuple[dict[str, str], str] | None = None
 
     def describe(self) -> str:
-        from ilsvrc_assets import download
-
         return f"{download.redact_url(self.base_url)} (downloaded to {self.download_dir})"
 
     def folder(self, log: Log) -> Path:
@@ -191,15 +192,13 @@ class HttpSource(ArchiveSource):
 
     def expected_md5s(self, log: Log) -> tuple[dict[str, str], str]:
         """An MD5SUMS file at the base URL if the server has one, else the official MD5s."""
-        from ilsvrc_assets import download
-
         if self._expected is None:
             official = {a.name: a.md5 for a in release.ARCHIVES}
             url = download.archive_url(self.base_url, MD5SUMS)
             target = self.folder(log) / MD5SUMS
             try:
                 target.unlink(missing_ok=True)  # always the server's current list
-                download.download(url, target, credentials=download.Credentials.from_env(), retries=2)
+                download.download(url, target, credentials=self.credentials, retries=2)
             except download.DownloadError as e:
                 if not e.not_found:
                     raise
@@ -213,14 +212,12 @@ class HttpSource(ArchiveSource):
         return self._expected
 
     def observe(self, archive: Archive, log: Log) -> str:
-        """ETag, Last-Modified and Content-Length from a HEAD request (credentials from the environment)."""
+        """ETag, Last-Modified and Content-Length from a HEAD request."""
         return http_version(self._remote_info(archive))
 
     def _remote_info(self, archive: Archive) -> dict[str, int | str | None]:
-        from ilsvrc_assets import download
-
         url = download.archive_url(self.base_url, archive.name)
-        return download.remote_info(url, credentials=download.Credentials.from_env())
+        return download.remote_info(url, credentials=self.credentials)
 
     def fetch(self, archive: Archive, cache: ChecksumCache | None, log: Log) -> FetchedArchive:
         """Download the archive unless the copy here is of the version the server has now.
@@ -229,8 +226,6 @@ class HttpSource(ArchiveSource):
         so a copy, or the part of one an interrupted download left, is kept only while the server
         still has that version; after a change it is deleted and the new one downloaded.
         """
-        from ilsvrc_assets import download
-
         dest = self.folder(log) / archive.name
         info = self._remote_info(archive)
         version = http_version(info)
@@ -255,8 +250,6 @@ class HttpSource(ArchiveSource):
         return self._verify(archive, path, version, cache, log)
 
     def locate(self, archive: Archive, log: Log) -> Path:
-        from ilsvrc_assets import download
-
         dest = self.folder(log) / archive.name
         if dest.is_file():
             return dest
@@ -267,7 +260,7 @@ class HttpSource(ArchiveSource):
             url,
             dest,
             expected_md5=expected[archive.name],
-            credentials=download.Credentials.from_env(),
+            credentials=self.credentials,
             progress=reporter(archive.name, "MB", log, scale=1e6, resumed=True),  # MB/s from where it resumed
         )
         return dest
@@ -290,13 +283,17 @@ def http_version(info: Mapping[str, int | str | None]) -> str:
     )
 
 
-def from_settings(settings: Settings) -> ArchiveSource:
-    """The source the settings name."""
+def from_settings(settings: Settings, environ: Mapping[str, str] = os.environ) -> ArchiveSource:
+    """The source the settings name; an HTTP source with the credentials set in ``environ``.
+
+    The one place the credentials are read (they are not settings: settings become run
+    configuration, which Dagster stores).
+    """
     if settings.source == "local":
         assert settings.local_dir is not None
         return LocalSource(settings.local_dir)
     if settings.source == "http":
         if not settings.http_url:
             raise SourceError(f"set {ENV_HTTP_URL} to the base URL of the archives")
-        return HttpSource(settings.http_url, settings.download_dir)
+        return HttpSource(settings.http_url, settings.download_dir, download.Credentials.from_env(environ))
     return SampleSource(settings.sample_dir)

@@ -131,8 +131,8 @@ def _frame(root: ET._Element) -> tuple[int, int]:
 
 def test_release_folder_and_md5sums(release_dir: Path, info: dict) -> None:
     names = {p.name for p in release_dir.iterdir()}
-    assert names == {a.name for a in release.ARCHIVES} | {sample.MD5SUMS, sample.SAMPLE_JSON}
-    sums = fileio.read_md5sums(release_dir / sample.MD5SUMS)
+    assert names == {a.name for a in release.ARCHIVES} | {release.MD5SUMS, sample.SAMPLE_JSON}
+    sums = fileio.read_md5sums(release_dir / release.MD5SUMS)
     assert set(sums) == {a.name for a in release.ARCHIVES}
     for name, digest in sums.items():
         assert fileio.md5_file(release_dir / name) == digest, name
@@ -147,12 +147,6 @@ def test_release_folder_and_md5sums(release_dir: Path, info: dict) -> None:
     }
     assert sample.is_complete(release_dir, DEFAULT)
     assert not sample.is_complete(release_dir, SMALL)
-
-
-def test_md5sums_name_is_what_sources_read() -> None:
-    from ilsvrc_assets import sources
-
-    assert sample.MD5SUMS == sources.MD5SUMS
 
 
 def test_headers_carry_no_time_or_owner(release_dir: Path) -> None:
@@ -458,7 +452,7 @@ def test_ensure_sample_reuses_complete_cache(small_cache: Path) -> None:
 
 
 def test_ensure_sample_regenerates_identically_when_an_archive_is_missing(small_cache: Path) -> None:
-    sums_before = (small_cache / sample.MD5SUMS).read_text()
+    sums_before = (small_cache / release.MD5SUMS).read_text()
     before = _stamps(small_cache)
     (small_cache / release.BBOX_TRAIN.name).unlink()
     assert not sample.is_complete(small_cache, SMALL)
@@ -473,14 +467,14 @@ def test_ensure_sample_regenerates_identically_when_an_archive_is_missing(small_
         [sys.executable, "-c", code, str(small_cache)], check=True, env=env, cwd=Path(__file__).parents[1]
     )
     assert sample.is_complete(small_cache, SMALL)
-    assert (small_cache / sample.MD5SUMS).read_text() == sums_before, (
+    assert (small_cache / release.MD5SUMS).read_text() == sums_before, (
         "same spec must give byte-identical archives"
     )
     after = _stamps(small_cache)
     assert set(after) == set(before)
     assert all(after[name] != before.get(name) for name in after), "the whole folder is replaced, not patched"
     assert [p.name for p in small_cache.parent.iterdir()] == [small_cache.name]
-    for name, digest in fileio.read_md5sums(small_cache / sample.MD5SUMS).items():
+    for name, digest in fileio.read_md5sums(small_cache / release.MD5SUMS).items():
         assert fileio.md5_file(small_cache / name) == digest
 
 
