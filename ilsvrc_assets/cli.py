@@ -201,7 +201,9 @@ def audit(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[o
     from ilsvrc_assets.junit import CheckOutcome
 
     job = definitions.resolve_job_def(JOB_NAMES["audit"])
-    result = job.execute_in_process(instance=instance, raise_on_error=False, run_config=_run_config(log_level))
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False, run_config=_run_config(log_level)
+    )
     outcomes = check_outcomes(result)
     for outcome in outcomes:
         echo_outcome(outcome, echo)
@@ -363,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
-        "--junit-xml", metavar="PATH", help="also write the results as a JUnit XML report (one test per check)"
+        "--junit-xml",
+        metavar="PATH",
+        help="also write the results as a JUnit XML report (one test case per check)",
     )
     p.set_defaults(func=check)
     p = commands.add_parser("sample", help="write the built-in sample release to a folder")

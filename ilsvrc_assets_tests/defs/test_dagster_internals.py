@@ -93,4 +93,4 @@ def test_callers_get_the_names_dagster_has():
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dagster")
         for alias in node.names
     }
-    assert bound <= set(dagster_internals.__all__), f"not in __all__: {bound - set(dagster_internals.__all__)}"
+    assert not bound - set(dagster_internals.__all__), "missing from __all__"

@@ -40,7 +40,8 @@ def changed(tmp_path, monkeypatch) -> Settings:
     monkeypatch.chdir(tmp_path)
     defaults = settings_module.load({})
     changed = settings_module.load(every_setting_changed(tmp_path))
-    same = [f.name for f in dataclasses.fields(Settings) if getattr(changed, f.name) == getattr(defaults, f.name)]
+    names = [f.name for f in dataclasses.fields(Settings)]
+    same = [name for name in names if getattr(changed, name) == getattr(defaults, name)]
     # Otherwise a field the resource dropped (and rebuilt from its default) would go unnoticed.
     assert not same, f"set the variable of Settings.{', '.join(same)} in every_setting_changed()"
     return changed
@@ -54,7 +55,8 @@ def test_every_setting_round_trips_through_the_resource(changed):
     resource = IlsvrcResource.from_settings(changed)
     back = resource.settings()
     for field in dataclasses.fields(Settings):
-        assert getattr(back, field.name) == getattr(changed, field.name), f"Settings.{field.name} is not carried"
+        carried = getattr(back, field.name) == getattr(changed, field.name)
+        assert carried, f"Settings.{field.name} is not carried"
     assert back == changed
 
 
