@@ -1,6 +1,8 @@
-"""``ilsvrc-assets``: build everything in one command, write a stand-in release, open the UI.
+"""``ilsvrc-assets``: build everything in one command, check it, write a stand-in release, open the UI.
 
     ilsvrc-assets build            materialise the whole graph, all partitions, from the configured source
+    ilsvrc-assets check            run every check against the outputs on disk (materialises nothing);
+                                   --junit-xml PATH also writes the results as a JUnit XML report
     ilsvrc-assets sample DEST      write the built-in sample release (five archives + MD5SUMS) to DEST
     ilsvrc-assets ui               run `dagster dev` on this project's Dagster instance
 
@@ -56,20 +58,22 @@ def ensure_dagster_home(environ: dict[str, str] | None = None) -> Path:
     events to the event log in batches, which the local profile's storage writes in one transaction.
     """
     environ = os.environ if environ is None else environ
-    environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
-    home = Path(environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().absolute()
+    environ.setdefault(settings_module.ENV_DAGSTER_EVENT_BATCH_SIZE, EVENT_BATCH_SIZE)
+    home = Path(environ.get(settings_module.ENV_DAGSTER_HOME) or DEFAULT_DAGSTER_HOME).expanduser().absolute()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         base_dir = json.dumps(str(home / "history" / "runs"))  # a JSON string is a YAML string
         (home / "dagster.yaml").write_text(f"{DAGSTER_YAML}  config:\n    base_dir: {base_dir}\n")
-    environ["DAGSTER_HOME"] = str(home)
+    environ[settings_module.ENV_DAGSTER_HOME] = str(home)
     return home
 
 
 def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
     """(job name, run tags) in dependency order; a shard job covers all its partitions in one run."""
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
+    from ilsvrc_assets.defs.dagster_internals import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
     from ilsvrc_assets.definitions import JOB_NAMES
 
     stages = [(JOB_NAMES["inputs"], {})]
@@ -99,37 +103,125 @@ def failure_message(step_failure_data) -> str:
     return error.message.strip()
 
 
+def _run_config(log_level: str) -> dict:
+    return {"loggers": {"console": {"config": {"log_level": log_level}}}}
+
+
+def check_outcomes(result) -> list:
+    """How each check evaluated in the run ``result`` came out (``junit.CheckOutcome``s), in order."""
+    from ilsvrc_assets.junit import CheckOutcome
+
+    return [
+        CheckOutcome(
+            asset=evaluation.asset_key.to_user_string(),
+            check=evaluation.check_name,
+            passed=evaluation.passed,
+            description=evaluation.description or "",
+        )
+        for evaluation in result.get_asset_check_evaluations()
+    ]
+
+
+def echo_outcome(outcome, echo=print) -> None:
+    """One line per check: passed, FAILED with the check's description, or not evaluated and why."""
+    name = f"{outcome.asset}:{outcome.check}"
+    if outcome.error is not None:
+        echo(f"  check {name} NOT EVALUATED: {outcome.error}")
+    else:
+        echo(f"  check {name} " + ("passed" if outcome.passed else f"FAILED: {outcome.description}"))
+
+
+def _failed_by_own_checks(step_failure_data) -> bool:
+    """True when a step failed only because blocking checks it evaluated did not pass."""
+    error = step_failure_data.error
+    return error is not None and error.cls_name == "DagsterAssetCheckFailedError"
+
+
+def echo_failed_steps(result, echo=print, but_by_own_checks: bool = False) -> dict[str, str]:
+    """Print the failed and skipped steps of the run ``result``; return {step key: why it failed}.
+
+    ``but_by_own_checks``: leave out steps that failed only because their own blocking checks did
+    not pass, when each check's line already says so.
+    """
+    failed = {}
+    for event in result.all_events:
+        if event.is_step_failure and but_by_own_checks and _failed_by_own_checks(event.step_failure_data):
+            continue
+        if event.is_step_failure:
+            failed[event.step_key] = failure_message(event.step_failure_data)
+            echo(f"  step {event.step_key} FAILED: {failed[event.step_key]}")
+        elif event.is_step_skipped:
+            echo(f"  step {event.step_key} skipped: blocked by a failed upstream step or check")
+    return failed
+
+
+def _check_steps(job) -> dict:
+    """{check key: the step (op) that evaluates it} for every check ``job`` runs."""
+    graph = job.asset_layer.asset_graph
+    return {
+        key: assets_def.node_def.name
+        for assets_def in graph.assets_defs
+        if assets_def.is_executable
+        for key in assets_def.check_keys & graph.asset_check_keys
+    }
+
+
 def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[list, list[str]]:
     """Run the stages in order against ``instance``; stop after the first that fails.
 
     Returns the in-process results and a list of what failed (steps and checks), empty on success.
     """
-    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     results, failed = [], []
     for job_name, tags in _stages(definitions):
         echo(f"\n== {job_name} ==")
         job = definitions.resolve_job_def(job_name)
         result = job.execute_in_process(
-            instance=instance, tags=tags, raise_on_error=False, run_config=run_config
+            instance=instance, tags=tags, raise_on_error=False, run_config=_run_config(log_level)
         )
         results.append(result)
-        for evaluation in result.get_asset_check_evaluations():
-            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-            echo(
-                f"  check {name} " + ("passed" if evaluation.passed else f"FAILED: {evaluation.description}")
-            )
-            if not evaluation.passed:
-                failed.append(f"check {name}")
+        for outcome in check_outcomes(result):
+            echo_outcome(outcome, echo)
+            if not outcome.passed:
+                failed.append(f"check {outcome.asset}:{outcome.check}")
         if not result.success:
-            for event in result.all_events:
-                if event.is_step_failure:
-                    echo(f"  step {event.step_key} FAILED: {failure_message(event.step_failure_data)}")
-                    failed.append(f"step {event.step_key}")
-                elif event.is_step_skipped:
-                    echo(f"  step {event.step_key} skipped: blocked by a failed upstream step or check")
+            failed += [f"step {step}" for step in echo_failed_steps(result, echo)]
             failed.append(f"run {result.run_id} of {job_name}")
             break
     return results, failed
+
+
+def audit(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[object, list]:
+    """Run the audit job (every check against the outputs on disk; nothing materialised).
+
+    Returns the run's result and one outcome per check of the audit: those evaluated in the order
+    the run evaluated them, then any it did not evaluate (its step failed), with an ``error`` saying
+    why.
+    """
+    from ilsvrc_assets.definitions import JOB_NAMES
+    from ilsvrc_assets.junit import CheckOutcome
+
+    job = definitions.resolve_job_def(JOB_NAMES["audit"])
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False, run_config=_run_config(log_level)
+    )
+    outcomes = check_outcomes(result)
+    for outcome in outcomes:
+        echo_outcome(outcome, echo)
+    failed_steps = echo_failed_steps(result, echo, but_by_own_checks=True) if not result.success else {}
+    evaluated = {(o.asset, o.check) for o in outcomes}
+    for key, step in sorted(_check_steps(job).items(), key=lambda item: item[0].to_user_string()):
+        if (key.asset_key.to_user_string(), key.name) in evaluated:
+            continue
+        if step in failed_steps:
+            why = f"step {step} failed: {failed_steps[step]}"
+        elif failed_steps:
+            why = f"not run, after the failure of step(s) {', '.join(failed_steps)}"
+        else:
+            why = "not evaluated by the audit run"
+        outcome = CheckOutcome(asset=key.asset_key.to_user_string(), check=key.name, passed=False, error=why)
+        echo_outcome(outcome, echo)
+        outcomes.append(outcome)
+    return result, outcomes
 
 
 def build(args: argparse.Namespace) -> int:
@@ -176,6 +268,44 @@ def build(args: argparse.Namespace) -> int:
     print(f"  TFRecord shards   {settings.tfrecords_dir}")
     print(f"  manifest          {settings.manifest_json}")
     print(f"  history           DAGSTER_HOME={home} dagster dev   (or: ilsvrc-assets ui)")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """Run every check against the outputs on disk; exit status 1 if one fails (or cannot run)."""
+    home = ensure_dagster_home()
+    settings = settings_module.load()
+    from dagster import DagsterInstance
+
+    from ilsvrc_assets import fileio, junit
+    from ilsvrc_assets.definitions import JOB_NAMES, build_definitions
+
+    print(f"ilsvrc-assets: checking the outputs in {settings.data_dir}; Dagster history in {home}")
+    started = time.monotonic()
+    try:
+        # Not while a build writes them: half-written outputs would fail checks they will pass.
+        with fileio.exclusive(settings.lock_path("build"), f"the build of {settings.data_dir}"):
+            with DagsterInstance.get() as instance:
+                result, outcomes = audit(
+                    build_definitions(settings), instance, args.log_level, echo=lambda m: print(m, flush=True)
+                )
+    except fileio.BusyError as e:
+        print(f"ilsvrc-assets: not started: {e}", file=sys.stderr)
+        return EXIT_BUSY
+    elapsed = time.monotonic() - started
+    if args.junit_xml:
+        path = Path(args.junit_xml).absolute()
+        junit.write_report(path, outcomes, JOB_NAMES["audit"], elapsed)
+        print(f"ilsvrc-assets: JUnit XML report in {path}")
+    bad = [f"{o.asset}:{o.check}" for o in outcomes if not o.passed]
+    if bad or not result.success:
+        print(
+            f"\nilsvrc-assets: {len(bad)} of {len(outcomes)} checks FAILED: {', '.join(bad) or 'none'} "
+            f"(run {result.run_id}; open it in the UI: ilsvrc-assets ui)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print(f"\nilsvrc-assets: all {len(outcomes)} checks passed in {elapsed:.0f} s.")
     return 0
 
 
@@ -230,6 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("build", help="materialise the whole graph, all partitions")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=build)
+    p = commands.add_parser(
+        "check", help="run every check against the outputs on disk, materialising nothing"
+    )
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--junit-xml",
+        metavar="PATH",
+        help="also write the results as a JUnit XML report (one test case per check)",
+    )
+    p.set_defaults(func=check)
     p = commands.add_parser("sample", help="write the built-in sample release to a folder")
     p.add_argument("dest")
     p.add_argument("--seed", type=int, default=2012)

@@ -32,6 +32,7 @@ from urllib.error import HTTPError, URLError
 
 from ilsvrc_assets import __version__, fileio
 from ilsvrc_assets.fileio import md5_file
+from ilsvrc_assets.settings import ENV_HTTP_PASSWORD, ENV_HTTP_TOKEN, ENV_HTTP_URL, ENV_HTTP_USERNAME
 
 try:  # POSIX only; elsewhere concurrent downloads of one file are simply not detected
     import fcntl
@@ -39,12 +40,6 @@ except ImportError:  # pragma: no cover - not on Linux/macOS
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
-
-ENV_USERNAME = "ILSVRC_HTTP_USERNAME"
-ENV_PASSWORD = "ILSVRC_HTTP_PASSWORD"
-ENV_TOKEN = "ILSVRC_HTTP_TOKEN"
-# Named in messages only: the setting that holds the base URL is read elsewhere in the project.
-ENV_URL = "ILSVRC_HTTP_URL"
 
 PARTIAL_SUFFIX = ".partial"
 BAD_MD5_SUFFIX = ".bad-md5"
@@ -97,7 +92,7 @@ class Credentials:
             raise ValueError("Credentials: a basic-auth username cannot contain ':'")
         if self.password is not None and self.username is None and self.token is None:
             raise ValueError(
-                f"Credentials: a password was given without a username; set {ENV_USERNAME} as well"
+                f"Credentials: a password was given without a username; set {ENV_HTTP_USERNAME} as well"
             )
 
     def __repr__(self) -> str:
@@ -115,9 +110,9 @@ class Credentials:
         Empty values count as unset (``export ILSVRC_HTTP_TOKEN=`` is a common way to clear one).
         """
         return cls(
-            username=environ.get(ENV_USERNAME) or None,
-            password=environ.get(ENV_PASSWORD) or None,
-            token=environ.get(ENV_TOKEN) or None,
+            username=environ.get(ENV_HTTP_USERNAME) or None,
+            password=environ.get(ENV_HTTP_PASSWORD) or None,
+            token=environ.get(ENV_HTTP_TOKEN) or None,
         )
 
     @property
@@ -144,7 +139,7 @@ def archive_url(base_url: str, name: str) -> str:
     base = base_url.strip()
     if not base:
         raise ValueError(
-            "archive_url: the base URL is empty; set ILSVRC_HTTP_URL to the folder holding the archives"
+            f"archive_url: the base URL is empty; set {ENV_HTTP_URL} to the folder holding the archives"
         )
     parts = urllib.parse.urlsplit(base)
     # Join on the path only, so a query string on the base (a signed URL) stays at the end.
@@ -219,7 +214,7 @@ def _prepare(url: str, credentials: Credentials) -> tuple[str, Credentials]:
     parts = urllib.parse.urlsplit(url.strip())
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise DownloadError(
-            f"{redact_url(url)!r} is not an http:// or https:// URL; check {ENV_URL} (the folder holding the archives)"
+            f"{redact_url(url)!r} is not an http:// or https:// URL; check {ENV_HTTP_URL} (the folder holding the archives)"
         )
     clean = redact_url(urllib.parse.urlunsplit(parts))
     if "@" in parts.netloc and not credentials.given and parts.username:
@@ -235,8 +230,8 @@ def _auth_refused(shown: str, code: int, credentials: Credentials) -> DownloadEr
         "refused the credentials given" if credentials.given else "requires credentials and none were given"
     )
     return DownloadError(
-        f"{shown}: the server {what} (HTTP {code}). Set {ENV_USERNAME} and {ENV_PASSWORD} "
-        f"(basic auth) or {ENV_TOKEN} (bearer token) to an account that may download the archives, then run again.",
+        f"{shown}: the server {what} (HTTP {code}). Set {ENV_HTTP_USERNAME} and {ENV_HTTP_PASSWORD} "
+        f"(basic auth) or {ENV_HTTP_TOKEN} (bearer token) to an account that may download the archives, then run again.",
         status=code,
     )
 
@@ -274,14 +269,14 @@ def _open(
             raise _auth_refused(shown, code, credentials) from None
         if code in (404, 410):
             raise DownloadError(
-                f"{shown}: no file at this URL (HTTP {code}); check {ENV_URL} (the folder holding the archives) "
+                f"{shown}: no file at this URL (HTTP {code}); check {ENV_HTTP_URL} (the folder holding the archives) "
                 "and the file name",
                 status=code,
             ) from None
         if code in (408, 429) or 500 <= code <= 599:
             raise _Retryable(f"HTTP {code} {reason}", retry_after) from None
         raise DownloadError(
-            f"{shown}: the server answered HTTP {code} {reason}; check {ENV_URL}", status=code
+            f"{shown}: the server answered HTTP {code} {reason}; check {ENV_HTTP_URL}", status=code
         ) from None
     except (URLError, OSError, HTTPException) as exc:
         # URLError wraps refused connections, DNS failures and timeouts; HTTPException covers a
@@ -425,8 +420,8 @@ def _attempt(
             # image-net.org answers with its login page when the session is missing; saving that
             # page as a .tar would only fail later with a puzzling MD5 mismatch.
             raise DownloadError(
-                f"{shown}: the server sent a web page instead of the file (a login page?). Set {ENV_USERNAME} and "
-                f"{ENV_PASSWORD} or {ENV_TOKEN}, or check {ENV_URL} points at the folder holding the archives."
+                f"{shown}: the server sent a web page instead of the file (a login page?). Set {ENV_HTTP_USERNAME} and "
+                f"{ENV_HTTP_PASSWORD} or {ENV_HTTP_TOKEN}, or check {ENV_HTTP_URL} points at the folder holding the archives."
             )
 
         body_length = _content_length(response)
@@ -448,7 +443,7 @@ def _attempt(
             total = body_length
         else:
             raise DownloadError(
-                f"{shown}: unexpected answer HTTP {status} {response.reason}; check {ENV_URL}"
+                f"{shown}: unexpected answer HTTP {status} {response.reason}; check {ENV_HTTP_URL}"
             )
 
         if total is not None and total > partial.size:
@@ -561,7 +556,7 @@ def download(
                     raise DownloadError(
                         f"{shown}: download failed after {attempt + 1} attempt(s): {exc}. The {partial.size} bytes "
                         f"received so far are kept in {partial_file}; run again to resume (check the network "
-                        f"and {ENV_URL} if this keeps happening)."
+                        f"and {ENV_HTTP_URL} if this keeps happening)."
                     ) from None
                 delay = min(backoff * 2**attempt, MAX_BACKOFF)
                 if exc.retry_after is not None:
@@ -595,7 +590,7 @@ def download(
             os.replace(partial_file, bad)
             raise DownloadError(
                 f"{dest.name}: MD5 {expected} expected, got {actual}; the download is corrupt and was moved to "
-                f"{bad}. Delete it and run again; if it happens again, check that {ENV_URL} points at the "
+                f"{bad}. Delete it and run again; if it happens again, check that {ENV_HTTP_URL} points at the "
                 "official archives."
             )
         # Renamed while still locked, so no other process can start appending in between.
@@ -651,7 +646,7 @@ def remote_info(
             if attempt >= retries:
                 raise DownloadError(
                     f"{shown}: could not get the file's details after {attempt + 1} attempt(s): {exc}; "
-                    f"check the network and {ENV_URL}"
+                    f"check the network and {ENV_HTTP_URL}"
                 ) from None
             delay = min(backoff * 2**attempt, MAX_BACKOFF)
             if exc.retry_after is not None:

@@ -60,6 +60,10 @@ BBOX_VAL = Archive(
     "PASCAL VOC XML boxes val/ILSVRC2012_val_<8 digits>.xml for every validation image",
 )
 
+# Beside the archives (a stand-in release such as the sample, or at an HTTP source's base URL):
+# their MD5s in md5sum's format, which then replace the official ones.
+MD5SUMS = "MD5SUMS"
+
 ARCHIVES: tuple[Archive, ...] = (IMG_TRAIN, IMG_VAL, DEVKIT, BBOX_TRAIN, BBOX_VAL)
 MD5SUMS = "MD5SUMS"  # beside the archives (md5sum format): the MD5s a stand-in release is verified against
 ARCHIVES_BY_KEY: dict[str, Archive] = {a.key: a for a in ARCHIVES}

@@ -41,7 +41,6 @@ from ilsvrc_assets import fileio, release
 SAMPLE_VERSION = "1"
 
 SAMPLE_JSON = "SAMPLE.json"
-MD5SUMS = release.MD5SUMS
 
 # Fixed tar header fields, so the archives do not depend on when or by whom they were made.
 TAR_MTIME = 1_338_508_800  # 2012-06-01 00:00 UTC, around the release
@@ -787,7 +786,7 @@ def write_release(
         },
         "oddities": plan.oddities,
     }
-    fileio.atomic_write_text(dest / MD5SUMS, fileio.format_md5sums(md5s))
+    fileio.atomic_write_text(dest / release.MD5SUMS, fileio.format_md5sums(md5s))
     # Written last: its presence with the right version and spec marks the folder complete.
     fileio.atomic_write_text(dest / SAMPLE_JSON, json.dumps(description, indent=1) + "\n")
     say(f"sample: done in {time.monotonic() - started:.1f} s")
@@ -817,7 +816,7 @@ def is_complete(dest: Path, spec: SampleSpec = SampleSpec()) -> bool:
     dest = Path(dest)
     try:
         info = json.loads((dest / SAMPLE_JSON).read_text())
-        sums = fileio.read_md5sums(dest / MD5SUMS)
+        sums = fileio.read_md5sums(dest / release.MD5SUMS)
     except (OSError, ValueError):
         return False
     if (
@@ -840,7 +839,7 @@ def is_complete(dest: Path, spec: SampleSpec = SampleSpec()) -> bool:
 
 
 def _owned_names() -> set[str]:
-    return {a.name for a in release.ARCHIVES} | {MD5SUMS, SAMPLE_JSON}
+    return {a.name for a in release.ARCHIVES} | {release.MD5SUMS, SAMPLE_JSON}
 
 
 def _check_replaceable(cache_dir: Path) -> None:

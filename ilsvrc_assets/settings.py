@@ -1,15 +1,22 @@
 """Where things go and how many of them: settings read from environment variables.
 
 Every setting has a documented environment variable and a default that needs nothing set, so a
-fresh clone runs on the built-in sample. The Dagster layer and the CLI both read them from here.
+fresh clone runs on the built-in sample. The Dagster layer and the CLI both read them from here;
+the Dagster resource carries every field of :class:`Settings` in the plain form
+:func:`to_config` gives and :func:`from_config` reads back.
+
+Every environment variable the project reads is named once, below (``ENV_...``). The HTTP
+credentials are read by ``download.Credentials.from_env`` only, never kept in :class:`Settings`:
+the settings become run configuration, which Dagster stores.
 """
 
 from __future__ import annotations
 
 import os
+import typing
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ilsvrc_assets import release
@@ -18,12 +25,19 @@ ENV_SOURCE = "ILSVRC_SOURCE"  # sample | local | http
 ENV_DATA_DIR = "ILSVRC_DATA_DIR"  # outputs; default ./data
 ENV_LOCAL_DIR = "ILSVRC_LOCAL_DIR"  # folder holding the official archives (source=local)
 ENV_HTTP_URL = "ILSVRC_HTTP_URL"  # base URL of the archives (source=http)
+# Credentials for the HTTP source (basic auth, or a bearer token): read by
+# download.Credentials.from_env when the source is made, never part of the settings.
+ENV_HTTP_USERNAME = "ILSVRC_HTTP_USERNAME"
+ENV_HTTP_PASSWORD = "ILSVRC_HTTP_PASSWORD"
+ENV_HTTP_TOKEN = "ILSVRC_HTTP_TOKEN"
 ENV_SAMPLE_DIR = "ILSVRC_SAMPLE_DIR"  # where the built-in sample is generated; default <data>/sample
 ENV_TRAIN_SHARDS = "ILSVRC_TRAIN_SHARDS"  # default 1024
 ENV_VALIDATION_SHARDS = "ILSVRC_VALIDATION_SHARDS"  # default 128
 ENV_WORKERS = "ILSVRC_WORKERS"  # processes for shard writing and checking; default: cores
 ENV_PARTITIONS_PER_RUN = "ILSVRC_PARTITIONS_PER_RUN"  # shards per backfill run; default: all in one
-ENV_DAGSTER_HOME = "DAGSTER_HOME"
+ENV_DAGSTER_HOME = "DAGSTER_HOME"  # the Dagster instance's folder; the CLI's default ./.dagster_home
+# Dagster's own: events of a partitioned step handed to the event log in batches (the CLI sets it).
+ENV_DAGSTER_EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE"
 ENV_REFRESH_CRON = "ILSVRC_REFRESH_CRON"  # when to look for changed archives; default weekly
 ENV_AUDIT_CRON = "ILSVRC_AUDIT_CRON"  # when to re-check the outputs; default daily
 ENV_SCHEDULE_TIMEZONE = "ILSVRC_SCHEDULE_TIMEZONE"  # of both crons; default UTC
@@ -108,6 +122,11 @@ class Settings:
         """Bookkeeping that lets a second run skip work already done (checksums, shard plans)."""
         return self.data_dir / ".state"
 
+    @property
+    def checksum_cache_json(self) -> Path:
+        """The archives' MD5s, keyed by size and modification time (``archives.ChecksumCache``)."""
+        return self.state_dir / "checksums.json"
+
     def lock_path(self, name: str) -> Path:
         """The lock file held while output ``name`` is written (``fileio.exclusive``)."""
         return self.state_dir / "locks" / f"{name}.lock"
@@ -178,7 +197,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         raise SettingsError(
             f"{ENV_HTTP_URL} holds credentials (user:password@...), which would be kept in the run "
-            f"history: set ILSVRC_HTTP_USERNAME and ILSVRC_HTTP_PASSWORD (or ILSVRC_HTTP_TOKEN) instead, "
+            f"history: set {ENV_HTTP_USERNAME} and {ENV_HTTP_PASSWORD} (or {ENV_HTTP_TOKEN}) instead, "
             f"and {ENV_HTTP_URL}={bare}"
         )
     sample_dir = environ.get(ENV_SAMPLE_DIR, "").strip()
@@ -201,3 +220,68 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         # Unset gives 0 (no minimum is checked then): one run per backfill.
         partitions_per_run=_int_env(environ, ENV_PARTITIONS_PER_RUN, 0) or None,
     )
+
+
+# Settings as configuration (the Dagster resource's fields, run config, JSON): each type a field of
+# Settings has, with the type it takes there and the conversions both ways. A field of another type
+# makes config_types() raise, so a new setting cannot silently miss the resource.
+ConfigValue = str | int | bool | dict[str, int] | None
+
+
+@dataclass(frozen=True)
+class _ConfigForm:
+    config_type: object  # the field's type in configuration
+    to_config: Callable[[typing.Any], ConfigValue]
+    from_config: Callable[[typing.Any], typing.Any]
+
+
+def _same(value: typing.Any) -> typing.Any:
+    return value
+
+
+_CONFIG_FORMS: dict[object, _ConfigForm] = {
+    str: _ConfigForm(str, _same, _same),
+    int: _ConfigForm(int, _same, _same),
+    bool: _ConfigForm(bool, _same, _same),
+    str | None: _ConfigForm(str | None, _same, _same),
+    int | None: _ConfigForm(int | None, _same, _same),
+    Path: _ConfigForm(str, str, Path),
+    Path | None: _ConfigForm(
+        str | None,
+        lambda path: None if path is None else str(path),
+        lambda text: None if text is None else Path(text),
+    ),
+    Mapping[str, int]: _ConfigForm(dict[str, int], dict, dict),
+}
+
+
+def _forms() -> dict[str, _ConfigForm]:
+    hints = typing.get_type_hints(Settings)
+    forms = {}
+    for field in fields(Settings):
+        form = _CONFIG_FORMS.get(hints[field.name])
+        if form is None:
+            raise TypeError(
+                f"Settings.{field.name}: no configuration form for {hints[field.name]}; add one to "
+                f"settings._CONFIG_FORMS (its type in configuration and the conversions both ways)"
+            )
+        forms[field.name] = form
+    return forms
+
+
+def config_types() -> dict[str, object]:
+    """{field name: its type in configuration} for every field of :class:`Settings`, in order."""
+    return {name: form.config_type for name, form in _forms().items()}
+
+
+def to_config(settings: Settings) -> dict[str, ConfigValue]:
+    """Every field of ``settings`` in its configuration form (paths as strings, mappings as dicts)."""
+    return {name: form.to_config(getattr(settings, name)) for name, form in _forms().items()}
+
+
+def from_config(values: Mapping[str, typing.Any]) -> Settings:
+    """The :class:`Settings` that :func:`to_config` gave ``values``; every field must be there."""
+    forms = _forms()
+    if missing := [name for name in forms if name not in values]:
+        raise SettingsError(f"configuration without the setting(s) {', '.join(missing)}")
+    return Settings(**{name: form.from_config(values[name]) for name, form in forms.items()})

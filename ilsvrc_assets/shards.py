@@ -202,7 +202,7 @@ def write_split_shards(
         record_format=record_format,
     )
     jobs = {name: replace(job, lock=settings.lock_path(f"shards/{name}")) for name, job in jobs.items()}
-    version = reader.version(ChecksumCache(settings.state_dir / "checksums.json"))
+    version = reader.version(ChecksumCache(settings.checksum_cache_json))
     ledger = shard_plan.ShardLedger(settings.state_dir / "shards")
     fingerprints = {name: shard_plan.fingerprint(job, version) for name, job in jobs.items()}
     to_write = []

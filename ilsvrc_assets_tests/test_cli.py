@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from ilsvrc_assets import cli, fileio, release
+from ilsvrc_assets.definitions import JOB_NAMES, build_definitions
 from ilsvrc_assets_tests.helpers import variant_release
 
 
@@ -81,3 +84,82 @@ def test_dagster_home_defaults_inside_the_project_folder(tmp_path, monkeypatch):
     home = cli.ensure_dagster_home(environ)
     assert home == tmp_path / ".dagster_home" and environ["DAGSTER_HOME"] == str(home)
     assert (home / "dagster.yaml").is_file()
+
+
+def _check_env(settings, home: Path) -> dict[str, str]:
+    """The environment under which the CLI sees the built sample's settings and instance copy."""
+    return {
+        "ILSVRC_SOURCE": settings.source,
+        "ILSVRC_SAMPLE_DIR": str(settings.sample_dir),
+        "ILSVRC_DATA_DIR": str(settings.data_dir),
+        "ILSVRC_TRAIN_SHARDS": str(settings.num_shards["train"]),
+        "ILSVRC_VALIDATION_SHARDS": str(settings.num_shards["validation"]),
+        "ILSVRC_WORKERS": str(settings.workers),
+        "DAGSTER_HOME": str(home),
+    }
+
+
+def _junit_cases(path: Path) -> dict[str, ET.Element]:
+    root = ET.parse(path).getroot()
+    assert root.tag == "testsuites" and [s.get("name") for s in root] == [JOB_NAMES["audit"]]
+    return {f"{case.get('classname')}:{case.get('name')}": case for case in root.iter("testcase")}
+
+
+def test_check_runs_the_audit_and_reports_each_check_as_a_junit_test(built_graph_copy, tmp_path):
+    settings, instance = built_graph_copy  # a copy of the built sample's history: this adds runs
+    env = _check_env(settings, Path(instance.root_directory))
+    audited = {
+        key.to_user_string()
+        for key in build_definitions(settings)
+        .resolve_job_def(JOB_NAMES["audit"])
+        .asset_layer.asset_graph.asset_check_keys
+    }
+    assert "dataset_manifest:every_shard_present" in audited and len(audited) >= 11
+    manifest_stamp = settings.manifest_json.stat().st_mtime_ns
+
+    passed = _run(["check", "--junit-xml", str(tmp_path / "passed.xml")], env, tmp_path)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    for name in audited:
+        assert f"check {name} passed" in passed.stdout
+    cases = _junit_cases(tmp_path / "passed.xml")
+    assert set(cases) == audited
+    assert not [name for name, case in cases.items() if case.find("failure") is not None]
+    assert settings.manifest_json.stat().st_mtime_ns == manifest_stamp  # nothing materialised
+
+    # A shard gone behind Dagster's back: the check fails, non-zero, naming it in the report.
+    shard = settings.tfrecords_dir / settings.shard_names("validation")[-1]
+    moved = shutil.move(shard, tmp_path / shard.name)
+    try:
+        failed = _run(["check", "--junit-xml", str(tmp_path / "failed.xml")], env, tmp_path)
+    finally:
+        shutil.move(moved, shard)
+    assert failed.returncode == cli.EXIT_FAILED, failed.stdout + failed.stderr
+    assert "check dataset_manifest:every_shard_present FAILED" in failed.stdout
+    assert "dataset_manifest:every_shard_present" in failed.stderr
+    cases = _junit_cases(tmp_path / "failed.xml")
+    assert set(cases) == audited
+    failure = cases["dataset_manifest:every_shard_present"].find("failure")
+    assert failure is not None and shard.name in failure.get("message") and shard.name in failure.text
+    root = ET.parse(tmp_path / "failed.xml").getroot()
+    assert int(root.get("failures")) >= 1 and int(root.get("tests")) == len(audited)
+    assert cases["synsets:one_thousand_synsets"].find("failure") is None
+    assert not [path for path in tmp_path.iterdir() if fileio.is_temp_path(path)]  # written whole
+
+
+def test_check_reports_a_check_that_could_not_run_as_an_error(built_graph_copy, tmp_path):
+    settings, instance = built_graph_copy
+    env = _check_env(settings, Path(instance.root_directory))
+    moved = shutil.move(settings.synsets_csv, tmp_path / settings.synsets_csv.name)
+    try:
+        result = _run(["check", "--junit-xml", str(tmp_path / "report.xml")], env, tmp_path)
+    finally:
+        shutil.move(moved, settings.synsets_csv)
+    assert result.returncode == cli.EXIT_FAILED, result.stdout + result.stderr
+    assert "check synsets:one_thousand_synsets NOT EVALUATED" in result.stdout
+    cases = _junit_cases(tmp_path / "report.xml")
+    error = cases["synsets:one_thousand_synsets"].find("error")
+    assert error is not None and "synsets.csv" in error.get("message")
+    assert cases["synsets:one_thousand_synsets"].find("failure") is None  # an error, not a failed check
+    assert cases["validation_tree:matches_validation_label_file"].find("error") is None
+    root = ET.parse(tmp_path / "report.xml").getroot()
+    assert int(root.get("errors")) >= 1 and int(root.get("tests")) == len(cases)

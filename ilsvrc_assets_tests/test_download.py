@@ -17,9 +17,6 @@ import pytest
 
 from ilsvrc_assets import download as dl
 from ilsvrc_assets.download import (
-    ENV_PASSWORD,
-    ENV_TOKEN,
-    ENV_USERNAME,
     Credentials,
     DownloadError,
     archive_url,
@@ -27,6 +24,7 @@ from ilsvrc_assets.download import (
     remote_info,
 )
 from ilsvrc_assets.release import DEVKIT
+from ilsvrc_assets.settings import ENV_HTTP_PASSWORD, ENV_HTTP_TOKEN, ENV_HTTP_USERNAME
 
 NAME = DEVKIT.name
 PATH = f"/data/ILSVRC/2012/{NAME}"
@@ -221,7 +219,7 @@ def test_archive_url_joins_with_or_without_trailing_slash() -> None:
 
 
 def test_credentials_from_env_headers_and_repr() -> None:
-    env = {ENV_USERNAME: "alice", ENV_PASSWORD: PASSWORD, ENV_TOKEN: ""}
+    env = {ENV_HTTP_USERNAME: "alice", ENV_HTTP_PASSWORD: PASSWORD, ENV_HTTP_TOKEN: ""}
     creds = Credentials.from_env(env)
     assert creds == Credentials("alice", PASSWORD, None)  # an empty variable counts as unset
     expected = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
@@ -235,8 +233,8 @@ def test_credentials_from_env_headers_and_repr() -> None:
 
 
 def test_credentials_reject_a_password_without_username_without_showing_it() -> None:
-    with pytest.raises(ValueError, match=ENV_USERNAME) as excinfo:
-        Credentials.from_env({ENV_PASSWORD: PASSWORD})
+    with pytest.raises(ValueError, match=ENV_HTTP_USERNAME) as excinfo:
+        Credentials.from_env({ENV_HTTP_PASSWORD: PASSWORD})
     assert PASSWORD not in str(excinfo.value)
     with pytest.raises(ValueError, match="line break"):
         Credentials(token="abc\r\nX-Injected: 1")
@@ -402,7 +400,7 @@ def test_auth_required_without_credentials(server: FileServer, tmp_path: Path, s
         download(server.url, tmp_path / NAME, **FAST)
     message = str(excinfo.value)
     assert "none were given" in message
-    assert ENV_USERNAME in message and ENV_PASSWORD in message and ENV_TOKEN in message
+    assert ENV_HTTP_USERNAME in message and ENV_HTTP_PASSWORD in message and ENV_HTTP_TOKEN in message
     assert len(server.gets()) == 1  # 401 is not retried
     assert excinfo.value.status == 401 and not excinfo.value.not_found
 
@@ -436,7 +434,7 @@ def test_auth_with_credentials_and_no_secret_leaks(
         with pytest.raises(DownloadError) as excinfo:
             download(server.url, tmp_path / "other.tar", credentials=bad, **FAST)
     assert "refused the credentials" in str(excinfo.value)
-    assert ENV_TOKEN in str(excinfo.value)
+    assert ENV_HTTP_TOKEN in str(excinfo.value)
     assert any("trying again" in r.getMessage() for r in caplog.records)
     visible = "\n".join([error_text(excinfo), caplog.text, *progress_seen])
     for secret in secrets:
@@ -479,7 +477,7 @@ def test_login_page_instead_of_the_file(server: FileServer, tmp_path: Path) -> N
     dest = tmp_path / NAME
     with pytest.raises(DownloadError, match="web page") as excinfo:
         download(server.url, dest, **FAST)
-    assert ENV_TOKEN in str(excinfo.value)
+    assert ENV_HTTP_TOKEN in str(excinfo.value)
     assert not dest.exists()
 
 
@@ -526,7 +524,7 @@ def test_remote_info_errors(server: FileServer) -> None:
     with pytest.raises(DownloadError, match="ILSVRC_HTTP_URL"):
         remote_info(archive_url(server.base_url, "missing.tar"), Credentials(), 2.0, backoff=0.001)
     server.faults.basic = ("alice", PASSWORD)
-    with pytest.raises(DownloadError, match=ENV_USERNAME) as excinfo:
+    with pytest.raises(DownloadError, match=ENV_HTTP_USERNAME) as excinfo:
         remote_info(server.url, Credentials("alice", "Wr0ng-Pa55"), 2.0, backoff=0.001)
     assert "Wr0ng-Pa55" not in error_text(excinfo)
     assert remote_info(server.url, Credentials("alice", PASSWORD), 2.0, backoff=0.001)[

@@ -131,8 +131,8 @@ def _frame(root: ET._Element) -> tuple[int, int]:
 
 def test_release_folder_and_md5sums(release_dir: Path, info: dict) -> None:
     names = {p.name for p in release_dir.iterdir()}
-    assert names == {a.name for a in release.ARCHIVES} | {sample.MD5SUMS, sample.SAMPLE_JSON}
-    sums = fileio.read_md5sums(release_dir / sample.MD5SUMS)
+    assert names == {a.name for a in release.ARCHIVES} | {release.MD5SUMS, sample.SAMPLE_JSON}
+    sums = fileio.read_md5sums(release_dir / release.MD5SUMS)
     assert set(sums) == {a.name for a in release.ARCHIVES}
     for name, digest in sums.items():
         assert fileio.md5_file(release_dir / name) == digest, name
@@ -156,7 +156,7 @@ def test_sample_source_expects_the_md5s_the_sample_wrote(release_dir: Path, info
 
     expected, expected_from = sources.SampleSource(release_dir).expected_md5s(lambda message: None)
     assert expected == {name: entry["md5"] for name, entry in info["archives"].items()}
-    assert expected_from == str(release_dir / sample.MD5SUMS)
+    assert expected_from == str(release_dir / release.MD5SUMS)
 
 
 def test_headers_carry_no_time_or_owner(release_dir: Path) -> None:
@@ -462,7 +462,7 @@ def test_ensure_sample_reuses_complete_cache(small_cache: Path) -> None:
 
 
 def test_ensure_sample_regenerates_identically_when_an_archive_is_missing(small_cache: Path) -> None:
-    sums_before = (small_cache / sample.MD5SUMS).read_text()
+    sums_before = (small_cache / release.MD5SUMS).read_text()
     before = _stamps(small_cache)
     (small_cache / release.BBOX_TRAIN.name).unlink()
     assert not sample.is_complete(small_cache, SMALL)
@@ -477,14 +477,14 @@ def test_ensure_sample_regenerates_identically_when_an_archive_is_missing(small_
         [sys.executable, "-c", code, str(small_cache)], check=True, env=env, cwd=Path(__file__).parents[1]
     )
     assert sample.is_complete(small_cache, SMALL)
-    assert (small_cache / sample.MD5SUMS).read_text() == sums_before, (
+    assert (small_cache / release.MD5SUMS).read_text() == sums_before, (
         "same spec must give byte-identical archives"
     )
     after = _stamps(small_cache)
     assert set(after) == set(before)
     assert all(after[name] != before.get(name) for name in after), "the whole folder is replaced, not patched"
     assert [p.name for p in small_cache.parent.iterdir()] == [small_cache.name]
-    for name, digest in fileio.read_md5sums(small_cache / sample.MD5SUMS).items():
+    for name, digest in fileio.read_md5sums(small_cache / release.MD5SUMS).items():
         assert fileio.md5_file(small_cache / name) == digest
 
 

@@ -61,3 +61,11 @@ def test_partitions_per_run_sets_the_shard_backfill_batches(raw, expected):
 def test_bad_partitions_per_run_names_the_variable(raw):
     with pytest.raises(settings.SettingsError, match="ILSVRC_PARTITIONS_PER_RUN"):
         settings.load({"ILSVRC_PARTITIONS_PER_RUN": raw})
+
+
+def test_a_setting_without_a_configuration_form_is_refused_naming_it(monkeypatch):
+    # A new Settings field of a type the resource cannot carry fails at import, not silently.
+    forms = {t: f for t, f in settings._CONFIG_FORMS.items() if t is not settings.Path}
+    monkeypatch.setattr(settings, "_CONFIG_FORMS", forms)
+    with pytest.raises(TypeError, match="Settings.data_dir"):
+        settings.config_types()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ilsvrc_assets import fileio, release, sources
+from ilsvrc_assets import fileio, release, settings, sources
 from ilsvrc_assets.archives import ChecksumCache
 
 
@@ -16,7 +16,7 @@ def _fake_release(folder, with_md5sums=True):
         (folder / archive.name).write_bytes(archive.name.encode())
         sums[archive.name] = fileio.md5_file(folder / archive.name)
     if with_md5sums:
-        (folder / "MD5SUMS").write_text(fileio.format_md5sums(sums))
+        (folder / release.MD5SUMS).write_text(fileio.format_md5sums(sums))
     return sums
 
 
@@ -150,3 +150,13 @@ def test_http_fetch_downloads_again_only_when_the_source_changed(http_server, tm
     assert changed.md5 == changed.expected_md5 and changed.source_version != first.source_version
     assert len(archive_gets()) == 2
     assert any("changed at the source since it was downloaded" in line for line in said)
+
+
+def test_the_http_source_gets_the_credentials_from_the_environment_given(tmp_path):
+    s = settings.load(
+        {"ILSVRC_SOURCE": "http", "ILSVRC_HTTP_URL": "https://example.org/", "ILSVRC_DATA_DIR": str(tmp_path)}
+    )
+    assert not sources.from_settings(s, {}).credentials.given
+    source = sources.from_settings(s, {settings.ENV_HTTP_USERNAME: "alice", settings.ENV_HTTP_PASSWORD: "pw"})
+    assert (source.credentials.username, source.credentials.password) == ("alice", "pw")
+    assert sources.from_settings(s, {settings.ENV_HTTP_TOKEN: "tok"}).credentials.token == "tok"

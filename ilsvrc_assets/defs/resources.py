@@ -1,4 +1,4 @@
-"""The one resource every asset uses: the deployment's settings and its archive source."""
+"""The one resource every asset uses: the deployment's settings and its image source."""
 
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -14,49 +14,32 @@ from ilsvrc_assets.sources import ImageSource, from_settings
 class IlsvrcResource(ConfigurableResource):
     """Where the archives come from and where outputs go (see README, "Settings").
 
-    Built from environment variables by :func:`from_settings`; credentials for an HTTP source are
-    read from the environment at download time and are never part of this configuration.
+    Its fields are those of :class:`~ilsvrc_assets.settings.Settings`, every one under its own
+    name, in the plain form ``settings.to_config`` gives (paths as strings); they are generated
+    from the dataclass, so a new setting reaches the assets without an edit here. Built from
+    environment variables by :func:`resources_for`. Credentials for an HTTP source are read from
+    the environment when the source is made (:meth:`image_source`) and are never part of this
+    configuration, which Dagster stores with every run.
     """
 
-    source: str = "sample"
-    data_dir: str
-    local_dir: str | None = None
-    http_url: str | None = None
-    sample_dir: str
-    train_shards: int
-    validation_shards: int
-    workers: int
+    # Pydantic (under ConfigurableResource) reads the fields from the class's annotations.
+    __annotations__ = settings_module.config_types()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "IlsvrcResource":
-        return cls(
-            source=settings.source,
-            data_dir=str(settings.data_dir),
-            local_dir=str(settings.local_dir) if settings.local_dir else None,
-            http_url=settings.http_url,
-            sample_dir=str(settings.sample_dir),
-            train_shards=settings.num_shards["train"],
-            validation_shards=settings.num_shards["validation"],
-            workers=settings.workers,
-        )
+        return cls(**settings_module.to_config(settings))
 
     def settings(self) -> Settings:
-        return Settings(
-            source=self.source,
-            data_dir=Path(self.data_dir),
-            local_dir=Path(self.local_dir) if self.local_dir else None,
-            http_url=self.http_url,
-            sample_dir=Path(self.sample_dir),
-            num_shards={"train": self.train_shards, "validation": self.validation_shards},
-            workers=self.workers,
-        )
+        """The settings this resource was made from, every field as it was."""
+        fields = settings_module.config_types()
+        return settings_module.from_config({name: getattr(self, name) for name in fields})
 
     def image_source(self) -> ImageSource:
         """Where the images come from (``ILSVRC_SOURCE``)."""
         return from_settings(self.settings())
 
     def checksum_cache(self) -> ChecksumCache:
-        return ChecksumCache(self.settings().state_dir / "checksums.json")
+        return ChecksumCache(self.settings().checksum_cache_json)
 
     def lock_path(self, name: str) -> Path:
         return self.settings().lock_path(name)
@@ -64,7 +47,8 @@ class IlsvrcResource(ConfigurableResource):
     def exclusive(self, name: str) -> AbstractContextManager[None]:
         """Hold the lock on output ``name`` (e.g. an asset's name) while writing it; refuses
         (:class:`fileio.BusyError`, naming the holder) while another run writes it."""
-        return fileio.exclusive(self.lock_path(name), f"{name} in {self.data_dir}")
+        settings = self.settings()
+        return fileio.exclusive(settings.lock_path(name), f"{name} in {settings.data_dir}")
 
 
 def resources_for(settings: Settings | None = None) -> dict[str, object]:

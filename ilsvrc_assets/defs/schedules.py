@@ -31,12 +31,16 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
-from dagster._utils.schedules import get_latest_completed_cron_tick, get_next_cron_tick
 
 from ilsvrc_assets import release
 from ilsvrc_assets.defs.archives import SOURCE_VERSION, archive_asset_name
+from ilsvrc_assets.defs.dagster_internals import (
+    AssetGraphSubset,
+    BulkActionsFilter,
+    BulkActionStatus,
+    get_latest_completed_cron_tick,
+    get_next_cron_tick,
+)
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.settings import Settings
 

@@ -49,7 +49,7 @@ UPSTREAM_CHECKS = {
 
 def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> None:
     """Raise a Failure naming every upstream blocking check whose latest evaluation did not pass."""
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+    from ilsvrc_assets.defs.dagster_internals import AssetCheckExecutionRecordStatus
 
     latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
     blocked = []

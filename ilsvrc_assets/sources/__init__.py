@@ -17,7 +17,8 @@ README, "Adding a source", says how to add one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,13 @@ def checksum_verdict(fetched: FetchedArchive) -> Verdict:
     )
 
 
-def from_settings(settings: Settings) -> ImageSource:
-    """The source ``ILSVRC_SOURCE`` names."""
+def from_settings(settings: Settings, environ: Mapping[str, str] = os.environ) -> ImageSource:
+    """The source ``ILSVRC_SOURCE`` names; an HTTP source with the credentials set in ``environ``.
+
+    The one place the credentials are read (they are not settings: settings become run
+    configuration, which Dagster stores).
+    """
+    from ilsvrc_assets import download
     from ilsvrc_assets.settings import ENV_HTTP_URL
 
     if settings.source == "local":
@@ -161,7 +167,7 @@ def from_settings(settings: Settings) -> ImageSource:
     if settings.source == "http":
         if not settings.http_url:
             raise SourceError(f"set {ENV_HTTP_URL} to the base URL of the archives")
-        return HttpSource(settings.http_url, settings.download_dir)
+        return HttpSource(settings.http_url, settings.download_dir, download.Credentials.from_env(environ))
     return SampleSource(settings.sample_dir)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ilsvrc_assets import archives, fileio, release, synsets
+from ilsvrc_assets import archives, download, fileio, release, synsets
 from ilsvrc_assets.archives import ChecksumCache, md5_of
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.release import MD5SUMS, Archive
@@ -174,20 +174,21 @@ class SampleSource(ArchiveSource):
 class HttpSource(ArchiveSource):
     """Archives at an HTTP(S) base URL, downloaded (with resume) into a local folder.
 
-    Credentials come from the environment at download time (see :mod:`ilsvrc_assets.download`)
-    and are never stored in settings, logs or metadata.
+    ``credentials`` (default: none) go with every request to the server; :func:`from_settings`
+    reads them from the environment. They are never stored in settings, logs or metadata.
     """
 
     kind = "http"
 
-    def __init__(self, base_url: str, download_dir: Path):
+    def __init__(
+        self, base_url: str, download_dir: Path, credentials: download.Credentials = download.Credentials()
+    ):
         self.base_url = base_url
         self.download_dir = download_dir
+        self.credentials = credentials
         self._expected: tuple[dict[str, str], str] | None = None
 
     def describe(self) -> str:
-        from ilsvrc_assets import download
-
         return f"{download.redact_url(self.base_url)} (downloaded to {self.download_dir})"
 
     def folder(self, log: Log) -> Path:
@@ -196,15 +197,13 @@ class HttpSource(ArchiveSource):
 
     def expected_md5s(self, log: Log) -> tuple[dict[str, str], str]:
         """An MD5SUMS file at the base URL if the server has one, else the official MD5s."""
-        from ilsvrc_assets import download
-
         if self._expected is None:
             official = {a.name: a.md5 for a in release.ARCHIVES}
             url = download.archive_url(self.base_url, MD5SUMS)
             target = self.folder(log) / MD5SUMS
             try:
                 target.unlink(missing_ok=True)  # always the server's current list
-                download.download(url, target, credentials=download.Credentials.from_env(), retries=2)
+                download.download(url, target, credentials=self.credentials, retries=2)
             except download.DownloadError as e:
                 if not e.not_found:
                     raise
@@ -218,14 +217,12 @@ class HttpSource(ArchiveSource):
         return self._expected
 
     def observe(self, archive: Archive, log: Log) -> str:
-        """ETag, Last-Modified and Content-Length from a HEAD request (credentials from the environment)."""
+        """ETag, Last-Modified and Content-Length from a HEAD request."""
         return http_version(self._remote_info(archive))
 
     def _remote_info(self, archive: Archive) -> dict[str, int | str | None]:
-        from ilsvrc_assets import download
-
         url = download.archive_url(self.base_url, archive.name)
-        return download.remote_info(url, credentials=download.Credentials.from_env())
+        return download.remote_info(url, credentials=self.credentials)
 
     def fetch(self, archive: Archive, cache: ChecksumCache | None, log: Log) -> FetchedArchive:
         """Download the archive unless the copy here is of the version the server has now.
@@ -234,8 +231,6 @@ class HttpSource(ArchiveSource):
         so a copy, or the part of one an interrupted download left, is kept only while the server
         still has that version; after a change it is deleted and the new one downloaded.
         """
-        from ilsvrc_assets import download
-
         dest = self.folder(log) / archive.name
         info = self._remote_info(archive)
         version = http_version(info)
@@ -260,8 +255,6 @@ class HttpSource(ArchiveSource):
         return self._verify(archive, path, version, cache, log)
 
     def locate(self, archive: Archive, log: Log) -> Path:
-        from ilsvrc_assets import download
-
         dest = self.folder(log) / archive.name
         if dest.is_file():
             return dest
@@ -272,7 +265,7 @@ class HttpSource(ArchiveSource):
             url,
             dest,
             expected_md5=expected[archive.name],
-            credentials=download.Credentials.from_env(),
+            credentials=self.credentials,
             progress=reporter(archive.name, "MB", log, scale=1e6, resumed=True),  # MB/s from where it resumed
         )
         return dest
