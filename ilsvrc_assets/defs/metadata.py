@@ -1,7 +1,11 @@
 """Small helpers for the metadata shown with each materialisation in the Dagster UI."""
 
+import base64
+
 import pandas as pd
-from dagster import AssetCheckResult, AssetKey, MetadataValue
+from dagster import AssetCheckResult, AssetKey, MetadataValue, TableColumn, TableRecord, TableSchema
+
+from ilsvrc_assets.previews import Picture, Preview, TablePreview
 
 
 def markdown_preview(table: pd.DataFrame, rows: int = 10) -> MetadataValue:
@@ -37,3 +41,39 @@ def check_result(
         description="; ".join(problems) or ok,
         metadata=metadata,
     )
+
+
+def picture_markdown(picture: Picture) -> MetadataValue:
+    """A picture as Markdown: the PNG embedded as a ``data:`` URI, then its caption.
+
+    The UI renders it on the asset's page and the materialisation; the same file is under
+    ``<data>/previews/<asset>/`` (``previews.write``) for looking at it outside the UI.
+    """
+    encoded = base64.b64encode(picture.png).decode("ascii")
+    alt = picture.caption.replace("[", "(").replace("]", ")")
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})\n\n{picture.caption}")
+
+
+_COLUMN_TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool"}
+
+
+def table_metadata(preview: TablePreview) -> MetadataValue:
+    """A small table as ``MetadataValue.table``, column types from the frame's dtypes."""
+    frame = preview.table
+    schema = TableSchema(
+        columns=[
+            TableColumn(name=str(c), type=_COLUMN_TYPES.get(frame[c].dtype.kind, "string")) for c in frame.columns
+        ]
+    )
+    records = [
+        TableRecord(data={str(k): (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+        for row in frame.to_dict(orient="records")
+    ]
+    return MetadataValue.table(records=records, schema=schema)
+
+
+def preview_metadata(previews: list[Preview]) -> dict[str, MetadataValue]:
+    """Metadata entries for previews, keyed by each preview's name (pictures as Markdown)."""
+    return {
+        p.name: picture_markdown(p) if isinstance(p, Picture) else table_metadata(p) for p in previews
+    }

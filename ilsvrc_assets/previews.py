@@ -1,0 +1,536 @@
+"""Pictures and small tables of what each stage made, to look at before training.
+
+Each function here takes what its stage already has in hand (the image index, the box table,
+the tree on disk, a shard file) and returns small value objects: a :class:`Picture` (a PNG and
+a caption) or a :class:`TablePreview` (a few rows). They are cheap by construction: a fixed
+sample of images read by their index offsets (one seek and one read each), counts already in
+the tables, the first records of one shard; never a second pass over the data. The Dagster
+layer shows them on each materialisation; :func:`write` puts each beside the outputs, under
+``<data>/previews/<asset>/``, so they can be opened outside the UI too.
+
+Plots are drawn with matplotlib's Agg backend (no display, no pyplot state), images with
+Pillow (:mod:`ilsvrc_assets.contact_sheets`). The output is deterministic: the same data give
+the same PNG bytes (matplotlib's defaults and bundled font, no "Software" entry in the PNG, a
+fixed SVG hash salt; samples chosen by a fixed hash of the file names, never at random).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ilsvrc_assets import archives, contact_sheets, fileio, images, release
+from ilsvrc_assets.contact_sheets import Box, Tile
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+DPI = 80  # small files: a 9 x 2.6 inch plot is 720 x 208 pixels
+TOP_COLOUR = "#1f77b4"
+LOW_COLOUR = "#d62728"
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One picture: ``name`` is its file stem (``<name>.png``), ``caption`` says what it shows."""
+
+    name: str
+    png: bytes
+    caption: str
+
+
+@dataclass(frozen=True)
+class TablePreview:
+    """A few rows worth showing as a table (written beside the pictures as ``<name>.csv``)."""
+
+    name: str
+    table: pd.DataFrame
+    caption: str
+
+
+Preview = Picture | TablePreview
+
+
+def folder_for(data_dir: Path, asset: str) -> Path:
+    """Where the previews of ``asset`` are written: ``<data>/previews/<asset>/``."""
+    return data_dir / "previews" / asset
+
+
+def write(preview: Preview, folder: Path) -> Path:
+    """Write ``preview`` into ``folder`` atomically (a picture as PNG, a table as CSV); return its path."""
+    if isinstance(preview, Picture):
+        path = folder / f"{preview.name}.png"
+        fileio.atomic_write_bytes(path, preview.png)
+    else:
+        path = folder / f"{preview.name}.csv"
+        fileio.atomic_write_text(path, preview.table.to_csv(index=False))
+    return path
+
+
+def write_all(previews: Sequence[Preview], folder: Path) -> list[Path]:
+    """Write every preview into ``folder``; return their paths in order."""
+    return [write(preview, folder) for preview in previews]
+
+
+# --- Plots ----------------------------------------------------------------------------------------
+
+# matplotlib's own defaults (not the user's matplotlibrc), its bundled DejaVu font, and a fixed
+# hash salt: what makes the same data draw the same bytes on every machine with this version.
+_RC = {"font.family": "DejaVu Sans", "font.size": 8, "svg.hashsalt": "ilsvrc_assets", "axes.titlesize": 9}
+
+
+@contextmanager
+def _figure(width: float, height: float, panels: int = 1) -> Iterator[tuple[Figure, list[Any]]]:
+    """A figure of ``width`` x ``height`` inches with ``panels`` axes side by side, Agg canvas."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update(_RC)
+        figure = Figure(figsize=(width, height), dpi=DPI)
+        # Fixed margins: the constrained layout engine costs more than the drawing.
+        figure.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.5 / height, top=1 - 0.3 / height)
+        FigureCanvasAgg(figure)
+        axes = [figure.add_subplot(1, panels, i + 1) for i in range(panels)]
+        yield figure, axes
+
+
+def figure_png(figure: Figure) -> bytes:
+    """The figure as PNG bytes, without the "Software" entry (it names matplotlib's version)."""
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
+    return out.getvalue()
+
+
+# --- Image indexes: train_images, validation_images ------------------------------------------------
+
+
+def class_counts(index: pd.DataFrame, synsets: Sequence[str] | None = None) -> pd.Series:
+    """Images per synset, most first (ties by WNID), with 0 for any of ``synsets`` that has none."""
+    counts = index.groupby("synset").size()
+    if synsets is not None:
+        counts = counts.reindex(sorted(set(synsets) | set(counts.index)), fill_value=0)
+    counts = counts.sort_index()
+    return counts.iloc[np.argsort(-counts.to_numpy(), kind="stable")].astype("int64")
+
+
+def draw_class_counts(figure: Figure, axes: list[Any], counts: pd.Series, split: str) -> None:
+    """One bar per synset, sorted, the fewest and the most marked (on ``axes[0]``)."""
+    ax = axes[0]
+    values = counts.to_numpy()
+    # One filled step artist for all bars: 1,000 rectangle artists take seconds to draw.
+    ax.stairs(values, np.arange(len(values) + 1) - 0.5, fill=True, color=TOP_COLOUR)
+    ax.set_xlim(-0.5, max(len(values), 1) - 0.5)
+    ax.set_xlabel(f"synsets, most images first ({len(values):,})")
+    ax.set_ylabel("images")
+    ax.set_title(f"{split}: images per class ({int(values.sum()):,} images)")
+    if len(values):
+        # The extremes as lines across the plot and in words, where no bar can hide them.
+        for value, colour in ((values[0], "black"), (values[-1], LOW_COLOUR)):
+            ax.axhline(value, color=colour, linewidth=0.8, linestyle="--")
+        ax.text(
+            0.99,
+            0.97,
+            f"most: {counts.index[0]} ({values[0]:,})\nfewest: {counts.index[-1]} ({values[-1]:,})",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            bbox={"facecolor": "white", "edgecolor": "gray", "linewidth": 0.5},
+        )
+        ax.set_ylim(0, values.max() * 1.35 + 1)
+
+
+def images_per_class(index: pd.DataFrame, split: str, synsets: Sequence[str] | None = None) -> Picture:
+    """Bars of images per synset (the 732 and 1,300 extremes of the training set visible)."""
+    counts = class_counts(index, synsets)
+    with _figure(9, 2.6) as (figure, axes):
+        draw_class_counts(figure, axes, counts, split)
+        png = figure_png(figure)
+    low, high = (int(counts.iloc[-1]), int(counts.iloc[0])) if len(counts) else (0, 0)
+    return Picture(
+        "images_per_class",
+        png,
+        f"{split}: images per class, sorted; {len(counts):,} classes, from {low:,} to {high:,} images",
+    )
+
+
+def smallest_classes(index: pd.DataFrame, synset_table: pd.DataFrame, rows: int = 10) -> TablePreview:
+    """The ``rows`` synsets with the fewest images: WNID, TF label, text, images."""
+    counts = class_counts(index, list(synset_table["wnid"]))
+    fewest = counts.iloc[::-1].head(rows)
+    by_wnid = synset_table.set_index("wnid")
+    table = pd.DataFrame(
+        {
+            "wnid": fewest.index,
+            "label": [int(by_wnid.at[w, "label"]) if w in by_wnid.index else 0 for w in fewest.index],
+            "text": [str(by_wnid.at[w, "text"]) if w in by_wnid.index else "" for w in fewest.index],
+            "images": fewest.to_numpy(),
+        }
+    )
+    return TablePreview("smallest_classes", table, f"the {len(table)} classes with the fewest images")
+
+
+def image_sizes(index: pd.DataFrame, split: str) -> Picture:
+    """A histogram of the images' file sizes in bytes (log scale; the index has no pixel sizes)."""
+    sizes = index["size"].to_numpy()
+    with _figure(6, 2.4) as (figure, axes):
+        ax = axes[0]
+        if len(sizes):
+            low, high = max(1, int(sizes.min())), max(2, int(sizes.max()))
+            edges = np.geomspace(low, high * 1.0001, 41)
+            ax.hist(sizes, bins=edges, color=TOP_COLOUR)
+            ax.set_xscale("log")
+            ax.axvline(float(np.median(sizes)), color=LOW_COLOUR, linewidth=1)
+        ax.set_xlabel("file size (bytes, log scale); red: median")
+        ax.set_ylabel("images")
+        ax.set_title(f"{split}: image file sizes ({len(sizes):,} images)")
+        png = figure_png(figure)
+    median = int(np.median(sizes)) if len(sizes) else 0
+    return Picture(
+        "image_sizes", png, f"{split}: file sizes of {len(sizes):,} images, median {median:,} bytes"
+    )
+
+
+def index_previews(index: pd.DataFrame, split: str, synset_table: pd.DataFrame) -> list[Preview]:
+    """The previews of an image index asset (``train_images``, ``validation_images``)."""
+    synsets = list(synset_table["wnid"])
+    return [
+        images_per_class(index, split, synsets),
+        smallest_classes(index, synset_table),
+        image_sizes(index, split),
+    ]
+
+
+# --- Bounding boxes ----------------------------------------------------------------------------------
+
+SHEET_TILE = 128
+SHEET_COLUMNS = 4
+SHEET_IMAGES = {"train": 8, "validation": 4}
+SHEET_DROPPED = 4  # of the training tiles, at most this many show images with a dropped box
+
+
+def box_counts(table: pd.DataFrame) -> TablePreview:
+    """Boxes per split, kept and dropped by reason."""
+    outcome = table["drop_reason"].where(~table["kept"], "kept").fillna("dropped")
+    outcome = outcome.where(outcome != "", "dropped")
+    counts = (
+        pd.DataFrame({"split": table["split"], "outcome": outcome})
+        .groupby(["split", "outcome"])
+        .size()
+        .rename("boxes")
+        .reset_index()
+    )
+    counts["boxes"] = counts["boxes"].astype("int64")
+    counts["order"] = counts["outcome"] != "kept"  # kept first, then the reasons by name
+    counts = counts.sort_values(["split", "order", "outcome"]).drop(columns="order").reset_index(drop=True)
+    return TablePreview("box_counts", counts, "bounding boxes per split: kept, and dropped by reason")
+
+
+def box_areas(table: pd.DataFrame) -> Picture:
+    """A histogram of the kept boxes' areas as a fraction of their image, per split."""
+    kept = table[table["kept"]]
+    area = ((kept["xmax"] - kept["xmin"]) * (kept["ymax"] - kept["ymin"])).to_numpy()
+    edges = np.linspace(0.0, 1.0, 26)
+    with _figure(6, 2.4) as (figure, axes):
+        ax = axes[0]
+        for split, colour in zip(release.SPLITS, (TOP_COLOUR, LOW_COLOUR)):
+            values = area[(kept["split"] == split).to_numpy()]
+            ax.hist(values, bins=edges, histtype="step", color=colour, label=f"{split} ({len(values):,})")
+        ax.set_xlabel("box area / image area")
+        ax.set_ylabel("kept boxes")
+        ax.set_title("kept boxes by relative area")
+        ax.legend(loc="upper right", frameon=False)
+        png = figure_png(figure)
+    return Picture("box_areas", png, f"relative area of {len(area):,} kept boxes, per split")
+
+
+def _stable_order(names: pd.Series) -> pd.Series:
+    """``names`` ordered by a fixed hash: a sample spread over the split, the same on every run."""
+    hashes = pd.util.hash_pandas_object(names, index=False)
+    return names.iloc[np.argsort(hashes.to_numpy(), kind="stable")]
+
+
+def sample_box_images(table: pd.DataFrame, split: str, count: int, dropped_first: int = 0) -> list[str]:
+    """A fixed sample of ``count`` images of ``split`` that have boxes; up to ``dropped_first``
+    of them with a dropped box (so the sheet shows what the rules drop), then others."""
+    rows = table[table["split"] == split]
+    with_dropped = _stable_order(pd.Series(rows.loc[~rows["kept"], "image"].unique()))
+    chosen = list(with_dropped.head(min(dropped_first, count)))
+    others = _stable_order(pd.Series(rows["image"].unique()))
+    for name in others.head(count + len(chosen)):
+        if len(chosen) == count:
+            break
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def _box_tiles(table: pd.DataFrame, split: str, names: list[str], index: pd.DataFrame, archive: Path) -> list[Tile]:
+    where = index[index["filename"].isin(names)].set_index("filename")
+    rows = table[(table["split"] == split) & table["image"].isin(names)].sort_values(["image", "box"])
+    tiles = []
+    for name in names:
+        boxes = rows[rows["image"] == name]
+        reasons = sorted({str(r) for r in boxes.loc[~boxes["kept"], "drop_reason"]})
+        drawn = tuple(
+            Box(b.xmin, b.ymin, b.xmax, b.ymax, bool(b.kept))
+            for b in boxes.itertuples()
+            if not np.isnan([b.xmin, b.ymin, b.xmax, b.ymax]).any()  # a bad frame has no normalised box
+        )
+        shown = name.removeprefix("ILSVRC2012_")  # the validation names are too long for a tile
+        caption = (shown, f"dropped: {', '.join(reasons)}" if reasons else f"{len(drawn)} kept boxes")
+        if name in where.index:
+            data = archives.read_member(archive, int(where.at[name, "offset"]), int(where.at[name, "size"]), name)
+        else:  # a box file for an image the archive lacks (the check reports it); show the gap
+            data, caption = b"", (shown, "not in the archive")
+        tiles.append(Tile(data, caption, drawn))
+    return tiles
+
+
+def box_contact_sheet(
+    table: pd.DataFrame, sources: Mapping[str, tuple[pd.DataFrame, Path]]
+) -> tuple[Picture, contact_sheets.Sheet]:
+    """Training and validation images with their boxes: kept solid green, dropped dashed magenta.
+
+    ``sources`` maps each split to its image index and archive. Returns the picture and the
+    drawn sheet (where each image lies on it, in the order of :func:`sample_box_images`).
+    """
+    tiles = []
+    for split in release.SPLITS:
+        if split not in sources:
+            continue
+        dropped = SHEET_DROPPED if split == "train" else 0
+        names = sample_box_images(table, split, SHEET_IMAGES[split], dropped)
+        index, archive = sources[split]
+        tiles.extend(_box_tiles(table, split, names, index, archive))
+    sheet = contact_sheets.draw_sheet(tiles, SHEET_COLUMNS, SHEET_TILE)
+    caption = (
+        f"{len(tiles)} images with their boxes as the records store them (normalised, drawn on the "
+        "image): kept solid green, dropped dashed magenta with the reason"
+    )
+    return Picture("box_contact_sheet", sheet.png, caption), sheet
+
+
+def bounding_box_previews(
+    table: pd.DataFrame,
+    train_index: pd.DataFrame,
+    train_archive: Path,
+    validation_index: pd.DataFrame,
+    validation_archive: Path,
+) -> list[Preview]:
+    """The previews of ``bounding_boxes``: the contact sheet, the counts, the area histogram."""
+    sheet, _ = box_contact_sheet(
+        table, {"train": (train_index, train_archive), "validation": (validation_index, validation_archive)}
+    )
+    return [sheet, box_counts(table), box_areas(table)]
+
+
+# --- The validation tree ------------------------------------------------------------------------------
+
+TREE_CLASSES = 20
+TREE_TILE = 96
+
+
+def validation_tree_previews(tree: Path, synset_table: pd.DataFrame, classes: int = TREE_CLASSES) -> list[Preview]:
+    """One image per class for ``classes`` classes spread evenly over the sorted WNIDs, read from
+    the tree on disk (the first file of each folder: what ``ImageFolder`` reads), labelled with
+    the WNID and the text."""
+    texts = dict(zip(synset_table["wnid"], synset_table["text"]))
+    folders = sorted(entry.name for entry in os.scandir(tree) if entry.is_dir()) if tree.is_dir() else []
+    step = max(1, len(folders) // classes)
+    tiles = []
+    for wnid in folders[::step][:classes]:
+        files = sorted(f for f in os.listdir(tree / wnid) if not fileio.is_temp_path(Path(f)))
+        data = (tree / wnid / files[0]).read_bytes() if files else b""
+        text = str(texts.get(wnid, "not a challenge synset"))
+        tiles.append(Tile(data, (f"{wnid} ({len(files)})", text)))
+    sheet = contact_sheets.draw_sheet(tiles, 5, TREE_TILE)
+    return [
+        Picture(
+            "validation_classes",
+            sheet.png,
+            f"the first image of {len(tiles)} of the {len(folders):,} class folders, with the WNID, "
+            "the number of images in the folder and the class text",
+        )
+    ]
+
+
+# --- Shards ----------------------------------------------------------------------------------------------
+
+
+def records_per_shard(records: Mapping[str, int], split: str) -> Picture:
+    """Records per shard, in shard order (the assignment's evenness)."""
+    names = sorted(records)
+    values = np.array([records[n] for n in names], dtype="int64")
+    with _figure(9, 2.4) as (figure, axes):
+        ax = axes[0]
+        ax.stairs(values, np.arange(len(values) + 1) - 0.5, fill=True, color=TOP_COLOUR)
+        ax.set_xlim(-0.5, max(len(values), 1) - 0.5)
+        ax.set_xlabel(f"shard ({len(values):,})")
+        ax.set_ylabel("records")
+        low, high = (int(values.min()), int(values.max())) if len(values) else (0, 0)
+        ax.set_title(f"{split}: records per shard, {low:,} to {high:,}")
+        png = figure_png(figure)
+    return Picture(
+        "records_per_shard", png, f"{split}: records in each of {len(values):,} shards, from {low:,} to {high:,}"
+    )
+
+
+@lru_cache(maxsize=1)
+def _example_class() -> type:
+    """``tf.train.Example`` as a protobuf message class, without importing TensorFlow (seconds).
+
+    The schema is that of TensorFlow's ``example.proto`` and ``feature.proto`` (field numbers and
+    types; the ``feature`` map as its wire-identical repeated entry message), in a private pool.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="ilsvrc_assets/example.proto", package="tensorflow")
+    messages = {
+        "BytesList": [("value", 1, field.TYPE_BYTES, field.LABEL_REPEATED, None)],
+        "FloatList": [("value", 1, field.TYPE_FLOAT, field.LABEL_REPEATED, None)],
+        "Int64List": [("value", 1, field.TYPE_INT64, field.LABEL_REPEATED, None)],
+        "Feature": [
+            ("bytes_list", 1, field.TYPE_MESSAGE, field.LABEL_OPTIONAL, ".tensorflow.BytesList"),
+            ("float_list", 2, field.TYPE_MESSAGE, field.LABEL_OPTIONAL, ".tensorflow.FloatList"),
+            ("int64_list", 3, field.TYPE_MESSAGE, field.LABEL_OPTIONAL, ".tensorflow.Int64List"),
+        ],
+        "FeatureEntry": [
+            ("key", 1, field.TYPE_STRING, field.LABEL_OPTIONAL, None),
+            ("value", 2, field.TYPE_MESSAGE, field.LABEL_OPTIONAL, ".tensorflow.Feature"),
+        ],
+        "Features": [("feature", 1, field.TYPE_MESSAGE, field.LABEL_REPEATED, ".tensorflow.FeatureEntry")],
+        "Example": [("features", 1, field.TYPE_MESSAGE, field.LABEL_OPTIONAL, ".tensorflow.Features")],
+    }
+    for name, fields in messages.items():
+        message = proto.message_type.add(name=name)
+        for field_name, number, kind, label, type_name in fields:
+            message.field.add(name=field_name, number=number, type=kind, label=label, type_name=type_name)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))
+
+
+def first_records(path: Path, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` records of a TFRecord file as {feature key: value or list of values}.
+
+    Reads the TFRecord framing directly (length, its CRC, data, its CRC) and only as far as
+    needed; the CRCs are not verified here (the manifest reads every record with TensorFlow).
+    Raises ValueError naming the file when it ends inside a record.
+    """
+    found = []
+    example_class = _example_class()
+    with open(path, "rb") as f:
+        while len(found) < count:
+            header = f.read(12)
+            if not header:
+                break
+            if len(header) < 12:
+                raise ValueError(f"{path.name}: ends inside the header of record {len(found)}; the shard is cut short")
+            (length,) = struct.unpack("<Q", header[:8])
+            data = f.read(length + 4)[:length]
+            if len(data) < length:
+                raise ValueError(f"{path.name}: ends inside record {len(found)}; the shard is cut short")
+            example = example_class.FromString(data)
+            record = {}
+            for entry in example.features.feature:
+                value = entry.value  # one of the three lists is set
+                record[entry.key] = list(value.bytes_list.value or value.float_list.value or value.int64_list.value)
+            found.append(record)
+    return found
+
+
+STRIP_RECORDS = 8
+STRIP_TILE = 112
+
+
+def shard_strip(path: Path, count: int = STRIP_RECORDS) -> Picture:
+    """The first ``count`` records of the shard at ``path``, decoded from the shard itself,
+    labelled with their label, synset and file name."""
+    tiles = []
+    for record in first_records(path, count):
+        label = record.get("image/class/label", [0])[0]
+        synset = record.get("image/class/synset", [b""])[0].decode()
+        filename = record.get("image/filename", [b""])[0].decode()
+        encoded = record.get("image/encoded", [b""])[0]
+        boxes = tuple(
+            Box(x0, y0, x1, y1)
+            for x0, y0, x1, y1 in zip(
+                *(record.get(f"image/object/bbox/{k}", []) for k in ("xmin", "ymin", "xmax", "ymax"))
+            )
+        )
+        tiles.append(Tile(encoded, (f"{label} {synset}", filename.removeprefix("ILSVRC2012_")), boxes))
+    sheet = contact_sheets.draw_sheet(tiles, count, STRIP_TILE)
+    return Picture(
+        "first_records",
+        sheet.png,
+        f"the first {len(tiles)} records of {path.name}, decoded from the shard: label, synset, file "
+        "name, and the record's boxes",
+    )
+
+
+CONVERTED_PAIRS = 8
+
+
+def converted_before_after(
+    filenames: Sequence[str], index: pd.DataFrame, archive: Path, pairs: int = CONVERTED_PAIRS
+) -> Picture | None:
+    """The images re-encoded to RGB JPEG (PNG, CMYK) as in the archive and as stored, side by side.
+
+    ``filenames`` are those a run converted (``ShardStats.converted``); at most ``pairs`` are
+    shown, the PNG ones first. The stored bytes are made again with ``images.prepare``, the
+    function the shard writer uses, from the archive member read by its index offset. None when
+    nothing was converted.
+    """
+    chosen = sorted(filenames, key=lambda f: (f not in release.png_train_files(), f))[:pairs]
+    if not chosen:
+        return None
+    where = index[index["filename"].isin(chosen)].set_index("filename")
+    tiles = []
+    for name in chosen:
+        original = archives.read_member(archive, int(where.at[name, "offset"]), int(where.at[name, "size"]), name)
+        before = images.probe(original, name)
+        stored, after = images.prepare(original, name)
+        kind = "PNG" if before.format == "PNG" else f"{before.components}-channel JPEG"
+        tiles.append(Tile(original, (name, f"before: {kind}")))
+        tiles.append(Tile(stored, (f"{after.width}x{after.height}", "after: RGB JPEG")))
+    sheet = contact_sheets.draw_sheet(tiles, 4, STRIP_TILE)
+    return Picture(
+        "converted_images",
+        sheet.png,
+        f"{len(chosen)} of {len(filenames)} converted images: as in the archive (left) and as stored in "
+        "the record (right); the colours should agree",
+    )
+
+
+def shard_previews(
+    split: str,
+    records: Mapping[str, int],
+    shard: Path,
+    converted: Sequence[str],
+    index: pd.DataFrame,
+    archive: Path,
+) -> list[Preview]:
+    """The previews of a shard asset (``train_shards``, ``validation_shards``) after a run.
+
+    ``records`` is records per shard name (the run's jobs or stats), ``shard`` one written shard
+    file (the run's first), ``converted`` the file names the run re-encoded, with the split's
+    ``index`` and ``archive`` to read the originals from.
+    """
+    previews: list[Preview] = [records_per_shard(records, split), shard_strip(shard)]
+    if (pair := converted_before_after(converted, index, archive)) is not None:
+        previews.append(pair)
+    return previews
