@@ -1,5 +1,5 @@
-"""The previews drawn from the built-in sample: their content against the data, their
-determinism and their size."""
+"""The previews of the indexes, the box table and the validation tree, drawn from the built-in
+sample: their content against the data, their determinism and their size."""
 
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ from ilsvrc_assets import (
     contact_sheets,
     previews,
     release,
-    shard_plan,
-    shards,
     synsets,
     validation_tree,
 )
@@ -38,7 +36,9 @@ class Built:
         devkit = synsets.read_devkit(release_dir / release.DEVKIT.name)
         self.synset_table = synsets.synset_table(devkit)
         labels = synsets.validation_labels(devkit, self.synset_table)
-        self.train_index = archives.index_train_archive(self.train_archive, frozenset(self.synset_table["wnid"]))
+        self.train_index = archives.index_train_archive(
+            self.train_archive, frozenset(self.synset_table["wnid"])
+        )
         self.validation_index = archives.index_validation_archive(self.validation_archive, labels)
         self.boxes = bounding_boxes.build_table(
             release_dir / release.BBOX_TRAIN.name,
@@ -51,22 +51,10 @@ class Built:
         first = sorted(self.synset_table["wnid"])[:25]
         self.tree = out / "validation"
         validation_tree.build(
-            self.validation_archive, self.validation_index[self.validation_index["synset"].isin(first)], self.tree
-        )
-        # One validation shard of 128, written by the shard writer itself.
-        kept = self.boxes[self.boxes["kept"] & (self.boxes["split"] == "validation")]
-        jobs = shard_plan.plan_split(
-            "validation",
-            self.validation_index,
-            self.synset_table,
-            bounding_boxes.boxes_by_image(kept),
             self.validation_archive,
-            out / "tfrecords",
-            128,
-            wanted=["validation-00000-of-00128"],
+            self.validation_index[self.validation_index["synset"].isin(first)],
+            self.tree,
         )
-        self.shard_job = jobs["validation-00000-of-00128"]
-        shards.write_shard(self.shard_job)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +74,7 @@ def test_class_bars_are_the_images_per_synset_in_the_archive(built: Built):
             with tarfile.open(fileobj=outer.extractfile(member)) as inner:
                 expected[member.name.removesuffix(".tar")] = sum(1 for m in inner if m.isfile())
     counts = previews.class_counts(built.train_index, list(built.synset_table["wnid"]))
-    with previews._figure(9, 2.6) as (figure, axes):
+    with previews.new_figure(9, 2.6) as (figure, axes):
         previews.draw_class_counts(figure, axes, counts, "train")
         heights = axes[0].patches[0].get_data().values  # the one step artist holding every bar
     assert len(heights) == release.NUM_SYNSETS
@@ -108,11 +96,16 @@ def test_smallest_classes_are_the_ten_with_fewest_images(built: Built):
 def test_kept_boxes_are_drawn_where_the_table_says(built: Built):
     picture, sheet = previews.box_contact_sheet(
         built.boxes,
-        {"train": (built.train_index, built.train_archive), "validation": (built.validation_index, built.validation_archive)},
+        {
+            "train": (built.train_index, built.train_archive),
+            "validation": (built.validation_index, built.validation_archive),
+        },
     )
     pixels = _pixels(picture.png)
     names = [
-        *previews.sample_box_images(built.boxes, "train", previews.SHEET_IMAGES["train"], previews.SHEET_DROPPED),
+        *previews.sample_box_images(
+            built.boxes, "train", previews.SHEET_IMAGES["train"], previews.SHEET_DROPPED
+        ),
         *previews.sample_box_images(built.boxes, "validation", previews.SHEET_IMAGES["validation"]),
     ]
     assert len(sheet.placements) == len(names) == 12
@@ -146,53 +139,20 @@ def test_kept_boxes_are_drawn_where_the_table_says(built: Built):
     assert checked >= 3
 
 
-def test_first_records_are_the_shards_first_records(built: Built):
-    records = previews.first_records(built.shard_job.path, 5)
-    assert [r["image/filename"][0].decode() for r in records] == [
-        s.filename for s in built.shard_job.records[:5]
-    ]
-    assert [r["image/class/label"][0] for r in records] == [s.label for s in built.shard_job.records[:5]]
-    first = built.shard_job.records[0]
-    assert records[0]["image/object/bbox/xmin"] == pytest.approx([b[0] for b in first.boxes])
-    picture = previews.shard_strip(built.shard_job.path)
-    assert Image.open(io.BytesIO(picture.png)).width == previews.STRIP_RECORDS * (
-        previews.STRIP_TILE + 2 * contact_sheets.PADDING
-    )
-
-
-def test_a_shard_cut_short_is_named(built: Built, tmp_path: Path):
-    cut = tmp_path / built.shard_job.name
-    cut.write_bytes(built.shard_job.path.read_bytes()[:100])
-    with pytest.raises(ValueError, match=f"{cut.name}: ends inside record 0"):
-        previews.first_records(cut, 3)
-
-
-def test_converted_images_are_shown_before_and_after(built: Built):
-    converted = sorted(
-        set(built.train_index["filename"]) & (release.png_train_files() | release.cmyk_train_files())
-    )
-    assert converted, "the sample release holds PNG and CMYK images"
-    picture = previews.converted_before_after(converted, built.train_index, built.train_archive)
-    assert picture is not None and picture.caption.startswith(f"{min(len(converted), 8)} of {len(converted)}")
-    assert previews.converted_before_after([], built.train_index, built.train_archive) is None
-
-
 def _all_previews(built: Built) -> dict[str, list[previews.Preview]]:
     return {
-        "train_images": previews.index_previews(built.train_index, "train", built.synset_table),
-        "validation_images": previews.index_previews(built.validation_index, "validation", built.synset_table),
-        "bounding_boxes": previews.bounding_box_previews(
-            built.boxes, built.train_index, built.train_archive, built.validation_index, built.validation_archive
+        "train_images": previews.for_image_index(built.train_index, "train", built.synset_table),
+        "validation_images": previews.for_image_index(
+            built.validation_index, "validation", built.synset_table
         ),
-        "validation_tree": previews.validation_tree_previews(built.tree, built.synset_table),
-        "validation_shards": previews.shard_previews(
-            "validation",
-            {built.shard_job.name: len(built.shard_job.records)},
-            built.shard_job.path,
-            [],
+        "bounding_boxes": previews.for_bounding_boxes(
+            built.boxes,
+            built.train_index,
+            built.train_archive,
             built.validation_index,
             built.validation_archive,
         ),
+        "validation_tree": previews.for_validation_tree(built.tree, built.synset_table),
     }
 
 
@@ -217,11 +177,13 @@ def test_previews_are_deterministic_and_small(built: Built, tmp_path: Path):
         assert [p.name for p in paths] == [
             f"{p.name}.png" if isinstance(p, previews.Picture) else f"{p.name}.csv" for p in made
         ]
-        assert all(path.read_bytes() == p.png for path, p in zip(paths, made) if isinstance(p, previews.Picture))
+        assert all(
+            path.read_bytes() == p.png for path, p in zip(paths, made) if isinstance(p, previews.Picture)
+        )
 
 
 def test_validation_tree_sample_is_one_image_per_folder(built: Built):
-    picture = previews.validation_tree_previews(built.tree, built.synset_table)[0]
+    picture = previews.for_validation_tree(built.tree, built.synset_table)[0]
     assert picture.caption.startswith(f"the first image of {previews.TREE_CLASSES} of the 25 class folders")
 
 

@@ -62,7 +62,8 @@ def table_metadata(preview: TablePreview) -> MetadataValue:
     frame = preview.table
     schema = TableSchema(
         columns=[
-            TableColumn(name=str(c), type=_COLUMN_TYPES.get(frame[c].dtype.kind, "string")) for c in frame.columns
+            TableColumn(name=str(c), type=_COLUMN_TYPES.get(frame[c].dtype.kind, "string"))
+            for c in frame.columns
         ]
     )
     records = [
@@ -74,6 +75,4 @@ def table_metadata(preview: TablePreview) -> MetadataValue:
 
 def preview_metadata(previews: list[Preview]) -> dict[str, MetadataValue]:
     """Metadata entries for previews, keyed by each preview's name (pictures as Markdown)."""
-    return {
-        p.name: picture_markdown(p) if isinstance(p, Picture) else table_metadata(p) for p in previews
-    }
+    return {p.name: picture_markdown(p) if isinstance(p, Picture) else table_metadata(p) for p in previews}
