@@ -27,8 +27,7 @@ def records_per_shard(records: Mapping[str, int], split: str) -> Picture:
     """Records per shard, in shard order (the assignment's evenness)."""
     names = sorted(records)
     values = np.array([records[n] for n in names], dtype="int64")
-    with new_figure(9, 2.4) as (figure, axes):
-        ax = axes[0]
+    with new_figure(9, 2.4) as (figure, ax):
         ax.stairs(values, np.arange(len(values) + 1) - 0.5, fill=True, color=TOP_COLOUR)
         ax.set_xlim(-0.5, max(len(values), 1) - 0.5)
         ax.set_xlabel(f"shard ({len(values):,})")

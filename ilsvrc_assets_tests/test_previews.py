@@ -74,9 +74,9 @@ def test_class_bars_are_the_images_per_synset_in_the_archive(built: Built):
             with tarfile.open(fileobj=outer.extractfile(member)) as inner:
                 expected[member.name.removesuffix(".tar")] = sum(1 for m in inner if m.isfile())
     counts = previews.class_counts(built.train_index, list(built.synset_table["wnid"]))
-    with previews.new_figure(9, 2.6) as (figure, axes):
-        previews.draw_class_counts(figure, axes, counts, "train")
-        heights = axes[0].patches[0].get_data().values  # the one step artist holding every bar
+    with previews.new_figure(9, 2.6) as (_, ax):
+        previews.draw_class_counts(ax, counts, "train")
+        heights = ax.patches[0].get_data().values  # the one step artist holding every bar
     assert len(heights) == release.NUM_SYNSETS
     assert list(heights) == sorted(expected.values(), reverse=True)
     assert dict(zip(counts.index, heights)) == dict(expected)
