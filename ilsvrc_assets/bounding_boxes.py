@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ilsvrc_assets import archives, release, synsets as synsets_module, tar_reader
+from ilsvrc_assets import archives, previews, release, synsets as synsets_module, tar_reader
 from ilsvrc_assets.box_outputs import boxes_by_image, find_problems, read_table, reference_csv, write_outputs
 from ilsvrc_assets.box_rules import (
     COLUMNS,
@@ -310,6 +310,14 @@ def make_bounding_boxes(
         workers=settings.workers,
     )
     write_outputs(table, out.parquet, out.train_csv, out.validation_csv)
+    shown = previews.for_bounding_boxes(
+        table,
+        archives.read_index(settings.image_index("train")),
+        source.image_reader("train", log),
+        archives.read_index(settings.image_index("validation")),
+        source.image_reader("validation", log),
+    )
+    previews.write_all(shown, previews.folder_for(out.parquet.parent, "bounding_boxes"))
     kept = table[table["kept"]]
     dropped = table[~table["kept"]]
     return Made(
@@ -323,6 +331,7 @@ def make_bounding_boxes(
             "dropped": {str(k): int(v) for k, v in dropped["drop_reason"].value_counts().items()},
         },
         preview=table,
+        previews=shown,
     )
 
 

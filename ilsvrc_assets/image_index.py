@@ -7,7 +7,7 @@ read for the official archives, so nothing is ever extracted to disk first.
 
 from __future__ import annotations
 
-from ilsvrc_assets import archives, release, synsets
+from ilsvrc_assets import archives, previews, release, synsets
 from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.sources import ImageSource
@@ -17,12 +17,15 @@ from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 def make_train_images(settings: Settings, source: ImageSource, log: Log = quiet) -> Made:
     """Stage ``train_images``: index the train archive (a tar of 1,000 inner tars) into
     ``<data>/index/train_images.parquet`` (needs ``synsets``)."""
-    known = frozenset(synsets.read_synsets(settings.synsets_csv)["wnid"])
+    synset_table = synsets.read_synsets(settings.synsets_csv)
+    known = frozenset(synset_table["wnid"])
     progress = Progress("train index", len(known), "synset tars", log)
     index = source.index_images("train", known, (), log, lambda done, _total: progress.update(done))
     path = settings.image_index("train")
     archives.write_index(index, path)
     per_synset = index.groupby("synset").size()
+    shown = previews.for_image_index(index, "train", synset_table)
+    previews.write_all(shown, previews.folder_for(settings.data_dir, "train_images"))
     return Made(
         path,
         {
@@ -33,6 +36,7 @@ def make_train_images(settings: Settings, source: ImageSource, log: Log = quiet)
             "bytes": int(index["size"].sum()),
         },
         preview=index,
+        previews=shown,
     )
 
 
@@ -63,6 +67,8 @@ def make_validation_images(settings: Settings, source: ImageSource, log: Log = q
     index = source.index_images("validation", (), labels, log)
     path = settings.image_index("validation")
     archives.write_index(index, path)
+    shown = previews.for_image_index(index, "validation", synsets.read_synsets(settings.synsets_csv))
+    previews.write_all(shown, previews.folder_for(settings.data_dir, "validation_images"))
     return Made(
         path,
         {
@@ -71,6 +77,7 @@ def make_validation_images(settings: Settings, source: ImageSource, log: Log = q
             "bytes": int(index["size"].sum()),
         },
         preview=index.sort_values("number"),
+        previews=shown,
     )
 
 

@@ -180,7 +180,7 @@ def write_split_shards(
     shard is written under its own lock, so runs of other shards (other batches, other
     machines) go ahead in parallel while a second run of the same shard is refused.
     """
-    from ilsvrc_assets import archives, bounding_boxes, shard_plan, synsets
+    from ilsvrc_assets import archives, bounding_boxes, previews, shard_plan, shard_previews, synsets
 
     record_format = record_format or formats.by_name(formats.DEFAULT)
     folder = settings.data_dir / record_format.folder
@@ -190,9 +190,10 @@ def write_split_shards(
         log(f"removed {removed} partial shard files left by an interrupted run")
     _, _, num_shards = release.parse_shard_name(wanted[0])
     table = bounding_boxes.read_table(settings.bounding_boxes_parquet)
+    index = archives.read_index(settings.image_index(split))
     jobs = shard_plan.plan_split(
         split,
-        archives.read_index(settings.image_index(split)),
+        index,
         synsets.read_synsets(settings.synsets_csv),
         bounding_boxes.boxes_by_image(table[table["split"] == split]),
         reader,
@@ -206,12 +207,15 @@ def write_split_shards(
     ledger = shard_plan.ShardLedger(settings.state_dir / "shards")
     fingerprints = {name: shard_plan.fingerprint(job, version) for name, job in jobs.items()}
     to_write = []
+    converted: set[str] = set()
     for name in wanted:
         stats = ledger.reusable(jobs[name], fingerprints[name])
         if stats is None:
             to_write.append(jobs[name])
-        elif on_shard:
-            on_shard(stats, True)
+        else:
+            converted.update(stats.converted)
+            if on_shard:
+                on_shard(stats, True)
     reused = len(wanted) - len(to_write)
     log(
         f"{split}: {len(to_write)} of {len(wanted)} shards to write "
@@ -223,13 +227,24 @@ def write_split_shards(
     def done(stats: ShardStats) -> None:
         nonlocal written_records
         ledger.record(stats, fingerprints[stats.name])
+        converted.update(stats.converted)
         if on_shard:
             on_shard(stats, False)
         written_records += stats.records
         progress.update(written_records)
 
     write_shards(to_write, record_format, workers, on_done=done)
+    shown = shard_previews.for_shards(
+        split,
+        {name: len(jobs[name].records) for name in wanted},
+        jobs[wanted[0]].path,
+        sorted(converted),
+        index,
+        reader,
+    )
+    previews.write_all(shown, previews.folder_for(settings.data_dir, f"{split}_shards"))
     return Made(
         folder,
         {"shards_in_this_run": len(wanted), "shards_written": len(to_write), "shards_unchanged": reused},
+        previews=shown,
     )

@@ -15,7 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.previews import Preview
 
 Log = Callable[[str], None]
 """Where a stage reports progress: ``context.log.info`` in an asset, ``print`` elsewhere."""
@@ -32,12 +37,15 @@ class Made:
     """What a stage made: its main output and the facts its asset shows as metadata.
 
     ``facts`` keep their Python types (a :class:`~pathlib.Path` is shown as a path, a ``dict`` or
-    ``list`` as JSON); ``preview`` is a table whose first rows the UI shows.
+    ``list`` as JSON); ``preview`` is a table whose first rows the UI shows; ``previews`` are the
+    pictures and small tables of :mod:`ilsvrc_assets.previews` (also written as files beside the
+    outputs, under ``<data>/previews/<asset>/``).
     """
 
     path: Path
     facts: dict[str, Fact] = field(default_factory=dict)
     preview: pd.DataFrame | None = None
+    previews: list[Preview] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

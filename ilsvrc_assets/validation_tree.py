@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ilsvrc_assets import archives, fileio, images, release, storage
+from ilsvrc_assets import archives, fileio, images, previews, release, storage, synsets
 from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
@@ -233,6 +233,8 @@ def make_validation_tree(settings: Settings, source: ImageSource, log: Log = qui
             lambda done, _total: progress.update(done),
             threads=settings.workers,
         )
+    shown = previews.for_validation_tree(settings.validation_dir, synsets.read_synsets(settings.synsets_csv))
+    previews.write_all(shown, previews.folder_for(settings.data_dir, "validation_tree"))
     return Made(
         settings.validation_dir,
         {
@@ -242,6 +244,7 @@ def make_validation_tree(settings: Settings, source: ImageSource, log: Log = qui
             "removed_misplaced": stats.removed,
             "bytes": stats.bytes,
         },
+        previews=shown,
     )
 
 

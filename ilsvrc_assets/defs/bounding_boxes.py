@@ -12,7 +12,17 @@ from ilsvrc_assets.defs.resources import IlsvrcResource
 
 @asset(
     group_name="boxes",
-    deps=["train_boxes_archive", "validation_boxes_archive", "synsets", "validation_labels"],
+    deps=[
+        "train_boxes_archive",
+        "validation_boxes_archive",
+        "synsets",
+        "validation_labels",
+        # For the previews only: the contact sheet draws the boxes on the images themselves.
+        "train_images",
+        "validation_images",
+        "train_archive",
+        "validation_archive",
+    ],
     kinds={"parquet", "csv"},
     description="Every box of both bounding-box archives, with pixel coordinates as written and "
     "coordinates normalised by the reference rules (divided by the XML frame, min/max swapped, "
@@ -31,7 +41,6 @@ def bounding_boxes(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> Ma
     "image of its synset (training: in the train archive under that synset; validation: the "
     "ground truth says that synset); and each split has kept boxes at all (an empty box "
     "archive is not a valid one).",
-    additional_deps=["train_images"],
 )
 def boxes_are_valid(ilsvrc: IlsvrcResource) -> AssetCheckResult:
     return check_result(boxes.bounding_boxes_verdict(ilsvrc.settings()))

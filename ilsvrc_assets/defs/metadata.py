@@ -1,10 +1,20 @@
 """The translation of the plain library's results into Dagster's: metadata, materialisations, check results."""
 
+import base64
 from pathlib import Path
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetKey, MaterializeResult, MetadataValue
+from dagster import (
+    AssetCheckResult,
+    AssetKey,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+)
 
+from ilsvrc_assets.previews import Picture, Preview, TablePreview
 from ilsvrc_assets.stage import Fact, Made, Verdict
 
 
@@ -42,7 +52,7 @@ def materialized(made: Made, **extra: object) -> MaterializeResult:
     values = {"path": MetadataValue.path(str(made.path)), **metadata(made.facts)}
     if made.preview is not None:
         values["preview"] = markdown_preview(made.preview)
-    return MaterializeResult(metadata={**values, **extra})
+    return MaterializeResult(metadata={**values, **preview_metadata(made.previews), **extra})
 
 
 def check_result(
@@ -60,3 +70,38 @@ def check_result(
         description=verdict.description,
         metadata=metadata(verdict.facts),
     )
+
+
+def picture_markdown(picture: Picture) -> MetadataValue:
+    """A picture as Markdown: the PNG embedded as a ``data:`` URI, then its caption.
+
+    The UI renders it on the asset's page and the materialisation; the same file is under
+    ``<data>/previews/<asset>/`` (``previews.write``) for looking at it outside the UI.
+    """
+    encoded = base64.b64encode(picture.png).decode("ascii")
+    alt = picture.caption.replace("[", "(").replace("]", ")")
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{encoded})\n\n{picture.caption}")
+
+
+_COLUMN_TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool"}
+
+
+def table_metadata(preview: TablePreview) -> MetadataValue:
+    """A small table as ``MetadataValue.table``, column types from the frame's dtypes."""
+    frame = preview.table
+    schema = TableSchema(
+        columns=[
+            TableColumn(name=str(c), type=_COLUMN_TYPES.get(frame[c].dtype.kind, "string"))
+            for c in frame.columns
+        ]
+    )
+    records = [
+        TableRecord(data={str(k): (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+        for row in frame.to_dict(orient="records")
+    ]
+    return MetadataValue.table(records=records, schema=schema)
+
+
+def preview_metadata(previews: list[Preview]) -> dict[str, MetadataValue]:
+    """Metadata entries for previews, keyed by each preview's name (pictures as Markdown)."""
+    return {p.name: picture_markdown(p) if isinstance(p, Picture) else table_metadata(p) for p in previews}

@@ -20,7 +20,7 @@ from dagster import (
 )
 
 from ilsvrc_assets import shards
-from ilsvrc_assets.defs.metadata import metadata
+from ilsvrc_assets.defs.metadata import metadata, preview_metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.shard_plan import ShardStats
@@ -125,6 +125,9 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
             on_shard=record,
             log=context.log.info,
         )
+        # The pictures go on one partition's materialisation: metadata of the result itself would be
+        # copied onto every partition's.
+        context.add_asset_metadata(preview_metadata(made.previews), partition_key=context.partition_keys[-1])
         return MaterializeResult(metadata={"folder": MetadataValue.path(str(made.path)), **metadata(made.facts)})
 
     return _shards
