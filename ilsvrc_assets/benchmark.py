@@ -180,6 +180,30 @@ def run_manifest(settings: Settings, release_dir: Path) -> float:
         return time.perf_counter() - started
 
 
+def run_previews(settings: Settings, release_dir: Path) -> float:
+    """Every asset's previews (issue 15) again from the library stages' outputs: what the pictures
+    add to a build (the stage rows above include them too); returns the seconds of drawing them."""
+    from ilsvrc_assets import archives, bounding_boxes, previews, shard_previews, synsets
+
+    source = LocalSource(release_dir)
+    synset_table = synsets.read_synsets(settings.synsets_csv)
+    index = {split: archives.read_index(settings.image_index(split)) for split in release.SPLITS}
+    reader = {split: source.image_reader(split, print) for split in release.SPLITS}
+    table = bounding_boxes.read_table(settings.bounding_boxes_parquet)
+    started = time.perf_counter()
+    for split in release.SPLITS:
+        previews.for_image_index(index[split], split, synset_table)
+        names = settings.shard_names(split)
+        first = settings.tfrecords_dir / names[0]
+        counts = {name: 0 for name in names}  # the plot's input; its bars' heights do not change its cost
+        converted = sorted(release.png_train_files() | release.cmyk_train_files()) if split == "train" else []
+        present = [name for name in converted if name in set(index[split]["filename"])]
+        shard_previews.for_shards(split, counts, first, present, index[split], reader[split])
+    previews.for_bounding_boxes(table, index["train"], reader["train"], index["validation"], reader["validation"])
+    previews.for_validation_tree(settings.validation_dir, synset_table)
+    return time.perf_counter() - started
+
+
 # --- What each stage reads, for images/s and MB/s -------------------------------------------------
 
 
@@ -243,6 +267,7 @@ class Stage:
 
 BOXES_AT_SCALE = "bounding boxes at scale"
 DAGSTER_BUILD = "dagster build (whole graph)"
+PREVIEWS = "previews (pictures)"
 MAIN_COMMAND = "main command, sample"
 OPTIONAL = (BOXES_AT_SCALE, MAIN_COMMAND)  # run when asked for (the realistic run asks)
 
@@ -282,6 +307,7 @@ STAGES = (
     Stage("write shards", run_shards, shard_input),
     Stage("write shards (1 worker)", run_shards_one_worker, shard_input),
     Stage("manifest read-back", run_manifest, shard_files),
+    Stage(PREVIEWS, run_previews, lambda r, d: Work(0, 0)),
     Stage(DAGSTER_BUILD, None, all_archives),
     Stage(MAIN_COMMAND, None, sample_archives),
 )
@@ -425,6 +451,7 @@ def comparisons(results: list[Result], workers: int) -> str:
                 f"shard throughput, {workers} workers / 1 worker",
             ),
             ratio(DAGSTER_BUILD, "copy archives", "whole graph / copy archives"),
+            ratio(PREVIEWS, DAGSTER_BUILD, "previews / whole graph"),
         ]
     )
 

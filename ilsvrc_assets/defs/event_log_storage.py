@@ -42,6 +42,7 @@ from ilsvrc_assets.defs.dagster_internals import (
     check,
     db_result,
 )
+from ilsvrc_assets.settings import ENV_DAGSTER_HOME
 
 
 class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
@@ -49,7 +50,7 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
         if base_dir is None:
-            home = os.environ.get("DAGSTER_HOME")
+            home = os.environ.get(ENV_DAGSTER_HOME)
             if not home:
                 raise check.CheckError(
                     "BatchingSqliteEventLogStorage: set base_dir in dagster.yaml, or DAGSTER_HOME"
