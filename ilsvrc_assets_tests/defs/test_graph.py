@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey
+from dagster import AssetKey, DagsterRunStatus
 from PIL import Image
 
 from ilsvrc_assets import archives, release, shard_plan, synsets
@@ -37,7 +37,12 @@ def test_history_is_kept_in_the_instance(built):
         assert instance.get_latest_materialization_event(AssetKey(key)) is not None, key
     materialized = instance.get_materialized_partitions(AssetKey("train_shards"))
     assert materialized == set(settings.shard_names("train"))
-    assert len(instance.get_runs()) == 4  # inputs, train shards, validation shards, manifest
+    # The build's own runs (other tests may add runs to this shared instance): inputs, train
+    # shards, validation shards, manifest; each one kept, with its outcome.
+    assert len(results) == 4
+    for result in results:
+        run = instance.get_run_by_id(result.run_id)
+        assert run is not None and run.status == DagsterRunStatus.SUCCESS, result.run_id
 
 
 def test_each_shard_partition_records_count_bytes_and_checksum(built):
@@ -163,8 +168,8 @@ def test_shard_assignment_is_deterministic_and_mixes_classes(built):
     assert len({r.synset for r in first}) > 100  # shuffled across shards, not class by class
 
 
-def test_second_build_reuses_what_is_done(built):
-    settings, instance, results, failed = built
+def test_second_build_reuses_what_is_done(built_graph_copy):
+    settings, instance = built_graph_copy  # the shared instance's history stays the first build's
     before = {p.name: p.stat().st_mtime_ns for p in settings.tfrecords_dir.iterdir()}
     results2, failed2 = build_all(settings, instance)
     assert failed2 == []
@@ -182,14 +187,16 @@ def test_second_build_reuses_what_is_done(built):
     assert all(before[n] == m for n, m in after.items())
 
 
-# --- The checks on outputs, made to fail by damaging what was built (these run last) ----------
+# --- The checks on outputs, made to fail by damaging what was built --------------------------
+# Each test puts back what it damaged, and runs its jobs in a copy of the instance, so the shared
+# graph is as built for the tests that run after it, in any order.
 
 def _evaluate(settings, instance, job):
     return evaluations(run_job(settings, instance, job))
 
 
-def test_audit_fails_when_a_validation_image_is_moved(built):
-    settings, instance, _, _ = built
+def test_audit_fails_when_a_validation_image_is_moved(built_graph_copy):
+    settings, instance = built_graph_copy
     labels = release.validation_synsets()
     source = settings.validation_dir / labels[0] / release.validation_filename(1)
     wrong = settings.validation_dir / labels[-1] / source.name
@@ -230,8 +237,8 @@ def _rewrite_shard(path, keep_or_replace):
                 writer.write(out)
 
 
-def test_missing_shard_fails_presence_and_totals(built, restore_shards):
-    settings, instance, _, _ = built
+def test_missing_shard_fails_presence_and_totals(built_graph_copy, restore_shards):
+    settings, instance = built_graph_copy
     (settings.tfrecords_dir / "validation-00002-of-00004").unlink()
     found = _evaluate(settings, instance, JOB_NAMES["manifest"])
     assert "validation-00002-of-00004: missing" in found["dataset_manifest:every_shard_present"].description
@@ -239,8 +246,8 @@ def test_missing_shard_fails_presence_and_totals(built, restore_shards):
     assert found["dataset_manifest:images_decode"].passed
 
 
-def test_a_label_without_records_fails_every_label_in_each_split(built, restore_shards):
-    settings, instance, _, _ = built
+def test_a_label_without_records_fails_every_label_in_each_split(built_graph_copy, restore_shards):
+    settings, instance = built_graph_copy
     for path in settings.tfrecords_dir.glob("train-*"):
         _rewrite_shard(path, lambda raw, f: [] if int(f["image/class/label"].numpy()[0]) == 1 else [raw])
     found = _evaluate(settings, instance, JOB_NAMES["manifest"])
@@ -251,8 +258,8 @@ def test_a_label_without_records_fails_every_label_in_each_split(built, restore_
     assert not found["dataset_manifest:record_totals"].passed
 
 
-def test_record_that_is_not_an_example_fails_records_parse(built, restore_shards):
-    settings, instance, _, _ = built
+def test_record_that_is_not_an_example_fails_records_parse(built_graph_copy, restore_shards):
+    settings, instance = built_graph_copy
     path = settings.tfrecords_dir / "train-00001-of-00008"
     _rewrite_shard(path, lambda raw, f: [raw, b"\x08\x96\x01 this is not a tf.train.Example"])
     found = _evaluate(settings, instance, JOB_NAMES["manifest"])
@@ -260,10 +267,10 @@ def test_record_that_is_not_an_example_fails_records_parse(built, restore_shards
     assert not check.passed and "train-00001-of-00008" in check.description
 
 
-def test_png_in_image_encoded_fails_images_decode(built, restore_shards):
+def test_png_in_image_encoded_fails_images_decode(built_graph_copy, restore_shards):
     import tensorflow as tf
 
-    settings, instance, _, _ = built
+    settings, instance = built_graph_copy
     path = settings.tfrecords_dir / "validation-00000-of-00004"
     png = io.BytesIO()
     Image.new("RGB", (9, 9)).save(png, "PNG")
