@@ -7,15 +7,22 @@ from here only, never from ``conftest.py`` or from one another.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import random
+import socket
 import tarfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +30,8 @@ import numpy as np
 from PIL import Image
 
 from ilsvrc_assets import fileio, images, release
+from ilsvrc_assets.download import archive_url
+from ilsvrc_assets.release import DEVKIT
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.shard_plan import RecordSource
 from ilsvrc_assets.tf_example import encode_example
@@ -322,3 +331,147 @@ def edited(record: bytes, edit: Callable[[object], None]) -> bytes:
     example = tf.train.Example.FromString(record)
     edit(example.features.feature)
     return example.SerializeToString(deterministic=True)
+
+
+# --- A loopback HTTP file server with injectable faults (the download and HTTP source tests) ------
+
+NAME = DEVKIT.name
+PATH = f"/data/ILSVRC/2012/{NAME}"
+# A few MB of deterministic random bytes, an odd size so that no chunk boundary lines up.
+DATA = random.Random(2012).randbytes(3 * 1024 * 1024 + 4321)
+DATA_MD5 = hashlib.md5(DATA).hexdigest()
+ETAG = '"ilsvrc-test-etag"'
+LAST_MODIFIED = "Tue, 01 May 2012 00:00:00 GMT"
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Faults:
+    cut_first_get_after: int | None = None  # first GET: promise the full length, send only N bytes, hang up
+    ignore_range: bool = False  # answer every GET with the whole file (200)
+    fail_first_gets: list[int] = field(default_factory=list)  # statuses for the first GETs, in order
+    stall_first_get: bool = False  # first GET: say nothing until the client gives up
+    basic: tuple[str, str] | None = None  # require these basic credentials
+    bearer: str | None = None  # require this bearer token
+    content_type: str = "application/x-tar"
+    refuse_head: bool = False  # 405 for HEAD
+    claimed_total: int | None = None  # lie about the total in Content-Range
+
+
+class FileServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.files: dict[str, bytes] = {PATH: DATA}
+        self.redirects: dict[str, str] = {}
+        self.faults = Faults()
+        self.seen: list[Seen] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()  # ends a stalled answer at shutdown
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/data/ILSVRC/2012"
+
+    @property
+    def url(self) -> str:
+        return archive_url(self.base_url, NAME)
+
+    def gets(self) -> list[Seen]:
+        with self.lock:
+            return [s for s in self.seen if s.method == "GET"]
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        pass  # clients hanging up on purpose are expected here; keep test output clean
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: FileServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.serve(head=True)
+
+    def do_GET(self) -> None:
+        self.serve(head=False)
+
+    def serve(self, head: bool) -> None:
+        srv, faults = self.server, self.server.faults
+        with srv.lock:
+            srv.seen.append(Seen(self.command, self.path, dict(self.headers)))
+            get_number = sum(1 for s in srv.seen if s.method == "GET")
+        if head and faults.refuse_head:
+            return self.send_error(405)
+        if not head and faults.stall_first_get and get_number == 1:
+            srv.release.wait(5)
+            return
+        if not head and get_number <= len(faults.fail_first_gets):
+            return self.send_error(faults.fail_first_gets[get_number - 1])
+        if not self.authorized():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="ilsvrc"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path in srv.redirects:
+            self.send_response(302)
+            self.send_header("Location", srv.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = srv.files.get(self.path)
+        if data is None:
+            return self.send_error(404)
+
+        start, end = 0, len(data) - 1
+        wanted = self.headers.get("Range")
+        if wanted and not faults.ignore_range:
+            first, _, last = wanted.removeprefix("bytes=").partition("-")
+            start, end = int(first), min(int(last) if last else end, end)
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            total = faults.claimed_total if faults.claimed_total is not None else len(data)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
+        else:
+            self.send_response(200)
+        body = data[start : end + 1]
+        self.send_header("Content-Type", faults.content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", ETAG)
+        self.send_header("Last-Modified", LAST_MODIFIED)
+        self.end_headers()
+        if head:
+            return
+        if faults.cut_first_get_after is not None and get_number == 1:
+            self.wfile.write(body[: faults.cut_first_get_after])
+            self.wfile.flush()
+            # Half-close after the bytes so that they all arrive, then the client sees a short body.
+            self.connection.shutdown(socket.SHUT_WR)
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def authorized(self) -> bool:
+        faults = self.server.faults
+        given = self.headers.get("Authorization")
+        if faults.basic is not None:
+            pair = base64.b64encode(f"{faults.basic[0]}:{faults.basic[1]}".encode()).decode()
+            return given == f"Basic {pair}"
+        if faults.bearer is not None:
+            return given == f"Bearer {faults.bearer}"
+        return True

@@ -13,7 +13,7 @@ from ilsvrc_assets.shard_plan import RecordSource
 from ilsvrc_assets.shard_scan import BATCH, ShardScan, scan_shard, scan_shards
 from ilsvrc_assets.tf_example import encode_example
 from ilsvrc_assets_tests.helpers import TENCH, TOILET_TISSUE, edited, encode_record, write_records
-from ilsvrc_assets_tests.test_images import cmyk_jpeg, gray_jpeg, png, rgb_jpeg
+from ilsvrc_assets_tests.helpers import cmyk_jpeg, gray_jpeg, png, rgb_jpeg
 
 tf = pytest.importorskip("tensorflow")
 

@@ -20,7 +20,7 @@ from ilsvrc_assets.shard_plan import RecordSource, ShardJob, ShardStats, assign_
 from ilsvrc_assets.shard_scan import scan_shard, scan_shards
 from ilsvrc_assets.shards import ShardError, write_shard, write_shards
 from ilsvrc_assets.sources.official import ArchiveReader
-from ilsvrc_assets_tests.test_images import cmyk_jpeg, encode, gray_jpeg, noise, png, rgb_jpeg
+from ilsvrc_assets_tests.helpers import cmyk_jpeg, encode, gray_jpeg, noise, png, rgb_jpeg
 
 # --- writing shards --------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import pytest
 
 from ilsvrc_assets import fileio, release, settings, sources
 from ilsvrc_assets.archives import ChecksumCache
+from ilsvrc_assets_tests.helpers import DATA, ETAG, LAST_MODIFIED, PATH, FileServer
 
 
 def _fake_release(folder, with_md5sums=True):
@@ -91,8 +92,6 @@ def test_sample_observation_is_the_generator_version(tmp_path):
 @pytest.fixture
 def http_server(monkeypatch):
     """The loopback file server of the download tests, serving the devkit path and an MD5SUMS."""
-    from ilsvrc_assets_tests.test_download import FileServer
-
     for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
@@ -106,16 +105,12 @@ def http_server(monkeypatch):
 
 
 def _serve(srv, data: bytes) -> None:
-    from ilsvrc_assets_tests.test_download import PATH
-
     srv.files[PATH] = data
     digest = hashlib.md5(data).hexdigest()
     srv.files[PATH.rsplit("/", 1)[0] + "/MD5SUMS"] = f"{digest}  {release.DEVKIT.name}\n".encode()
 
 
 def test_http_observation_is_etag_last_modified_and_length_from_a_head_request(http_server):
-    from ilsvrc_assets_tests.test_download import DATA, ETAG, LAST_MODIFIED
-
     source = sources.HttpSource(http_server.base_url, Path("/nonexistent"))  # observing downloads nothing
     version = source.observe(release.DEVKIT, print)
     assert version == f"etag={ETAG} last_modified={LAST_MODIFIED} size={len(DATA)}"

@@ -12,7 +12,7 @@ from ilsvrc_assets import images, release
 from ilsvrc_assets.shard_plan import RecordSource
 from ilsvrc_assets.tf_example import encode_example, feature_spec
 from ilsvrc_assets_tests.helpers import TENCH, TOILET_TISSUE, encode_record
-from ilsvrc_assets_tests.test_images import gray_jpeg, rgb_jpeg
+from ilsvrc_assets_tests.helpers import gray_jpeg, rgb_jpeg
 
 tf = pytest.importorskip("tensorflow")
 

@@ -12,7 +12,7 @@ from ilsvrc_assets.formats.tfrecord import FORMAT, TFRecord
 from ilsvrc_assets.shard_plan import RecordSource, ShardJob
 from ilsvrc_assets.tf_example import encode_example
 from ilsvrc_assets.sources.official import ArchiveReader
-from ilsvrc_assets_tests.test_images import gray_jpeg, rgb_jpeg
+from ilsvrc_assets_tests.helpers import gray_jpeg, rgb_jpeg
 
 tf = pytest.importorskip("tensorflow")
 
