@@ -31,9 +31,11 @@ SCREENSHOT = PROJECT_ROOT / "docs" / "lineage.png"
 # Done, one way or the other (BulkActionStatus of dagster-graphql).
 FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 # The lineage page draws each asset's box in full (name, latest event, checks, partitions) only at a
-# zoom of 0.6 or more; the top-to-bottom layout of the whole graph fits at about 0.7 in this
-# viewport. Screenshots at 1.5 device pixels per CSS pixel stay sharp when zoomed.
-VIEWPORT = (2200, 1400)
+# zoom of 0.6 or more; the top-to-bottom layout of the whole graph fits at about 0.7 at this width.
+# The view fits the graph's height under the toolbar drawn over its top; a viewport taller than the
+# graph needs keeps the top group's title clear of it. Screenshots at 1.5 device pixels per CSS
+# pixel stay sharp when zoomed.
+VIEWPORT = (2200, 1800)
 PIXEL_RATIO = 1.5
 # Persisted UI preferences: the graph drawn top to bottom, the navigation bar folded to icons.
 UI_PREFERENCES = {"asset-graph-direction": '"vertical"', "dagster-nav-collapsed": "true"}
