@@ -1,12 +1,15 @@
 """The Dagster UI, end to end: ``dagster dev`` on loopback against a fresh DAGSTER_HOME, the
 "Materialize all" backfill launched through the webserver's GraphQL API and run by the daemon,
-then the global asset lineage page rendered by headless Chromium.
+then the global asset lineage page and the assets' own pages rendered by headless Chromium.
 
-Set ``ILSVRC_UPDATE_SCREENSHOT=1`` to rewrite ``docs/lineage.png`` from the rendered page.
+Set ``ILSVRC_UPDATE_SCREENSHOT=1`` to rewrite ``docs/lineage.png``, ``docs/box_contact_sheet.png``
+and ``docs/images_per_class.png`` from the rendered pages.
 """
 
 from __future__ import annotations
 
+import base64
+import csv
 import json
 import os
 import time
@@ -14,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from ilsvrc_assets import previews
 from ilsvrc_assets_tests.helpers import ALL_CHECKS, TEST_SHARDS
+from ilsvrc_assets_tests.ui import asset_pages
 from ilsvrc_assets_tests.ui.browser import Chromium, find_chromium
 from ilsvrc_assets_tests.ui.dagster_dev import PROJECT_ROOT, DagsterDev
 
@@ -25,12 +31,38 @@ SCREENSHOT = PROJECT_ROOT / "docs" / "lineage.png"
 # Done, one way or the other (BulkActionStatus of dagster-graphql).
 FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 # The lineage page draws each asset's box in full (name, latest event, checks, partitions) only at a
-# zoom of 0.6 or more; the top-to-bottom layout of the whole graph fits at about 0.7 in this
-# viewport. Screenshots at 1.5 device pixels per CSS pixel stay sharp when zoomed.
-VIEWPORT = (2200, 1400)
+# zoom of 0.6 or more; the top-to-bottom layout of the whole graph fits at about 0.7 at this width.
+# The view fits the graph's height under the toolbar drawn over its top; a viewport taller than the
+# graph needs keeps the top group's title clear of it. Screenshots at 1.5 device pixels per CSS
+# pixel stay sharp when zoomed.
+VIEWPORT = (2200, 1800)
 PIXEL_RATIO = 1.5
 # Persisted UI preferences: the graph drawn top to bottom, the navigation bar folded to icons.
 UI_PREFERENCES = {"asset-graph-direction": '"vertical"', "dagster-nav-collapsed": "true"}
+# What issue 15 puts on each asset's latest materialisation (on a shard asset: on its last partition's):
+# pictures, Markdown with an embedded PNG, and tables; each also a file in <data>/previews/<asset>/.
+PICTURES = {
+    "train_images": ["images_per_class", "image_sizes"],
+    "validation_images": ["images_per_class", "image_sizes"],
+    "bounding_boxes": ["box_contact_sheet", "box_areas"],
+    "validation_tree": ["validation_classes"],
+    # The sample's training set has PNG and CMYK images, so the train shards converted some.
+    "train_shards": ["records_per_shard", "first_records", "converted_images"],
+    "validation_shards": ["records_per_shard", "first_records"],
+}
+TABLES = {
+    "train_images": ["smallest_classes"],
+    "validation_images": ["smallest_classes"],
+    "bounding_boxes": ["box_counts"],
+}
+# The pictures the README shows, as captured from the page: (asset, metadata key) -> file in docs/.
+PICTURE_SCREENSHOTS = {
+    ("bounding_boxes", "box_contact_sheet"): "box_contact_sheet.png",
+    ("train_images", "images_per_class"): "images_per_class.png",
+}
+# Large enough for the largest picture's dialog; one device pixel per CSS pixel, so the capture of a
+# picture drawn at its natural size has the picture's own pixels.
+PICTURE_VIEWPORT = (1600, 1200)
 SHARD_COUNTS = {f"{split}_shards": count for split, count in TEST_SHARDS.items()}
 
 ASSET_NODES = """{ assetNodes {
@@ -300,3 +332,80 @@ def save_graph_screenshot(browser: Chromium, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     browser.screenshot(path, clip)
     assert path.stat().st_size > 50_000, f"{path}: suspiciously small for a drawn graph"
+
+
+PARTITION_METADATA = """query PartitionMetadata($key: AssetKeyInput!) {
+    assetNodeOrError(assetKey: $key) { ... on AssetNode { partitionKeys } }
+    assetOrError(assetKey: $key) { ... on Asset {
+        assetMaterializations { partition metadataEntries { label } } } }
+}"""
+
+
+def partition_with_pictures(dev: DagsterDev, asset: str, key: str) -> str:
+    """The partition whose materialisation carries the shard asset's pictures: the last of the run
+    that wrote the whole range (metadata of the step's result would be copied onto every one)."""
+    answer = dev.graphql(PARTITION_METADATA, key={"path": [asset]})
+    keys = answer["assetNodeOrError"]["partitionKeys"]
+    carrying = sorted(
+        {
+            event["partition"]
+            for event in answer["assetOrError"]["assetMaterializations"]
+            if any(entry["label"] == key for entry in event["metadataEntries"])
+        }
+    )
+    assert carrying == [keys[-1]], f"{asset}: {key} on partitions {carrying}, expected on {keys[-1]} only"
+    return carrying[0]
+
+
+def test_asset_pages_show_their_pictures_and_tables(dagster_dev, materialize_all, chromium_binary, tmp_path):
+    """Each asset's page shows its pictures (the very PNG written beside the outputs, decoded by the
+    browser) and its tables (every row of the CSV written beside the outputs)."""
+    require_success(materialize_all, dagster_dev)
+    data_dir = Path(dagster_dev.env["ILSVRC_DATA_DIR"])
+    update = os.environ.get("ILSVRC_UPDATE_SCREENSHOT") == "1"
+    dagster_dev.graphql("mutation { setNuxSeen }")  # no community sign-up dialog over the page
+    problems = []
+    captured = []
+    with Chromium(chromium_binary, *PICTURE_VIEWPORT) as browser:
+        browser.open(f"{dagster_dev.url}/server_info")  # the origin whose storage the UI reads
+        browser.evaluate("localStorage.setItem('dagster-nav-collapsed', 'true')")
+        for asset, pictures in PICTURES.items():
+            tables = TABLES.get(asset, [])
+            folder = previews.folder_for(data_dir, asset)
+            partition = (
+                partition_with_pictures(dagster_dev, asset, pictures[0]) if asset in SHARD_COUNTS else None
+            )
+            where = asset + (f" partition {partition}" if partition else "")
+            browser.open(asset_pages.asset_url(dagster_dev.url, asset, partition))
+            asset_pages.wait_for_metadata(browser, [*pictures, *tables], PAGE_TIMEOUT)
+            for key in pictures:
+                shown = asset_pages.show_picture(browser, key, PAGE_TIMEOUT)
+                prefix = "data:image/png;base64,"
+                if not shown.src.startswith(prefix):
+                    problems.append(
+                        f"{where}: {key}: the image's src is {shown.src[:40]!r}…, not a PNG data URI"
+                    )
+                elif base64.b64decode(shown.src.removeprefix(prefix)) != (folder / f"{key}.png").read_bytes():
+                    problems.append(f"{where}: {key}: the page's PNG is not {folder / key}.png")
+                if (asset, key) in PICTURE_SCREENSHOTS:
+                    name = PICTURE_SCREENSHOTS[asset, key]
+                    path = (PROJECT_ROOT / "docs" if update else tmp_path) / name
+                    asset_pages.save_element_screenshot(browser, shown.rect, path)
+                    captured.append((path, shown))
+                asset_pages.close_dialog(browser, PAGE_TIMEOUT)
+            for key in tables:
+                lines = asset_pages.table_lines(browser, key)
+                with (folder / f"{key}.csv").open(newline="") as file:
+                    wanted = ["\t".join(row) for row in csv.reader(file)]
+                if lines[-len(wanted) :] != wanted:
+                    problems.append(f"{where}: {key}: the page's table {lines} is not the CSV's {wanted}")
+    assert not problems, "pictures and tables not as written beside the outputs:\n" + "\n".join(problems)
+    for path, shown in captured:
+        # The capture is the image element as drawn: its size, and a picture rather than blank.
+        with Image.open(path) as picture:
+            assert picture.size == (round(shown.rect["width"]), round(shown.rect["height"])), (
+                path,
+                picture.size,
+            )
+            extrema = picture.convert("L").getextrema()
+        assert extrema[1] - extrema[0] > 100, f"{path}: nearly uniform ({extrema}), not the picture"
