@@ -276,6 +276,8 @@ def test_empty_box_archive_fails_boxes_are_valid(sample_release, tmp_path, setti
         "validation_labels",
         "train_archive",
         "train_images",
+        "validation_archive",
+        "validation_images",  # the box table's contact sheet draws on the images of both splits
         "train_boxes_archive",
         "validation_boxes_archive",
         "bounding_boxes",
