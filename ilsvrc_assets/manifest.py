@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ilsvrc_assets import fileio, release, storage
+from ilsvrc_assets import archives, fileio, release, storage
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
@@ -311,8 +311,6 @@ def _shard_names(settings: Settings) -> dict[str, list[str]]:
 
 
 def _expected_images(settings: Settings) -> dict[str, int]:
-    from ilsvrc_assets import archives
-
     return {split: len(archives.read_index(settings.image_index(split))) for split in release.SPLITS}
 
 

@@ -180,6 +180,7 @@ def write_split_shards(
     shard is written under its own lock, so runs of other shards (other batches, other
     machines) go ahead in parallel while a second run of the same shard is refused.
     """
+    # Imported here, not at the top: the record workers import this module, and need none of these.
     from ilsvrc_assets import archives, bounding_boxes, previews, shard_plan, shard_previews, synsets
 
     record_format = record_format or formats.by_name(formats.DEFAULT)

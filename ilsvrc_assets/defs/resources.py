@@ -1,11 +1,9 @@
 """The one resource every asset uses: the deployment's settings and its image source."""
 
-from contextlib import AbstractContextManager
-from pathlib import Path
 
 from dagster import ConfigurableResource
 
-from ilsvrc_assets import fileio, settings as settings_module
+from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.archives import ChecksumCache
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.sources import ImageSource, from_settings
@@ -41,14 +39,6 @@ class IlsvrcResource(ConfigurableResource):
     def checksum_cache(self) -> ChecksumCache:
         return ChecksumCache(self.settings().checksum_cache_json)
 
-    def lock_path(self, name: str) -> Path:
-        return self.settings().lock_path(name)
-
-    def exclusive(self, name: str) -> AbstractContextManager[None]:
-        """Hold the lock on output ``name`` (e.g. an asset's name) while writing it; refuses
-        (:class:`fileio.BusyError`, naming the holder) while another run writes it."""
-        settings = self.settings()
-        return fileio.exclusive(settings.lock_path(name), f"{name} in {settings.data_dir}")
 
 
 def resources_for(settings: Settings | None = None) -> dict[str, object]:

@@ -121,7 +121,7 @@ def refresh_sensor(settings: Settings) -> SensorDefinition:
             return SkipReason(f"the refresh backfill {', '.join(running)} is still in progress")
 
         source = ilsvrc.image_source()
-        observed = {archive_asset_name(a): source.observe(a, context.log.info) for a in release.ARCHIVES}
+        observed = {archive_asset_name(a): source.observe(a, context.log.info) for a in source.inputs()}
         changed = changed_archives(recorded_versions(context.instance), observed)
         cursor = json.dumps({"tick": tick})
         if not changed:

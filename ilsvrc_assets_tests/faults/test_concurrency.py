@@ -17,7 +17,6 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from ilsvrc_assets import fileio
 from ilsvrc_assets.cli import EXIT_BUSY, failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
-from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets_tests.helpers import build_env, kill_when, make_settings, run_job, temp_files
 
 
@@ -58,7 +57,7 @@ def test_a_run_of_a_shard_another_run_is_writing_is_refused_and_nothing_is_lost(
     name = settings.shard_names("validation")[2]
     shard = settings.tfrecords_dir / name
     original = shard.read_bytes()
-    lock = IlsvrcResource.from_settings(settings).lock_path(f"shards/{name}")
+    lock = settings.lock_path(f"shards/{name}")
     shard.unlink()
     try:
         with fileio.exclusive(lock, "a run in this test"):  # as another run writing this shard would
@@ -147,7 +146,7 @@ def test_two_runs_of_the_same_partitions_at_once_never_corrupt_a_shard(built_gra
 
 def test_the_validation_tree_is_never_written_by_two_runs_at_once(built_graph_copy):
     settings, instance = built_graph_copy
-    lock = IlsvrcResource.from_settings(settings).lock_path("validation_tree")
+    lock = settings.lock_path("validation_tree")
     before = sorted(p.name for p in settings.validation_dir.rglob("*.JPEG"))
     with fileio.exclusive(lock, "a run in this test"):
         result = run_job(settings, instance, JOB_NAMES["inputs"], ["validation_tree"])
