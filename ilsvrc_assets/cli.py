@@ -98,9 +98,16 @@ def failure_message(step_failure_data) -> str:
     error = step_failure_data.error
     if error is None:
         return "failed"
-    while error.cause is not None:  # Dagster wraps the step's own exception; show that one
+    # Dagster wraps the step's own exception: show that one, not what it wraps in turn (the
+    # project's errors name the file and the fix; the library error they were raised from does not).
+    while error.cause is not None and error.cls_name.startswith("Dagster"):
         error = error.cause
-    return error.message.strip()
+    message = error.message.strip()
+    kind, _, rest = message.partition(": ")
+    # The project's errors say what is wrong in their words; their class name adds nothing.
+    if kind.startswith("ilsvrc_assets.") and kind.endswith(f".{error.cls_name}") and rest:
+        return rest
+    return message
 
 
 def _run_config(log_level: str) -> dict:
@@ -137,6 +144,14 @@ def _failed_by_own_checks(step_failure_data) -> bool:
     return error is not None and error.cls_name == "DagsterAssetCheckFailedError"
 
 
+def _steps_failed_by_own_checks(result) -> set[str]:
+    return {
+        event.step_key
+        for event in result.all_events
+        if event.is_step_failure and _failed_by_own_checks(event.step_failure_data)
+    }
+
+
 def echo_failed_steps(result, echo=print, but_by_own_checks: bool = False) -> dict[str, str]:
     """Print the failed and skipped steps of the run ``result``; return {step key: why it failed}.
 
@@ -169,7 +184,7 @@ def _check_steps(job) -> dict:
 def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[list, list[str]]:
     """Run the stages in order against ``instance``; stop after the first that fails.
 
-    Returns the in-process results and a list of what failed (steps and checks), empty on success.
+    Returns the in-process results and what failed, each with why (checks, then steps), empty on success.
     """
     results, failed = [], []
     for job_name, tags in _stages(definitions):
@@ -182,10 +197,12 @@ def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tu
         for outcome in check_outcomes(result):
             echo_outcome(outcome, echo)
             if not outcome.passed:
-                failed.append(f"check {outcome.asset}:{outcome.check}")
+                failed.append(f"check {outcome.asset}:{outcome.check}: {outcome.description}")
         if not result.success:
-            failed += [f"step {step}" for step in echo_failed_steps(result, echo)]
-            failed.append(f"run {result.run_id} of {job_name}")
+            steps = echo_failed_steps(result, echo)
+            own = _steps_failed_by_own_checks(result)
+            failed += [f"step {step}: {why}" for step, why in steps.items() if step not in own]
+            echo(f"  run {result.run_id} of {job_name} failed")
             break
     return results, failed
 
@@ -258,8 +275,10 @@ def build(args: argparse.Namespace) -> int:
         return EXIT_BUSY
     elapsed = time.monotonic() - started
     if failed:
-        print(f"\nilsvrc-assets: FAILED after {elapsed:.0f} s: {', '.join(failed)}", file=sys.stderr)
-        print("Open the run in the UI for details: ilsvrc-assets ui", file=sys.stderr)
+        # The last line says what failed first and why, in the project's words (file and fix).
+        print("\nOpen the run in the UI for details: ilsvrc-assets ui", file=sys.stderr)
+        more = f" (and {len(failed) - 1} more, above)" if len(failed) > 1 else ""
+        print(f"ilsvrc-assets: FAILED after {elapsed:.0f} s: {failed[0]}{more}", file=sys.stderr)
         return EXIT_FAILED
     print(f"\nilsvrc-assets: done in {elapsed:.0f} s; every check passed.")
     print(f"  validation tree   {settings.validation_dir}")

@@ -66,6 +66,21 @@ def test_failed_check_exits_non_zero_and_names_the_file(sample_release, tmp_path
     assert not (tmp_path / "data" / "tfrecords").exists()
 
 
+def test_the_last_line_of_a_failure_names_the_file_at_fault(sample_release, tmp_path):
+    def truncate(original: Path, target: Path) -> None:
+        data = original.read_bytes()
+        target.write_bytes(data[: len(data) // 2 + 100])  # cut inside an inner tar
+
+    folder = variant_release(sample_release, tmp_path / "release", img_train=truncate)  # MD5SUMS agree
+    result = _run(["build"], {"ILSVRC_SOURCE": "local", "ILSVRC_LOCAL_DIR": str(folder)}, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    # The project's own error (the archive and what to do), not the library error it was raised from.
+    assert last.startswith("ilsvrc-assets: FAILED after "), last
+    assert "step train_images: ILSVRC2012_img_train.tar" in last, last
+    assert "fetch it again" in last or "delete it" in last, last
+
+
 def test_bad_setting_is_explained(tmp_path):
     result = _run(["build"], {"ILSVRC_SOURCE": "local", "ILSVRC_LOCAL_DIR": ""}, tmp_path)
     assert result.returncode == 2 and "ILSVRC_LOCAL_DIR" in result.stderr
