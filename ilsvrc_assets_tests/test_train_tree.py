@@ -131,6 +131,23 @@ def test_torchvision_imagefolder_reads_both_trees(built):
     assert set(release.png_train_files()) <= loaded and len(loaded) > 1
 
 
+def test_the_readme_torchvision_example_runs(built, tmp_path, monkeypatch):
+    pytest.importorskip("torchvision", reason="torchvision is not installed (too heavy for the test extra)")
+    settings, reference, _ = built
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = next(b.split("```")[0] for b in readme.split("```python\n")[1:] if "datasets.ImageFolder" in b)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train").symlink_to(settings.train_dir)
+    (tmp_path / "data" / "validation").symlink_to(reference.validation_dir)
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    exec(compile(example, "README.md", "exec"), names)  # noqa: S102 - the README's own example
+    assert len(names["train"]) == len(archives.read_index(settings.image_index("train")))
+    assert len(names["val"]) == release.NUM_VALIDATION_IMAGES
+    assert tuple(names["images"].shape) == (256, 3, 224, 224) and 0 <= int(names["labels"].min())
+    assert int(names["labels"].max()) < 1000
+
+
 def _files_in(tree: Path) -> int:
     """Files (images and temporary files) in the synset folders of the tree so far."""
     if not tree.is_dir():
