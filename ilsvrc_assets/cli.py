@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ilsvrc_assets import settings as settings_module
@@ -68,8 +69,11 @@ def ensure_dagster_home(environ: dict[str, str] | None = None) -> Path:
     return home
 
 
-def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
-    """(job name, run tags) in dependency order; a shard job covers all its partitions in one run."""
+def _stages(definitions, opt_in_jobs: Sequence[str] = ()) -> list[tuple[str, dict[str, str]]]:
+    """(job name, run tags) in dependency order; a shard job covers all its partitions in one run.
+
+    ``opt_in_jobs`` (``definitions.opt_in_jobs``) run last, after the manifest.
+    """
     from ilsvrc_assets.defs.dagster_internals import (
         ASSET_PARTITION_RANGE_END_TAG,
         ASSET_PARTITION_RANGE_START_TAG,
@@ -87,6 +91,7 @@ def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
             )
         )
     stages.append((JOB_NAMES["manifest"], {}))
+    stages += [(job, {}) for job in opt_in_jobs]
     return stages
 
 
@@ -181,13 +186,15 @@ def _check_steps(job) -> dict:
     }
 
 
-def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[list, list[str]]:
-    """Run the stages in order against ``instance``; stop after the first that fails.
+def run_stages(
+    definitions, instance, log_level: str = "INFO", echo=print, opt_in_jobs: Sequence[str] = ()
+) -> tuple[list, list[str]]:
+    """Run the stages in order against ``instance`` (then ``opt_in_jobs``); stop after the first that fails.
 
     Returns the in-process results and what failed, each with why (checks, then steps), empty on success.
     """
     results, failed = [], []
-    for job_name, tags in _stages(definitions):
+    for job_name, tags in _stages(definitions, opt_in_jobs):
         echo(f"\n== {job_name} ==")
         job = definitions.resolve_job_def(job_name)
         result = job.execute_in_process(
@@ -248,7 +255,7 @@ def build(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from ilsvrc_assets import fileio
-    from ilsvrc_assets.definitions import build_definitions
+    from ilsvrc_assets.definitions import JOB_NAMES, build_definitions, opt_in_jobs
     from ilsvrc_assets.record_workers import RecordWorkers
     from ilsvrc_assets.sources import from_settings
 
@@ -269,6 +276,7 @@ def build(args: argparse.Namespace) -> int:
                 instance,
                 args.log_level,
                 echo=lambda m: print(m, flush=True),
+                opt_in_jobs=opt_in_jobs(settings),
             )
     except fileio.BusyError as e:
         print(f"ilsvrc-assets: not started: {e}", file=sys.stderr)
@@ -286,6 +294,8 @@ def build(args: argparse.Namespace) -> int:
     print(f"                    {settings.bounding_boxes_csv}")
     print(f"  TFRecord shards   {settings.tfrecords_dir}")
     print(f"  manifest          {settings.manifest_json}")
+    if JOB_NAMES["train_tree"] in opt_in_jobs(settings):
+        print(f"  training tree     {settings.train_dir}")
     print(f"  history           DAGSTER_HOME={home} dagster dev   (or: ilsvrc-assets ui)")
     return 0
 

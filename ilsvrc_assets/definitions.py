@@ -31,6 +31,7 @@ from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import audit_schedule, refresh_sensor
 from ilsvrc_assets.defs.shards import shards_asset
 from ilsvrc_assets.defs.synsets import agrees_with_shipped_labels, one_thousand_synsets, synsets, validation_labels
+from ilsvrc_assets.defs.train_tree import matches_train_index, train_tree
 from ilsvrc_assets.defs.validation_tree import matches_validation_label_file, validation_tree
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
@@ -42,6 +43,7 @@ ASSET_CHECKS = [
     every_synset_has_training_images,
     fifty_per_synset,
     matches_validation_label_file,
+    matches_train_index,
     boxes_are_valid,
     dataset_checks,  # every_shard_present, record_totals, every_label_in_each_split, records_parse, images_decode
 ]
@@ -54,7 +56,24 @@ JOB_NAMES = {
     "validation": "write_validation_shards",
     "manifest": "check_dataset",
     "audit": "audit_outputs",
+    "train_tree": "write_train_tree",
 }
+# Assets in the code location (materialise them from the UI or their job) that `ilsvrc-assets build`,
+# the audit and the refresh leave out unless asked: the training ImageFolder tree is the whole
+# training set again (about 140 GB). Each is built by the job JOB_NAMES[asset], after the manifest.
+OPT_IN = ("train_tree",)
+
+
+def left_out(settings: Settings) -> tuple[str, ...]:
+    """The opt-in assets this deployment does not build, audit or refresh."""
+    return OPT_IN  # ILSVRC_FORMATS hook: leave "train_tree" out unless the formats list `imagefolder`
+
+
+def opt_in_jobs(settings: Settings) -> list[str]:
+    """The jobs ``ilsvrc-assets build`` runs after the manifest: those of the opt-in assets asked for."""
+    return [JOB_NAMES[name] for name in OPT_IN if name not in left_out(settings)]
+
+
 # Checks that judge outputs already on disk; they can run on their own, without rebuilding.
 # (The archive checksums are evaluated while fetching and need no separate run.)
 AUDIT = AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
@@ -71,6 +90,7 @@ def build_definitions(
     each step that needs workers starts its own.
     """
     settings = settings or settings_module.load()
+    leave_out = left_out(settings)
     # Partitioned by the settings' shard counts, so made here rather than at import.
     train_shards = shards_asset(settings, "train_shards", "train")
     validation_shards = shards_asset(settings, "validation_shards", "validation")
@@ -87,6 +107,7 @@ def build_definitions(
             train_images,
             validation_images,
             validation_tree,
+            train_tree,
             bounding_boxes,
             train_shards,
             validation_shards,
@@ -117,13 +138,18 @@ def build_definitions(
                 tags=kubernetes.run_tags(settings),
             ),
             define_asset_job(
+                JOB_NAMES["train_tree"],
+                selection=AssetSelection.assets(train_tree),
+                description="The training ImageFolder tree, <data>/train/<wnid>/ (opt-in: about 140 GB).",
+            ),
+            define_asset_job(
                 JOB_NAMES["audit"],
-                selection=AUDIT,
+                selection=AUDIT - AssetSelection.checks_for_assets(*leave_out),
                 description="Run the checks again against what is already built; materialises nothing.",
             ),
         ],
         schedules=[audit_schedule(settings, JOB_NAMES["audit"])],
-        sensors=[refresh_sensor(settings)],
+        sensors=[refresh_sensor(settings, leave_out)],
         resources={**resources_for(settings), "record_workers": record_workers_resource(record_workers)},
     )
 

@@ -355,10 +355,12 @@ TREE_CLASSES = 20
 TREE_TILE = 96
 
 
-def for_validation_tree(tree: Path, synset_table: pd.DataFrame, classes: int = TREE_CLASSES) -> list[Preview]:
+def for_validation_tree(
+    tree: Path, synset_table: pd.DataFrame, classes: int = TREE_CLASSES, name: str = "validation_classes"
+) -> list[Preview]:
     """One image per class for ``classes`` classes spread evenly over the sorted WNIDs, read from
     the tree on disk (the first file of each folder: what ``ImageFolder`` reads), labelled with
-    the WNID and the text."""
+    the WNID and the text. The training tree's is the same picture, ``name`` ``train_classes``."""
     texts = dict(zip(synset_table["wnid"], synset_table["text"]))
     folders = sorted(entry.name for entry in os.scandir(tree) if entry.is_dir()) if tree.is_dir() else []
     step = max(1, len(folders) // classes)
@@ -371,7 +373,7 @@ def for_validation_tree(tree: Path, synset_table: pd.DataFrame, classes: int = T
     sheet = contact_sheets.draw_sheet(tiles, 5, TREE_TILE)
     return [
         Picture(
-            "validation_classes",
+            name,
             sheet.png,
             f"the first image of {len(tiles)} of the {len(folders):,} class folders, with the WNID, "
             "the number of images in the folder and the class text",

@@ -93,6 +93,11 @@ class Settings:
         return self.data_dir / "validation"
 
     @property
+    def train_dir(self) -> Path:
+        """The training ImageFolder tree (opt-in: ``train_tree``)."""
+        return self.data_dir / "train"
+
+    @property
     def bounding_boxes_parquet(self) -> Path:
         return self.data_dir / "bounding_boxes.parquet"
 

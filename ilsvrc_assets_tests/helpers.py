@@ -127,6 +127,8 @@ ALL_CHECKS = {
     "dataset_manifest:records_parse",
     "dataset_manifest:images_decode",
 }
+# The checks of the opt-in assets (definitions.OPT_IN), in the code location but not built by default.
+OPT_IN_CHECKS = {"train_tree:matches_train_index"}
 
 
 def build_all(settings: Settings, instance: DagsterInstance):

@@ -14,7 +14,7 @@ again, against the outputs as they are on disk, materialising nothing.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 
 from dagster import (
@@ -93,8 +93,11 @@ def _refresh_in_progress(instance: DagsterInstance) -> list[str]:
     return [backfill.backfill_id for backfill in backfills]
 
 
-def refresh_sensor(settings: Settings) -> SensorDefinition:
-    """The refresh sensor of a deployment, on ``settings.refresh_cron`` in ``settings.schedule_timezone``."""
+def refresh_sensor(settings: Settings, leave_out: Collection[str] = ()) -> SensorDefinition:
+    """The refresh sensor of a deployment, on ``settings.refresh_cron`` in ``settings.schedule_timezone``.
+
+    ``leave_out``: assets it never requests (opt-in outputs the deployment does not build).
+    """
     cron, tz = settings.refresh_cron, settings.schedule_timezone
 
     @sensor(
@@ -133,7 +136,9 @@ def refresh_sensor(settings: Settings) -> SensorDefinition:
         for name, what in changed.items():
             context.log.info(f"{name} changed at the source: {what}")
         asset_graph = context.repository_def.asset_graph
-        keys = AssetSelection.assets(*changed).downstream().resolve(asset_graph)
+        keys = (AssetSelection.assets(*changed).downstream() - AssetSelection.assets(*leave_out)).resolve(
+            asset_graph
+        )
         return SensorResult(
             run_requests=[
                 RunRequest.for_asset_graph_subset(
