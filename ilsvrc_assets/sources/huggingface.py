@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,6 +278,3 @@ def remote_version(filename: str, token: str, endpoint: str | None, revision: st
     return f"commit={meta.commit_hash or '-'} etag={meta.etag or '-'} size={meta.size if meta.size is not None else '-'}"
 
 
-def iter_parts(root: Path, names: Sequence[str]) -> Iterator[Path]:
-    for name in names:
-        yield root / name
