@@ -159,20 +159,20 @@ class GzipIndex:
         """``size`` bytes of the decompressed stream from ``offset``; fewer only past its end."""
         points = self._points
         i = bisect.bisect_right(points.uncompressed, offset) - 1
-        start, bits = points.compressed[i], points.bits[i]
-        window = b""
-        if points.window_at[i] >= 0:
-            window = os.pread(self._index.fileno(), points.window_size, points.window_at[i])
-        skip = offset - points.uncompressed[i]
+        if i < 0:  # no point before it (a small file has none): from the start, gzip header and all
+            start, bits, window, skip, wbits = 0, 0, b"", offset, zlib.MAX_WBITS | 16
+        else:
+            start, bits, skip, wbits = points.compressed[i], points.bits[i], offset - points.uncompressed[i], -zlib.MAX_WBITS
+            window = b""
+            if points.window_at[i] >= 0:
+                window = os.pread(self._index.fileno(), points.window_size, points.window_at[i])
         wanted = skip + size
         at = start - 1 if bits else start
         chunk = wanted + (wanted >> 3) + 65536  # deflate's worst case is a few bytes per 64 KiB more
         while True:
             data = os.pread(self._gz.fileno(), chunk, at)
             stream = _shifted(data, 8 - bits) if bits else data
-            inflate = zlib.decompressobj(-zlib.MAX_WBITS, zdict=window) if window else zlib.decompressobj(
-                -zlib.MAX_WBITS
-            )
+            inflate = zlib.decompressobj(wbits, zdict=window) if window else zlib.decompressobj(wbits)
             try:
                 out = inflate.decompress(stream, wanted)
             except zlib.error as e:
