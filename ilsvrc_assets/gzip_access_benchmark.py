@@ -42,7 +42,9 @@ def write_stand_in(path: Path, images: int, kb: int, seed: int = 0) -> list[tupl
     distinct = []
     for _ in range(300):
         buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
+            buffer, "JPEG", quality=90
+        )
         distinct.append(buffer.getvalue())
     order = random.Random(seed).choices(range(len(distinct)), k=images)
     with gzip.open(path, "wb", compresslevel=6) as raw, tarfile.open(fileobj=raw, mode="w|") as tar:
@@ -63,7 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spacing-mb", type=float, nargs="+", default=[1.0, 4.0])  # indexed_gzip's
     args = parser.parse_args(argv)
     import indexed_gzip
-    import rapidgzip
+
+    try:
+        import rapidgzip  # not a dependency of the project: pip install rapidgzip to compare it too
+    except ImportError:
+        rapidgzip = None
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "stand_in.tar.gz"
@@ -113,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         read = time.perf_counter() - read
     print(
         f"gzip_index (members + index in one pass, spacing {gzip_index.SPACING / 2**20:g} MiB): index "
-        f"{built:.2f} s ({mb / built:.0f} MB/s), {index.stat().st_size / 1e6:.1f} MB; open {opened * 1e3:.0f} ms; "
+        f"{built:.2f} s ({mb / built:.0f} MB/s), {index.stat().st_size / 1e6:.1f} MB; "
+        f"open {opened * 1e3:.0f} ms; "
         f"{len(shard)} random reads {read:.2f} s ({read / len(shard) * 1e6:.0f} µs each, "
         f"{picked / 1e6 / read:.1f} MB/s of images)"
     )
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{picked / 1e6 / read:.1f} MB/s of images)"
         )
 
-    for parallelization in (1, 2):
+    for parallelization in (1, 2) if rapidgzip is not None else ():
         index = args.out / f"rapidgzip_{parallelization}.idx"
         start = time.perf_counter()
         with rapidgzip.RapidgzipFile(str(path), parallelization=parallelization, chunk_size=1 << 18) as file:
@@ -150,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
             opened = time.perf_counter() - start
             read = random_reads(file)
         print(
-            f"rapidgzip, {parallelization} thread(s), 256 KiB chunks: index {built:.2f} s ({mb / built:.0f} MB/s), "
+            f"rapidgzip, {parallelization} thread(s), 256 KiB chunks: "
+            f"index {built:.2f} s ({mb / built:.0f} MB/s), "
             f"{index.stat().st_size / 1e6:.1f} MB; open {opened * 1e3:.0f} ms; "
             f"{len(shard)} random reads {read:.2f} s ({read / len(shard) * 1e6:.0f} µs each, "
             f"{picked / 1e6 / read:.1f} MB/s of images)"

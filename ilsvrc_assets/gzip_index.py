@@ -36,7 +36,9 @@ from ilsvrc_assets import tar_reader
 
 SPACING = 1 << 20  # bytes of output between seek points: ~2.5 ms a random read, index ~3 % of the data
 _MAGIC = b"GZIDX"
-_HEADER = struct.Struct("<5sBBQQIII")  # magic, version, flags, compressed, uncompressed, spacing, window, points
+_HEADER = struct.Struct(
+    "<5sBBQQIII"
+)  # magic, version, flags, compressed, uncompressed, spacing, window, points
 _POINT_V1 = struct.Struct("<QQBB")  # compressed offset, uncompressed offset, bits, has a window
 _POINT_V0 = struct.Struct("<QQB")
 
@@ -62,9 +64,7 @@ def _indexed(path: Path) -> Iterator[BinaryIO]:
         ) from e
 
 
-def index_gzip_tar(
-    path: Path, index_path: Path, on_member: Callable[[tar_reader.Member], None]
-) -> None:
+def index_gzip_tar(path: Path, index_path: Path, on_member: Callable[[tar_reader.Member], None]) -> None:
     """One pass over the gzip-compressed tar ``path``: ``on_member`` for each regular member (its
     offset and size in the decompressed tar), and the seek-point index saved to ``index_path``
     (written under a temporary name, renamed when complete). The stream is read to its end, so
@@ -106,7 +106,9 @@ def _read_points(index_path: Path) -> _Points:
             f"{index_path}: gzip seek-point index not found; materialise the image index asset again"
         ) from None
     if len(table) != point.size * count:
-        raise GzipIndexError(f"{index_path}: cut short; delete it and materialise the image index asset again")
+        raise GzipIndexError(
+            f"{index_path}: cut short; delete it and materialise the image index asset again"
+        )
     rows = list(point.iter_unpack(table))
     at = _HEADER.size + len(table)
     window_at = []
@@ -162,7 +164,12 @@ class GzipIndex:
         if i < 0:  # no point before it (a small file has none): from the start, gzip header and all
             start, bits, window, skip, wbits = 0, 0, b"", offset, zlib.MAX_WBITS | 16
         else:
-            start, bits, skip, wbits = points.compressed[i], points.bits[i], offset - points.uncompressed[i], -zlib.MAX_WBITS
+            start, bits, skip, wbits = (
+                points.compressed[i],
+                points.bits[i],
+                offset - points.uncompressed[i],
+                -zlib.MAX_WBITS,
+            )
             window = b""
             if points.window_at[i] >= 0:
                 window = os.pread(self._index.fileno(), points.window_size, points.window_at[i])

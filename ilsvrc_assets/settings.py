@@ -49,7 +49,7 @@ DEFAULT_REFRESH_CRON = "0 3 * * 0"  # Sundays 03:00
 DEFAULT_AUDIT_CRON = "0 5 * * *"  # every day 05:00
 SCHEDULE_STATUSES = ("stopped", "running")
 
-SOURCES = ("sample", "local", "http")
+SOURCES = ("sample", "local", "http", "huggingface")
 # The sources that read a copy where it is, in ILSVRC_LOCAL_DIR.
 LOCAL_SOURCES = ("local",)
 
@@ -197,6 +197,12 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if source in LOCAL_SOURCES and not local_dir:
         raise SettingsError(
             f"{ENV_SOURCE}={source} needs {ENV_LOCAL_DIR}: the folder (or file) holding the copy"
+        )
+    if source == "huggingface" and not local_dir and not environ.get("HF_TOKEN", "").strip():
+        # Only whether the token is set is looked at here: it is read by the source, never a setting.
+        raise SettingsError(
+            f"{ENV_SOURCE}=huggingface needs {ENV_LOCAL_DIR} (the folder holding data/*.tar.gz, or a hub "
+            f"cache) or HF_TOKEN (to fetch the files from the hub)"
         )
     boxes_dir = environ.get(ENV_BOXES_DIR, "").strip()
     if source == "http" and not http_url:

@@ -520,7 +520,9 @@ class HubServer:
                 resolve = f"/datasets/{hub.repo}/resolve/"
                 if self.path.startswith(resolve):
                     if self.headers.get("Authorization") != f"Bearer {hub.token}":
-                        self._empty(401, X_Error_Code="GatedRepo", X_Error_Message="Access to this repo is restricted")
+                        self._empty(
+                            401, X_Error_Code="GatedRepo", X_Error_Message="Access to this repo is restricted"
+                        )
                         return
                     _revision, _, name = self.path.removeprefix(resolve).partition("/")
                     if name not in hub.sha:

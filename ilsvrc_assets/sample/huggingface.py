@@ -1,4 +1,4 @@
-"""The built-in sample in the Hugging Face layout: ``data/train_images_{0..4}.tar.gz``, ``data/val_images.tar.gz``.
+"""The built-in sample in the Hugging Face layout: ``data/{train_images_{0..4},val_images}.tar.gz``.
 
 Made from a release in the official layout (the built-in sample's archives): the same image bytes,
 each member renamed ``<official stem>_<wnid>.JPEG``, the validation WNID from the release's devkit
@@ -24,11 +24,9 @@ def hf_member(filename: str, wnid: str) -> str:
     return f"{stem}_{wnid}{ext}"
 
 
-def write_huggingface_layout(
-    release_dir: Path, dest: Path, progress: Callable[[str], None] | None = None
-) -> list[Path]:
+def write_layout(release_dir: Path, dest: Path, progress: Callable[[str], None] | None = None) -> Path:
     """Write the images of the official-layout release in ``release_dir`` into ``dest`` in the
-    Hugging Face layout; return the files written."""
+    Hugging Face layout; return ``dest`` (for ``ILSVRC_LOCAL_DIR``)."""
     say = progress or (lambda message: None)
     devkit = synsets.read_devkit(release_dir / release.DEVKIT.name)
     wnid_of = dict(zip(devkit.leaves["ilsvrc2012_id"], devkit.leaves["wnid"]))
@@ -36,19 +34,19 @@ def write_huggingface_layout(
     train_tar = release_dir / release.IMG_TRAIN.name
     train = archives.index_train_archive(train_tar, frozenset(devkit.leaves["wnid"]))
     train = train.sort_values("synset", kind="stable")
-    written: list[Path] = []
     done: list[_Written] = []
     wnids = sorted(set(train["synset"]))
     with open(train_tar, "rb") as source:
         for part, name in enumerate(TRAIN_FILES):
-            mine = set(wnids[part * len(wnids) // len(TRAIN_FILES) : (part + 1) * len(wnids) // len(TRAIN_FILES)])
+            mine = set(
+                wnids[part * len(wnids) // len(TRAIN_FILES) : (part + 1) * len(wnids) // len(TRAIN_FILES)]
+            )
             rows = train[train["synset"].isin(mine)]
             say(f"sample (huggingface layout): writing {name} ({len(rows):,} images)")
             with _tar_writer(dest / name, True, done) as tar:
                 for filename, wnid, offset, size in rows.itertuples(index=False):
                     source.seek(offset)
                     _add(tar, hf_member(filename, wnid), source.read(size))
-            written.append(dest / name)
     val_tar = release_dir / release.IMG_VAL.name
     validation = archives.index_validation_archive(val_tar, labels)
     say(f"sample (huggingface layout): writing {VALIDATION_FILE} ({len(validation):,} images)")
@@ -58,5 +56,4 @@ def write_huggingface_layout(
         ):
             source.seek(offset)
             _add(tar, hf_member(filename, wnid), source.read(size))
-    written.append(dest / VALIDATION_FILE)
-    return written
+    return dest

@@ -274,7 +274,7 @@ def folder_manifest(root: Path, skip: Collection[str] = ()) -> FolderManifest:
 
 # ILSVRC_SOURCE value -> the module (under ilsvrc_assets.sources) whose ``make(settings, environ)``
 # returns the source. One module per source; README, "Adding a source".
-MODULES = {"sample": "official", "local": "official", "http": "official"}
+MODULES = {"sample": "official", "local": "official", "http": "official", "huggingface": "huggingface"}
 
 
 def from_settings(settings: Settings, environ: Mapping[str, str] = os.environ) -> ImageSource:

@@ -30,14 +30,29 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ilsvrc_assets import archives, gzip_index, release, tar_reader
-from ilsvrc_assets.archives import ArchiveError, ChecksumCache
+from ilsvrc_assets import archives, gzip_index, release, synsets, tar_reader
+from ilsvrc_assets.archives import ArchiveError, ChecksumCache, md5_of
+from ilsvrc_assets.settings import ENV_LOCAL_DIR, ENV_SOURCE, Settings
+from ilsvrc_assets.sources import (
+    BOXES,
+    TRAIN,
+    VALIDATION,
+    BoxFiles,
+    FetchedInput,
+    ImageReader,
+    ImageSource,
+    Input,
+    Log,
+    SourceError,
+    file_version,
+)
 
 REPO_ID = "ILSVRC/imagenet-1k"
 REPO_TYPE = "dataset"
@@ -47,8 +62,8 @@ TRAIN_FILES = tuple(f"data/train_images_{i}.tar.gz" for i in range(5))
 VALIDATION_FILE = "data/val_images.tar.gz"
 FILES = (*TRAIN_FILES, VALIDATION_FILE)
 PART_BITS = 40  # a training image's offset: part number << 40 | offset in that part's tar (1 TiB each)
-ENV_HF_TOKEN = "HF_TOKEN"
-ENV_HF_ENDPOINT = "HF_ENDPOINT"
+ENV_HF_TOKEN = "HF_TOKEN"  # read by make() only; never a setting (settings become run configuration)
+ENV_HF_ENDPOINT = "HF_ENDPOINT"  # a mirror of the hub (huggingface_hub's own variable)
 
 _TRAIN_STEM = re.compile(r"(n\d{8})_(\d+)")
 
@@ -160,11 +175,13 @@ def index_validation(gz: Path, index_dir: Path, labels: Sequence[str], labels_fr
             number = release.validation_number(filename)
         except ValueError:
             raise ArchiveError(
-                f"{gz}: member {member.name!r} is not a validation image 'ILSVRC2012_val_<8 digits>_<wnid>.JPEG'"
+                f"{gz}: member {member.name!r} is not a validation image "
+                f"'ILSVRC2012_val_<8 digits>_<wnid>.JPEG'"
             ) from None
         if not 1 <= number <= len(labels):
             raise ArchiveError(
-                f"{gz}: member {member.name!r} has no ground-truth label ({labels_from} lists {len(labels):,} images)"
+                f"{gz}: member {member.name!r} has no ground-truth label "
+                f"({labels_from} lists {len(labels):,} images)"
             )
         if wnid != labels[number - 1]:
             raise ArchiveError(
@@ -194,7 +211,9 @@ class GzipTarReader:
 
     @property
     def where(self) -> str:
-        return self.parts[0].name if len(self.parts) == 1 else f"{self.parts[0].name} ... {self.parts[-1].name}"
+        return (
+            self.parts[0].name if len(self.parts) == 1 else f"{self.parts[0].name} ... {self.parts[-1].name}"
+        )
 
     def open(self) -> GzipTarReading:
         return GzipTarReading(self.parts, self.index_dir)
@@ -218,7 +237,9 @@ class GzipTarReading:
     def read(self, name: str, offset: int, size: int) -> bytes:
         part, at = offset >> PART_BITS, offset & ((1 << PART_BITS) - 1)
         if part >= len(self.parts):
-            raise ArchiveError(f"image {name}: offset {offset} names no file of this copy; index the images again")
+            raise ArchiveError(
+                f"image {name}: offset {offset} names no file of this copy; index the images again"
+            )
         gz = self.parts[part]
         reader = self._open.get(part)
         try:
@@ -249,11 +270,17 @@ class GzipTarReading:
 
 
 def download(
-    filename: str, cache_dir: Path, token: str, endpoint: str | None, revision: str = REVISION
+    filename: str,
+    cache_dir: Path,
+    token: str,
+    endpoint: str | None,
+    revision: str = REVISION,
+    offline: bool = False,
 ) -> Path:
     """``filename`` of the dataset, fetched into the hub cache ``cache_dir`` by ``huggingface_hub``
     (skipped when the cache has the current version; a broken transfer is resumed by its own
-    retries). Returns the snapshot path (a symlink into ``blobs/``)."""
+    retries). Returns the snapshot path (a symlink into ``blobs/``). ``offline``: the cached copy
+    only, no request (what was fetched for the input asset)."""
     from huggingface_hub import hf_hub_download
 
     return Path(
@@ -265,6 +292,7 @@ def download(
             cache_dir=str(cache_dir),
             token=token,
             endpoint=endpoint,
+            local_files_only=offline,
         )
     )
 
@@ -275,6 +303,195 @@ def remote_version(filename: str, token: str, endpoint: str | None, revision: st
 
     url = hf_hub_url(REPO_ID, filename, repo_type=REPO_TYPE, revision=revision, endpoint=endpoint)
     meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
-    return f"commit={meta.commit_hash or '-'} etag={meta.etag or '-'} size={meta.size if meta.size is not None else '-'}"
+    size = meta.size if meta.size is not None else "-"
+    return f"commit={meta.commit_hash or '-'} etag={meta.etag or '-'} size={size}"
 
 
+# --- The source -----------------------------------------------------------------------------------
+
+
+def _inputs() -> tuple[Input, ...]:
+    train = tuple(
+        Input(
+            f"hf_train_images_{i}",
+            name,
+            f"part {i + 1} of 5 of the training images, a gzip-compressed tar of '<wnid>_<n>_<wnid>.JPEG'",
+            frozenset({TRAIN}),
+            "tar",
+        )
+        for i, name in enumerate(TRAIN_FILES)
+    )
+    validation = Input(
+        "hf_val_images",
+        VALIDATION_FILE,
+        "the 50,000 validation images, a gzip-compressed tar of 'ILSVRC2012_val_<8 digits>_<wnid>.JPEG'",
+        frozenset({VALIDATION}),
+        "tar",
+    )
+    return (*train, validation)
+
+
+INPUTS = _inputs()
+
+
+def make(settings: Settings, environ: Mapping[str, str] = os.environ) -> HuggingFaceSource:
+    """The source of ``ILSVRC_SOURCE=huggingface``; ``HF_TOKEN`` and ``HF_ENDPOINT`` read from ``environ``
+    (the one place the token is read)."""
+    token = environ.get(ENV_HF_TOKEN, "").strip() or None
+    endpoint = environ.get(ENV_HF_ENDPOINT, "").strip().rstrip("/") or None
+    if settings.local_dir is None and token is None:
+        raise SourceError(
+            f"{ENV_SOURCE}=huggingface needs {ENV_LOCAL_DIR} (the folder holding data/*.tar.gz, or a hub "
+            f"cache) or {ENV_HF_TOKEN} (to fetch the files from the hub)"
+        )
+    return HuggingFaceSource(
+        root=settings.local_dir or settings.data_dir / "huggingface",
+        index_dir=settings.index_dir / "huggingface",
+        boxes_dir=settings.boxes_dir,
+        token=token,
+        endpoint=endpoint,
+    )
+
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.sources.official import LocalSource
+
+
+class HuggingFaceSource(ImageSource):
+    """``ILSVRC/imagenet-1k``'s data files, in place under ``root`` or fetched into a hub cache there."""
+
+    kind = "huggingface"
+
+    def __init__(
+        self,
+        root: Path,
+        index_dir: Path,
+        boxes_dir: Path | None = None,
+        token: str | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        self.root = root
+        self.index_dir = index_dir
+        self.boxes_dir = boxes_dir
+        self._token = token  # never shown: not in describe(), repr or any message
+        self.endpoint = endpoint
+
+    def __repr__(self) -> str:
+        return f"HuggingFaceSource(root={self.root!r}, token={'***' if self._token else None})"
+
+    def describe(self) -> str:
+        where = f"Hugging Face copy of {REPO_ID} in {self.root}"
+        if self._token:
+            where += f" (fetched from {self.endpoint or 'the Hugging Face hub'})"
+        return where + (f", boxes from {self.boxes_dir}" if self.boxes_dir else ", no boxes")
+
+    def inputs(self) -> tuple[Input, ...]:
+        """The six data files; with ``ILSVRC_BOXES_DIR``, the official box archives there too."""
+        if self.boxes_dir is None:
+            return INPUTS
+        from ilsvrc_assets.sources.official import INPUTS as OFFICIAL
+
+        return (*INPUTS, *(i for i in OFFICIAL if BOXES in i.feeds))
+
+    def _boxes(self) -> LocalSource:
+        from ilsvrc_assets.sources.official import LocalSource
+
+        assert self.boxes_dir is not None
+        return LocalSource(self.boxes_dir)
+
+    def locate(self, item: Input, log: Log, fetch: bool = False) -> Path:
+        """The local file of ``item``. With a token, in the hub cache under the root: fetched there
+        when ``fetch`` (the input asset), else the copy fetched before. Without, found under the root."""
+        if BOXES in item.feeds:
+            return self._boxes().locate(item, log)
+        if self._token:
+            if fetch:
+                hub = self.endpoint or "the Hugging Face hub"
+                log(f"{item.name}: from {hub} into the hub cache {self.root}")
+            try:
+                return download(item.name, self.root, self._token, self.endpoint, offline=not fetch)
+            except Exception as e:  # huggingface_hub's errors: the hub's words, never the token
+                if fetch:
+                    raise SourceError(
+                        f"{item.name}: fetching from {self.endpoint or 'the Hugging Face hub'} failed "
+                        f"({type(e).__name__}: {e}); check {ENV_HF_TOKEN} (a token of an account that "
+                        f"accepted the dataset's terms)"
+                    ) from None
+                raise SourceError(
+                    f"{item.name}: not in the hub cache {self.root}; materialise its input asset first"
+                ) from None
+        if not self.root.is_dir():
+            raise SourceError(
+                f"{self.root}: no such folder; set {ENV_LOCAL_DIR} to the folder holding data/*.tar.gz "
+                f"(or to a hub cache), or set {ENV_HF_TOKEN} to fetch the files"
+            )
+        data_root = find_data_root(self.root)
+        path = (data_root or self.root) / item.name
+        if not path.is_file():
+            raise SourceError(
+                f"{path}: not found. {ENV_LOCAL_DIR} must hold {', '.join(FILES)} as the hub client "
+                f"downloads them (hf download {REPO_ID} --repo-type dataset --include 'data/*_images*'), "
+                f"or be a hub cache holding them; or set {ENV_HF_TOKEN} to fetch them"
+            )
+        return path
+
+    def fetch(self, item: Input, cache: ChecksumCache | None, log: Log) -> FetchedInput:
+        if BOXES in item.feeds:
+            return self._boxes().fetch(item, cache, log)
+        path = self.locate(item, log, fetch=True)
+        version = self.observe(item, log)
+        md5, cached = md5_of(path, cache)
+        log(f"{item.name}: MD5 {md5} " + ("(unchanged since last verified)" if cached else "computed"))
+        return FetchedInput(
+            input=item,
+            path=path,
+            size=path.stat().st_size,
+            md5=md5,
+            expected_md5="",
+            expected_from="no MD5 is published for the hub's files; recorded to notice a change",
+            md5_from_cache=cached,
+            source_version=version,
+        )
+
+    def observe(self, item: Input, log: Log) -> str:
+        """With a token, the hub's commit, ETag and size (one HEAD request); else the local file's
+        size and modification time."""
+        if BOXES in item.feeds:
+            return self._boxes().observe(item, log)
+        if self._token:
+            return remote_version(item.name, self._token, self.endpoint)
+        return file_version(self.locate(item, log))
+
+    def read_devkit(self, log: Log) -> synsets.Devkit:
+        """From the shipped reference files; every validation image's WNID suffix is checked against
+        the shipped ground truth when the images are indexed."""
+        return synsets.reference_devkit(None, "", None, "")
+
+    def index_images(
+        self,
+        split: str,
+        known: Collection[str],
+        labels: Sequence[str],
+        log: Log,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> pd.DataFrame:
+        if split == "train":
+            parts = [self.locate(i, log) for i in self.inputs_for(TRAIN)]
+            return index_train(parts, self.index_dir, known, progress)
+        (validation,) = self.inputs_for(VALIDATION)
+        return index_validation(
+            self.locate(validation, log), self.index_dir, labels, "the validation ground truth"
+        )
+
+    def image_reader(self, split: str, log: Log) -> ImageReader:
+        role = TRAIN if split == "train" else VALIDATION
+        return GzipTarReader(tuple(self.locate(i, log) for i in self.inputs_for(role)), self.index_dir)
+
+    def has_boxes(self) -> bool:
+        return self.boxes_dir is not None
+
+    def box_files(self, log: Log) -> BoxFiles | None:
+        """The official box archives in ``ILSVRC_BOXES_DIR``; None without it (the copy has none)."""
+        if self.boxes_dir is None:
+            return None
+        return self._boxes().box_files(log)

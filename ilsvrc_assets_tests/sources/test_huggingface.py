@@ -17,9 +17,9 @@ import pytest
 
 from ilsvrc_assets import gzip_index, release
 from ilsvrc_assets.archives import ArchiveError
-from ilsvrc_assets.sample.huggingface import write_huggingface_layout
+from ilsvrc_assets.sample.huggingface import write_layout
 from ilsvrc_assets.sources import huggingface as hf
-from ilsvrc_assets_tests.helpers import HubServer, rgb_jpeg
+from ilsvrc_assets_tests.helpers import HubServer, build_all, make_settings, rgb_jpeg
 
 TOKEN = "hf_Tk93-never-shown-anywhere"
 
@@ -28,8 +28,103 @@ TOKEN = "hf_Tk93-never-shown-anywhere"
 def hf_copy(sample_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in sample in the Hugging Face layout (``data/*.tar.gz``)."""
     dest = tmp_path_factory.mktemp("hf") / "imagenet-1k"
-    write_huggingface_layout(sample_release, dest)
+    write_layout(sample_release, dest)
     return dest
+
+
+@pytest.fixture(scope="module")
+def hf_build(hf_copy: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The whole graph built from ``hf_copy`` with ``ILSVRC_SOURCE=huggingface`` (no boxes):
+    (settings, results, failed)."""
+    from dagster import DagsterInstance
+
+    root = tmp_path_factory.mktemp("hf-build")
+    settings = make_settings(root / "data", hf_copy, source="huggingface")
+    (root / "dagster_home").mkdir()
+    with DagsterInstance.local_temp(str(root / "dagster_home")) as instance:
+        results, failed = build_all(settings, instance)
+        yield settings, results, failed
+
+
+def _records(path: Path, without_boxes: bool) -> list[dict]:
+    import tensorflow as tf
+
+    found = []
+    for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+        feature = tf.train.Example.FromString(raw).features.feature
+        found.append(
+            {
+                key: feature[key].SerializeToString(deterministic=True)
+                for key in feature
+                if not (without_boxes and key.startswith("image/object/bbox/"))
+            }
+        )
+    return found
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def test_the_sample_in_the_hub_layout_builds_the_official_outputs_apart_from_boxes(
+    hf_build, built_sample_graph
+):
+    from ilsvrc_assets.bounding_boxes import NO_BOXES
+
+    settings, results, failed = hf_build
+    official, _, _, official_failed = built_sample_graph
+    assert not official_failed
+    # Nothing failed; the box check gives its visible warning that this copy has no boxes.
+    assert not failed, failed
+    from ilsvrc_assets_tests.helpers import evaluations
+
+    boxes = evaluations(*results)["bounding_boxes:boxes_are_valid"]
+    assert boxes.severity.value == "WARN" and NO_BOXES in boxes.description
+    assert settings.synsets_csv.read_bytes() == official.synsets_csv.read_bytes()
+    assert settings.validation_labels_csv.read_bytes() == official.validation_labels_csv.read_bytes()
+    assert _tree(settings.validation_dir) == _tree(official.validation_dir)
+    names = [n for split in release.SPLITS for n in settings.shard_names(split)]
+    for name in names:
+        path = settings.tfrecords_dir / name
+        assert _records(path, True) == _records(official.tfrecords_dir / name, True), name
+        # Each record's box lists are there and empty (b"\x12\x00": a Feature with an empty float list).
+        assert {record["image/object/bbox/xmin"] for record in _records(path, False)} <= {b"\x12\x00"}
+
+
+def test_with_the_official_box_archives_the_shards_are_byte_identical(
+    hf_build, built_sample_graph, sample_release, tmp_path
+):
+    """ILSVRC_BOXES_DIR names the sample's box archives: the box table is the official build's, and a
+    shard of each split written from the hub layout is the official shard, byte for byte."""
+    from ilsvrc_assets import archives, bounding_boxes, formats, shard_plan, shards, synsets
+    from ilsvrc_assets.sources import from_settings
+
+    settings, _, _ = hf_build
+    official, _, _, _ = built_sample_graph
+    with_boxes = make_settings(
+        settings.data_dir, settings.local_dir, source="huggingface", boxes_dir=sample_release
+    )
+    source = from_settings(with_boxes)
+    assert source.has_boxes() and {i.asset for i in source.inputs()} >= {"train_boxes_archive"}
+    files = source.box_files(print)
+    assert files is not None
+    table = bounding_boxes.read_table(official.bounding_boxes_parquet)
+    for split in release.SPLITS:
+        name = settings.shard_names(split)[0]
+        jobs = shard_plan.plan_split(
+            split,
+            archives.read_index(settings.image_index(split)),
+            synsets.read_synsets(settings.synsets_csv),
+            bounding_boxes.boxes_by_image(table[table["split"] == split]),
+            source.image_reader(split, print),
+            tmp_path,
+            settings.num_shards[split],
+            wanted=[name],
+        )
+        stats = shards.write_shard(jobs[name], formats.by_name(formats.DEFAULT))
+        assert stats.path.read_bytes() == (official.tfrecords_dir / stats.path.name).read_bytes(), name
 
 
 @pytest.fixture
@@ -69,7 +164,9 @@ def test_download_goes_through_the_hub_client_resumes_a_broken_transfer_and_uses
             hf.download(hf.TRAIN_FILES[0], tmp_path / "other", "hf_wrong-token", hub.endpoint)
         assert "401" in str(refused.value) or "gated" in str(refused.value).lower()
         # The token went to the hub only, never to the CDN host.
-        assert {a for (_, p, _), a in zip(hub.requests, hub.authorizations) if p.startswith("/cdn/")} == {None}
+        assert {a for (_, p, _), a in zip(hub.requests, hub.authorizations) if p.startswith("/cdn/")} == {
+            None
+        }
 
 
 # --- A copy made by hand, and damaged copies (the plain library) -----------------------------------
@@ -217,7 +314,9 @@ def test_a_seek_point_index_reads_any_member_of_a_large_stream(tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(3)  # 8 letters at random: Huffman-coded blocks, starting anywhere in a byte
-    members = [(f"m{i}", rng.integers(97, 105, int(rng.integers(1, 200_000)), np.uint8).tobytes()) for i in range(60)]
+    members = [
+        (f"m{i}", rng.integers(97, 105, int(rng.integers(1, 200_000)), np.uint8).tobytes()) for i in range(60)
+    ]
     gz = write_gz_tar(tmp_path / "big.tar.gz", members)
     listed = []
     gzip_index.index_gzip_tar(gz, tmp_path / "big.gzidx", listed.append)
