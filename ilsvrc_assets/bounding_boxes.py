@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import posixpath
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ilsvrc_assets import archives, previews, release, synsets as synsets_module, tar_reader
+from ilsvrc_assets import archives, previews, release, tar_reader
+from ilsvrc_assets import synsets as synsets_module
 from ilsvrc_assets.box_outputs import boxes_by_image, find_problems, read_table, reference_csv, write_outputs
 from ilsvrc_assets.box_rules import (
     COLUMNS,
@@ -40,7 +41,7 @@ from ilsvrc_assets.box_rules import (
 )
 from ilsvrc_assets.box_workers import Helpers, Parsed, gc_paused, parse_batch
 from ilsvrc_assets.box_xml import MAX_XML_BYTES, Annotation, BoundingBoxError, parse_annotation
-from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.settings import ENV_BOXES_DIR, Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ __all__ = [
 # --- The archives ------------------------------------------------------------------------------
 
 
-def _xml_members(archive: Path) -> Iterator[tuple[str, str, bytes]]:
+def tar_box_files(archive: Path) -> Iterator[tuple[str, str, bytes]]:
     """(member name without './', where-string, bytes) of every file member, streamed in archive order.
 
     Directories are skipped; links and special files, names outside the archive, oversized or
@@ -104,15 +105,16 @@ _FRAME_FILES = 50_000
 
 @gc_paused()
 def _read(
-    archive: Path,
+    members: Iterable[tuple[str, str, bytes]],
     split: str,
     locate: Callable[[str, str], tuple[str, str]],
     synsets: Collection[str],
     helpers: Helpers,
 ) -> pd.DataFrame:
-    """The table of one archive; ``locate(member name, where)`` gives (image, synset) or raises.
+    """The table of one split's box files (``members``: (name, where, XML bytes), e.g. of
+    :func:`tar_box_files`); ``locate(name, where)`` gives (image, synset) or raises.
 
-    Where the archive has several problems, the first in archive order is raised, whichever
+    Where the files have several problems, the first in archive order is raised, whichever
     process found it.
     """
     located: list[tuple[str, str]] = []  # (image, synset) per file not yet in a frame, in archive order
@@ -154,7 +156,7 @@ def _read(
 
     try:
         try:
-            for name, where, data in _xml_members(archive):
+            for name, where, data in members:
                 located.append(locate(name, where))
                 batch.append((where, data))
                 if len(batch) == _BATCH:
@@ -200,10 +202,12 @@ def read_train_boxes(archive: Path, synsets: Collection[str], *, workers: int | 
     (default: the CPU count, at most 4; 1 parses in this process only).
     """
     with Helpers(workers) as helpers:
-        return _read_train(archive, synsets, helpers)
+        return _read_train(tar_box_files(archive), synsets, helpers)
 
 
-def _read_train(archive: Path, synsets: Collection[str], helpers: Helpers) -> pd.DataFrame:
+def _read_train(
+    members: Iterable[tuple[str, str, bytes]], synsets: Collection[str], helpers: Helpers
+) -> pd.DataFrame:
     known = frozenset(synsets)
 
     def locate(name: str, where: str) -> tuple[str, str]:
@@ -219,7 +223,7 @@ def _read_train(archive: Path, synsets: Collection[str], helpers: Helpers) -> pd
             )
         return stem + ".JPEG", folder
 
-    return _read(archive, "train", locate, known, helpers)
+    return _read(members, "train", locate, known, helpers)
 
 
 _VALIDATION_PREFIX = "ILSVRC2012_val_"
@@ -237,10 +241,12 @@ def read_validation_boxes(
     ground-truth label and any XML it cannot use. ``workers`` as for :func:`read_train_boxes`.
     """
     with Helpers(workers) as helpers:
-        return _read_validation(archive, validation_synsets, helpers)
+        return _read_validation(tar_box_files(archive), validation_synsets, helpers)
 
 
-def _read_validation(archive: Path, validation_synsets: Sequence[str], helpers: Helpers) -> pd.DataFrame:
+def _read_validation(
+    members: Iterable[tuple[str, str, bytes]], validation_synsets: Sequence[str], helpers: Helpers
+) -> pd.DataFrame:
     labels = list(validation_synsets)
     known = frozenset(labels)
 
@@ -267,7 +273,7 @@ def _read_validation(archive: Path, validation_synsets: Sequence[str], helpers: 
             )
         return stem + ".JPEG", labels[number - 1]
 
-    return _read(archive, "validation", locate, known, helpers)
+    return _read(members, "validation", locate, known, helpers)
 
 
 def build_table(
@@ -282,11 +288,36 @@ def build_table(
 
     ``workers`` as for :func:`read_train_boxes`; the helper processes serve both archives.
     """
+    return table_of_box_files(
+        lambda split: tar_box_files(train_archive if split == "train" else validation_archive),
+        synsets,
+        validation_synsets,
+        workers=workers,
+    )
+
+
+def table_of_box_files(
+    files: Callable[[str], Iterable[tuple[str, str, bytes]]],
+    synsets: Collection[str],
+    validation_synsets: Sequence[str],
+    *,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """As :func:`build_table`, from each split's box files (``files(split)``, from any container:
+    :meth:`ilsvrc_assets.sources.BoxFiles.files`), named as in the official archives."""
     with Helpers(workers) as helpers:
-        train = _read_train(train_archive, synsets, helpers)
-        validation = _read_validation(validation_archive, validation_synsets, helpers)
+        train = _read_train(files("train"), synsets, helpers)
+        validation = _read_validation(files("validation"), validation_synsets, helpers)
     # Each part is sorted by (image, box) and "train" < "validation", so concatenating keeps the order.
     return typed(pd.concat([train, validation], ignore_index=True))
+
+
+def empty_table() -> pd.DataFrame:
+    """The box table of a copy without boxes: no rows, the columns and types of any other."""
+    return typed(pd.DataFrame({column: [] for column in COLUMNS}))
+
+
+NO_BOXES = "no boxes in this source"
 
 
 # --- The stage and its check ---------------------------------------------------------------------
@@ -295,20 +326,24 @@ def build_table(
 def make_bounding_boxes(
     settings: Settings, source: ImageSource, log: Log = quiet, outputs: BoxOutputs | None = None
 ) -> Made:
-    """Stage ``bounding_boxes``: both box archives into ``<data>/bounding_boxes.parquet`` and the
-    reference CSVs (needs ``synsets`` and ``validation_labels``).
+    """Stage ``bounding_boxes``: the source's box files (both box archives, for the official
+    release) into ``<data>/bounding_boxes.parquet`` and the reference CSVs (needs ``synsets`` and
+    ``validation_labels``). A source without boxes gives an empty table (its check says so).
 
     ``outputs`` puts the three files elsewhere (the benchmark's box table at scale).
     """
     out = outputs or BoxOutputs.of(settings)
-    train_boxes, validation_boxes = source.box_archives(log)
-    table = build_table(
-        train_boxes,
-        validation_boxes,
-        set(synsets_module.read_synsets(settings.synsets_csv)["wnid"]),
-        synsets_module.read_validation_labels(settings.validation_labels_csv),
-        workers=settings.workers,
-    )
+    box_files = source.box_files(log)
+    if box_files is None:
+        log(f"{NO_BOXES} ({source.describe()}): the box table is empty, the records carry no boxes")
+        table = empty_table()
+    else:
+        table = table_of_box_files(
+            box_files.files,
+            set(synsets_module.read_synsets(settings.synsets_csv)["wnid"]),
+            synsets_module.read_validation_labels(settings.validation_labels_csv),
+            workers=settings.workers,
+        )
     write_outputs(table, out.parquet, out.train_csv, out.validation_csv)
     shown = previews.for_bounding_boxes(
         table,
@@ -324,6 +359,7 @@ def make_bounding_boxes(
         out.parquet,
         {
             "reference_csv": out.train_csv,
+            **({} if box_files is not None else {"box_source": NO_BOXES}),
             "boxes": len(table),
             "kept_train_boxes": int((kept["split"] == "train").sum()),
             "kept_validation_boxes": int((kept["split"] == "validation").sum()),
@@ -350,10 +386,26 @@ class BoxOutputs:
         )
 
 
-def bounding_boxes_verdict(settings: Settings) -> Verdict:
+def bounding_boxes_verdict(settings: Settings, has_boxes: bool = True) -> Verdict:
     """Check ``boxes_are_valid``: every kept box valid and on a known image of its synset, and each
-    split has kept boxes at all (needs ``train_images``)."""
+    split has kept boxes at all (needs ``train_images``).
+
+    For a source without boxes (``has_boxes`` False) an empty table is what is expected: the
+    verdict is a visible warning saying so, not a pass (and not an error: nothing is wrong).
+    """
     table = read_table(settings.bounding_boxes_parquet)
+    if not has_boxes and table.empty:
+        return Verdict(
+            [
+                (
+                    f"{NO_BOXES}: the box table is empty and the records carry no boxes (set "
+                    f"{ENV_BOXES_DIR} to a folder holding the official box archives to add them)"
+                )
+            ],
+            "",
+            {"kept_boxes": 0},
+            severity="WARN",
+        )
     index = archives.read_index(settings.image_index("train"))
     labels = synsets_module.read_validation_labels(settings.validation_labels_csv)
     problems = find_problems(table, dict(zip(index["filename"], index["synset"])), labels)

@@ -6,18 +6,11 @@ the CLI call :func:`build_definitions` with their own settings.
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetsDefinition, AssetSelection, Definitions, define_asset_job
 
 from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.defs import kubernetes
-from ilsvrc_assets.defs.archives import (
-    ARCHIVE_ASSETS,
-    devkit_archive,
-    train_archive,
-    train_boxes_archive,
-    validation_archive,
-    validation_boxes_archive,
-)
+from ilsvrc_assets.defs.archives import ARCHIVE_ASSETS, input_assets
 from ilsvrc_assets.defs.bounding_boxes import bounding_boxes, boxes_are_valid
 from ilsvrc_assets.defs.image_index import (
     every_synset_has_training_images,
@@ -30,11 +23,18 @@ from ilsvrc_assets.defs.record_workers import record_workers_resource
 from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import audit_schedule, refresh_sensor
 from ilsvrc_assets.defs.shards import shards_asset
-from ilsvrc_assets.defs.synsets import agrees_with_shipped_labels, one_thousand_synsets, synsets, validation_labels
+from ilsvrc_assets.defs.synsets import (
+    agrees_with_shipped_labels,
+    one_thousand_synsets,
+    synsets,
+    validation_labels,
+)
 from ilsvrc_assets.defs.train_tree import matches_train_index, train_tree
 from ilsvrc_assets.defs.validation_tree import matches_validation_label_file, validation_tree
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.sources import BOXES, DEVKIT, TRAIN, VALIDATION, ImageSource, from_settings
+from ilsvrc_assets.sources.official import INPUTS as OFFICIAL_INPUTS
 
 # Every check, by name; the archives' ``checksum`` checks are part of their assets.
 ASSET_CHECKS = [
@@ -74,11 +74,36 @@ def opt_in_jobs(settings: Settings) -> list[str]:
     return [JOB_NAMES[name] for name in OPT_IN if name not in left_out(settings)]
 
 
-# Checks that judge outputs already on disk; they can run on their own, without rebuilding.
-# (The archive checksums are evaluated while fetching and need no separate run.)
-AUDIT = AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
-    *(archive.key for archive in ARCHIVE_ASSETS.values())
-)
+# The stages' assets name the official archives as their deps; the role each one stands for.
+_OFFICIAL_ROLES = {item.asset: next(iter(item.feeds)) for item in OFFICIAL_INPUTS}
+assert set(_OFFICIAL_ROLES.values()) == {DEVKIT, TRAIN, VALIDATION, BOXES}
+
+
+def with_source_inputs(asset_def: AssetsDefinition, source: ImageSource) -> AssetsDefinition:
+    """``asset_def`` depending on the source's inputs instead of the official archives: each
+    official archive among its deps becomes the inputs that feed the same role (unchanged for
+    the official sources)."""
+    if source.inputs() == OFFICIAL_INPUTS:
+        return asset_def
+
+    def rewired(spec):
+        deps: list[str] = []
+        for dep in spec.deps:
+            name = dep.asset_key.to_user_string()
+            role = _OFFICIAL_ROLES.get(name)
+            names = [i.asset for i in source.inputs_for(role)] if role else [name]
+            deps += [n for n in names if n not in deps]
+        return spec.replace_attributes(deps=deps)
+
+    return asset_def.map_asset_specs(rewired)
+
+
+def audit_selection(source: ImageSource, leave_out: tuple[str, ...] = ()) -> AssetSelection:
+    """The checks that judge outputs on disk: every check but the inputs' checksums and those of
+    the opt-in assets left out."""
+    return AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
+        *(item.asset for item in source.inputs()), *leave_out
+    )
 
 
 def build_definitions(
@@ -91,28 +116,21 @@ def build_definitions(
     """
     settings = settings or settings_module.load()
     leave_out = left_out(settings)
+    # The source's input assets (the five archives for the official release), and the stages'
+    # dependencies on them.
+    source = from_settings(settings)
+    official = source.inputs() == OFFICIAL_INPUTS
+    inputs = list(ARCHIVE_ASSETS.values()) if official else input_assets(source.inputs())
+    stages = [
+        with_source_inputs(stage, source)
+        for stage in (synsets, validation_labels, train_images, validation_images, validation_tree)
+    ] + [with_source_inputs(bounding_boxes, source), with_source_inputs(train_tree, source)]
     # Partitioned by the settings' shard counts, so made here rather than at import.
     train_shards = shards_asset(settings, "train_shards", "train")
     validation_shards = shards_asset(settings, "validation_shards", "validation")
     shard_assets = {"train": train_shards, "validation": validation_shards}
     return Definitions(
-        assets=[
-            train_archive,
-            validation_archive,
-            devkit_archive,
-            train_boxes_archive,
-            validation_boxes_archive,
-            synsets,
-            validation_labels,
-            train_images,
-            validation_images,
-            validation_tree,
-            train_tree,
-            bounding_boxes,
-            train_shards,
-            validation_shards,
-            dataset_manifest,
-        ],
+        assets=[*inputs, *stages, train_shards, validation_shards, dataset_manifest],
         asset_checks=ASSET_CHECKS,
         jobs=[
             define_asset_job(
@@ -144,7 +162,7 @@ def build_definitions(
             ),
             define_asset_job(
                 JOB_NAMES["audit"],
-                selection=AUDIT - AssetSelection.checks_for_assets(*leave_out),
+                selection=audit_selection(source, leave_out),
                 description="Run the checks again against what is already built; materialises nothing.",
             ),
         ],

@@ -30,10 +30,12 @@ class CheckOutcome:
     passed: bool
     description: str = ""
     error: str | None = None  # set when the check could not run: neither passed nor failed
+    # Did not pass with severity WARN: shown, but not a failure (e.g. "no boxes in this source").
+    warning: bool = False
 
     @property
     def failed(self) -> bool:
-        return not self.passed and self.error is None
+        return not self.passed and self.error is None and not self.warning
 
 
 def _text(value: str) -> str:
@@ -55,6 +57,8 @@ def report(outcomes: Sequence[CheckOutcome], suite: str, seconds: float) -> byte
         case = ET.SubElement(suite_element, "testcase", {"classname": outcome.asset, "name": outcome.check})
         if outcome.error is not None:
             ET.SubElement(case, "error", {"message": _text(outcome.error)}).text = _text(outcome.error)
+        elif outcome.warning:
+            ET.SubElement(case, "system-out").text = _text(f"WARNING: {outcome.description}")
         elif not outcome.passed:
             description = outcome.description or "the check did not pass"
             ET.SubElement(case, "failure", {"message": _text(description)}).text = _text(description)

@@ -21,9 +21,11 @@ from pathlib import Path
 
 from ilsvrc_assets import release
 
-ENV_SOURCE = "ILSVRC_SOURCE"  # sample | local | http
+ENV_SOURCE = "ILSVRC_SOURCE"  # sample | local | http (README, "Sources")
 ENV_DATA_DIR = "ILSVRC_DATA_DIR"  # outputs; default ./data
-ENV_LOCAL_DIR = "ILSVRC_LOCAL_DIR"  # folder holding the official archives (source=local)
+ENV_LOCAL_DIR = "ILSVRC_LOCAL_DIR"  # folder holding the copy (source=local: the official archives)
+# A folder holding the official box archives, for a copy without boxes (e.g. source=folder).
+ENV_BOXES_DIR = "ILSVRC_BOXES_DIR"
 ENV_HTTP_URL = "ILSVRC_HTTP_URL"  # base URL of the archives (source=http)
 # Credentials for the HTTP source (basic auth, or a bearer token): read by
 # download.Credentials.from_env when the source is made, never part of the settings.
@@ -47,7 +49,9 @@ DEFAULT_REFRESH_CRON = "0 3 * * 0"  # Sundays 03:00
 DEFAULT_AUDIT_CRON = "0 5 * * *"  # every day 05:00
 SCHEDULE_STATUSES = ("stopped", "running")
 
-SOURCES = ("sample", "local", "http")
+SOURCES = ("sample", "local", "http", "huggingface")
+# The sources that read a copy where it is, in ILSVRC_LOCAL_DIR.
+LOCAL_SOURCES = ("local",)
 
 
 class SettingsError(ValueError):
@@ -71,6 +75,8 @@ class Settings:
     schedules_running: bool = False
     # Shard partitions per run of a backfill; None: the whole range in one run.
     partitions_per_run: int | None = None
+    # A folder holding the official box archives, for a source whose copy has no boxes.
+    boxes_dir: Path | None = None
 
     # Output layout under data_dir, in one place.
     @property
@@ -193,6 +199,17 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             f"{ENV_SOURCE}=local needs {ENV_LOCAL_DIR}: the folder holding "
             + ", ".join(a.name for a in release.ARCHIVES)
         )
+    if source in LOCAL_SOURCES and not local_dir:
+        raise SettingsError(
+            f"{ENV_SOURCE}={source} needs {ENV_LOCAL_DIR}: the folder (or file) holding the copy"
+        )
+    if source == "huggingface" and not local_dir and not environ.get("HF_TOKEN", "").strip():
+        # Only whether the token is set is looked at here: it is read by the source, never a setting.
+        raise SettingsError(
+            f"{ENV_SOURCE}=huggingface needs {ENV_LOCAL_DIR} (the folder holding data/*.tar.gz, or a hub "
+            f"cache) or HF_TOKEN (to fetch the files from the hub)"
+        )
+    boxes_dir = environ.get(ENV_BOXES_DIR, "").strip()
     if source == "http" and not http_url:
         raise SettingsError(
             f"{ENV_SOURCE}=http needs {ENV_HTTP_URL}, e.g. https://image-net.org/data/ILSVRC/2012/"
@@ -224,6 +241,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         schedules_running=schedules_running,
         # Unset gives 0 (no minimum is checked then): one run per backfill.
         partitions_per_run=_int_env(environ, ENV_PARTITIONS_PER_RUN, 0) or None,
+        boxes_dir=Path(boxes_dir).expanduser().absolute() if boxes_dir else None,
     )
 
 

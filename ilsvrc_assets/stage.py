@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -55,6 +54,9 @@ class Verdict:
     problems: list[str]
     ok: str  # what a pass says, e.g. "50,000 images, 50 per synset"
     facts: dict[str, Fact] = field(default_factory=dict)
+    # ERROR: a failure blocks what is downstream; WARN: shown as failed, blocks nothing (e.g. a
+    # source that has no boxes at all).
+    severity: str = "ERROR"
 
     @property
     def passed(self) -> bool:

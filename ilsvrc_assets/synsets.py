@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,11 +36,58 @@ class DevkitError(ValueError):
 
 @dataclass(frozen=True)
 class Devkit:
-    """What the preparation reads from ``ILSVRC2012_devkit_t12.tar.gz``."""
+    """What the preparation reads from ``ILSVRC2012_devkit_t12.tar.gz`` (or, for a copy without
+    it, builds from the shipped reference files and what the copy carries: :func:`reference_devkit`)."""
 
     leaves: pd.DataFrame  # columns wnid, ilsvrc2012_id, words: the nodes with num_children == 0
     num_nodes: int  # leaves plus inner nodes of the hierarchy
     ground_truth: tuple[int, ...]  # ILSVRC2012_ID of validation image i at position i - 1
+    origin: str = ""  # where the facts come from when not from the devkit ("" : the devkit)
+
+
+def reference_devkit(
+    words: Mapping[str, str] | None,
+    words_from: str,
+    labels: Sequence[str] | None,
+    labels_from: str,
+) -> Devkit:
+    """The devkit's facts for a copy without the devkit, cross-checked with what the copy carries.
+
+    ``words``: {WNID: words} as the copy lists its classes (Kaggle's ``LOC_synset_mapping.txt``),
+    or None (the shipped ``imagenet_metadata.txt`` then); it must list exactly the 1,000 shipped
+    WNIDs. ``labels``: the copy's validation labels (element i - 1 for image i: Kaggle's CSV, sorted
+    folders, file-name suffixes), or None (the shipped label file then); checked against the
+    shipped label file by ``agrees_with_shipped_labels``. The ILSVRC2012_IDs come from the shipped
+    ``ilsvrc2012_ids.txt`` (see :func:`ilsvrc_assets.release.reference_ilsvrc2012_ids`); the
+    hierarchy's size is the release's. ``*_from`` name the files, for errors.
+    """
+    shipped = release.challenge_synsets()
+    if words is not None:
+        extra = sorted(set(words) - set(shipped))
+        missing = sorted(set(shipped) - set(words))
+        if extra or missing:
+            raise DevkitError(
+                f"{words_from}: lists {len(words):,} synsets, not the 1,000 of the challenge"
+                + (f"; not challenge synsets: {', '.join(extra[:5])}" if extra else "")
+                + (f"; missing: {', '.join(missing[:5])}" if missing else "")
+            )
+    texts = release.synset_texts()
+    ids = release.reference_ilsvrc2012_ids()
+    leaves = pd.DataFrame(
+        [(w, ids[w], (words or {}).get(w) or texts.get(w, w)) for w in sorted(shipped, key=ids.__getitem__)],
+        columns=["wnid", "ilsvrc2012_id", "words"],
+    )
+    if labels is None:
+        labels, labels_from = release.validation_synsets(), "the shipped validation label file"
+    unknown = [(i, w) for i, w in enumerate(labels, start=1) if w not in ids]
+    if unknown:
+        number, wnid = unknown[0]
+        raise DevkitError(
+            f"{labels_from}: {release.validation_filename(number)} is labelled {wnid!r}, not one of the "
+            f"1,000 challenge synsets ({len(unknown):,} such labels)"
+        )
+    origin = f"shipped reference files ({words_from if words is not None else 'imagenet_metadata.txt'}, {labels_from})"
+    return Devkit(leaves, release.NUM_HIERARCHY_NODES, tuple(ids[w] for w in labels), origin)
 
 
 def read_devkit(path: Path) -> Devkit:
@@ -212,11 +259,10 @@ def make_synsets(settings: Settings, source: ImageSource, log: Log = quiet) -> M
     devkit = source.read_devkit(log)
     table = synset_table(devkit)
     write_csv(table, settings.synsets_csv)
-    return Made(
-        settings.synsets_csv,
-        {"synsets": len(table), "hierarchy_nodes": devkit.num_nodes},
-        preview=table,
-    )
+    facts: dict = {"synsets": len(table), "hierarchy_nodes": devkit.num_nodes}
+    if devkit.origin:
+        facts["devkit_facts_from"] = devkit.origin
+    return Made(settings.synsets_csv, facts, preview=table)
 
 
 def synsets_verdict(settings: Settings) -> Verdict:

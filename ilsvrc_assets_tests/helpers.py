@@ -477,3 +477,118 @@ class Handler(BaseHTTPRequestHandler):
         if faults.bearer is not None:
             return given == f"Bearer {faults.bearer}"
         return True
+
+
+class HubServer:
+    """A loopback server speaking the Hugging Face hub's file-resolve protocol for one dataset.
+
+    ``HEAD``/``GET /datasets/<repo>/resolve/<revision>/<path>`` of the files under ``folder``: a
+    gated repository (401 without ``Authorization: Bearer <token>``), answered as the hub answers
+    for a large file: 302 to ``/cdn/<sha256>`` with ``X-Repo-Commit``, ``X-Linked-Etag`` and
+    ``X-Linked-Size``; the CDN path serves the bytes with ``Range`` support. ``cut_once[path]``:
+    bytes to send of the next transfer of ``path`` before dropping the connection. ``requests``
+    records (method, path, Range) of each request; ``authorizations`` every Authorization sent.
+    Use as a context manager; ``endpoint`` is its base URL (``HF_ENDPOINT``).
+    """
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, folder: Path, repo: str, token: str) -> None:
+        hub = self
+        self.folder, self.repo, self.token = folder, repo, token
+        self.cut_once: dict[str, int] = {}
+        self.requests: list[tuple[str, str, str | None]] = []
+        self.authorizations: list[str | None] = []
+        self.sha = {}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            self.sha[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _empty(self, status: int, **headers: str) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key.replace("_", "-"), value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _handle(self, head: bool) -> None:
+                hub.requests.append((self.command, self.path, self.headers.get("Range")))
+                hub.authorizations.append(self.headers.get("Authorization"))
+                resolve = f"/datasets/{hub.repo}/resolve/"
+                if self.path.startswith(resolve):
+                    if self.headers.get("Authorization") != f"Bearer {hub.token}":
+                        self._empty(
+                            401, X_Error_Code="GatedRepo", X_Error_Message="Access to this repo is restricted"
+                        )
+                        return
+                    _revision, _, name = self.path.removeprefix(resolve).partition("/")
+                    if name not in hub.sha:
+                        self._empty(404, X_Error_Code="EntryNotFound", X_Repo_Commit=hub.COMMIT)
+                        return
+                    port = self.server.server_address[1]
+                    self._empty(
+                        302,
+                        Location=f"http://localhost:{port}/cdn/{hub.sha[name]}",  # another host, as a CDN
+                        X_Repo_Commit=hub.COMMIT,
+                        X_Linked_Etag=f'"{hub.sha[name]}"',
+                        X_Linked_Size=str((hub.folder / name).stat().st_size),
+                        ETag=f'"{hub.sha[name]}"',
+                    )
+                    return
+                names = {sha: name for name, sha in hub.sha.items()}
+                name = names.get(self.path.removeprefix("/cdn/"))
+                if not self.path.startswith("/cdn/") or name is None:
+                    self._empty(404)
+                    return
+                path = hub.folder / name
+                size = path.stat().st_size
+                start = 0
+                if (header := self.headers.get("Range")) and header.startswith("bytes="):
+                    start = int(header[6:].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(size - start))
+                self.send_header("ETag", f'"{hub.sha[name]}"')
+                self.end_headers()
+                if head:
+                    return
+                limit = hub.cut_once.pop(name, None)
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    sent = 0
+                    while chunk := f.read(1 << 16):
+                        if limit is not None and sent + len(chunk) > limit:
+                            self.wfile.write(chunk[: limit - sent])
+                            self.wfile.flush()
+                            self.close_connection = True
+                            return  # the client sees a body shorter than Content-Length
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+
+            def do_GET(self) -> None:
+                self._handle(head=False)
+
+            def do_HEAD(self) -> None:
+                self._handle(head=True)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> HubServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)

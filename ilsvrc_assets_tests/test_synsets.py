@@ -82,3 +82,30 @@ def test_damaged_devkits_are_named(tmp_path):
         synsets.read_devkit(path)
     with pytest.raises(DevkitError, match="line 2"):
         synsets.parse_ground_truth(b"1\nx\n", "gt")
+
+
+# --- A copy without the devkit: its facts from the shipped reference files -------------------
+
+
+def test_reference_devkit_gives_the_sample_devkits_synset_table(devkit):
+    # The shipped ILSVRC2012_IDs are the sample's (the real order cannot be derived): a copy of
+    # the sample in any layout gets the table and ground truth its devkit gives.
+    words = dict(zip(devkit.leaves["wnid"], devkit.leaves["words"]))
+    made = synsets.reference_devkit(words, "LOC_synset_mapping.txt", list(release.validation_synsets()), "x")
+    assert synsets.synset_table(made).equals(synsets.synset_table(devkit))
+    assert made.ground_truth == devkit.ground_truth and made.num_nodes == devkit.num_nodes
+    assert "LOC_synset_mapping.txt" in made.origin
+    fallback = synsets.reference_devkit(None, "", None, "")  # imagenet_metadata.txt, shipped labels
+    assert synsets.synset_table(fallback).equals(synsets.synset_table(devkit))
+
+
+def test_reference_devkit_refuses_a_class_list_or_label_it_does_not_know():
+    words = {w: w for w in release.challenge_synsets()}
+    del words["n01440764"]
+    words["n99999999"] = "not a challenge synset"
+    with pytest.raises(DevkitError, match=r"mapping\.txt: lists 1,000.*n99999999.*missing: n01440764"):
+        synsets.reference_devkit(words, "mapping.txt", None, "")
+    labels = list(release.validation_synsets())
+    labels[4] = "n99999999"
+    with pytest.raises(DevkitError, match=r"val\.csv: ILSVRC2012_val_00000005\.JPEG is labelled 'n99999999'"):
+        synsets.reference_devkit(None, "", labels, "val.csv")

@@ -1,12 +1,15 @@
-"""The five raw archives of the release: present, verified, checksum as data version.
+"""The input assets: the files (or folders) the configured source is read from, present and verified.
 
-Asset names: ``train_archive``, ``validation_archive``, ``devkit_archive``,
+The source declares them (:meth:`ilsvrc_assets.sources.ImageSource.inputs`); for the official
+release they are the five archives, ``train_archive``, ``validation_archive``, ``devkit_archive``,
 ``train_boxes_archive``, ``validation_boxes_archive``. Each carries a blocking ``checksum``
-check, evaluated in the same step (the MD5 is computed once), so nothing downstream of a corrupt
-archive runs. Each materialisation also records ``source_version``, what the source said of the
-archive (see :meth:`ilsvrc_assets.sources.ArchiveSource.observe`); the refresh sensor compares it
-with a fresh observation to find the archives that changed at the source.
+check, evaluated in the same step (the digest is computed once), so nothing downstream of a
+corrupt input runs. Each materialisation also records ``source_version``, what the source said of
+the input (see :meth:`ilsvrc_assets.sources.ImageSource.observe`); the refresh sensor compares it
+with a fresh observation to find the inputs that changed at the source.
 """
+
+from collections.abc import Iterable
 
 from dagster import (
     AssetCheckSpec,
@@ -20,38 +23,42 @@ from dagster import (
     asset,
 )
 
-from ilsvrc_assets import release
 from ilsvrc_assets.defs.metadata import check_result
 from ilsvrc_assets.defs.resources import IlsvrcResource
-from ilsvrc_assets.release import Archive
-from ilsvrc_assets.sources import checksum_verdict
+from ilsvrc_assets.sources import Input, checksum_verdict
+from ilsvrc_assets.sources.official import INPUTS as OFFICIAL_INPUTS
 
 GROUP = "archives"
 SOURCE_VERSION = "source_version"  # metadata key of the observed version at materialisation
 
 
-def archive_asset(archive: Archive, name: str) -> AssetsDefinition:
-    """The asset ``name`` of one of the five archives, with its blocking ``checksum`` check."""
+def input_asset(item: Input) -> AssetsDefinition:
+    """The asset of one input of the source, with its blocking ``checksum`` check."""
+    published = (
+        "verified against MD5SUMS beside it, else the official MD5"
+        if item.md5
+        else "verified against MD5SUMS beside it where there is one (no MD5 is published for it)"
+    )
 
     @asset(
-        name=name,
+        name=item.asset,
         group_name=GROUP,
-        kinds={"tar"},
-        description=f"`{archive.name}`: {archive.description}. Fetched from the configured source "
-        f"(used in place for a local folder) and verified against MD5SUMS or the official MD5.",
+        kinds={item.kind},
+        description=f"`{item.name}`: {item.description}. Fetched from the configured source "
+        f"(used in place where local) and {published}.",
         check_specs=[
             AssetCheckSpec(
                 "checksum",
-                asset=name,
+                asset=item.asset,
                 blocking=True,
-                description=f"The MD5 of {archive.name} equals the expected one (MD5SUMS beside the "
-                "archives, else the official MD5).",
+                description=f"The digest of {item.name} equals the expected one (MD5SUMS beside it, "
+                "else the published MD5, where there is one) and the source found nothing wrong with it.",
             )
         ],
     )
-    def _archive(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
+    def _input(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
         source = ilsvrc.image_source()
-        fetched = source.fetch(archive, ilsvrc.checksum_cache(), context.log.info)
+        fetched = source.fetch(item, ilsvrc.checksum_cache(), context.log.info)
         verdict = checksum_verdict(fetched)
         if not verdict.passed:
             context.log.error(verdict.description)
@@ -71,35 +78,39 @@ def archive_asset(archive: Archive, name: str) -> AssetsDefinition:
             check_results=[check_result(verdict)],
         )
 
-    return _archive
+    return _input
 
 
-train_archive = archive_asset(release.IMG_TRAIN, "train_archive")
-validation_archive = archive_asset(release.IMG_VAL, "validation_archive")
-devkit_archive = archive_asset(release.DEVKIT, "devkit_archive")
-train_boxes_archive = archive_asset(release.BBOX_TRAIN, "train_boxes_archive")
-validation_boxes_archive = archive_asset(release.BBOX_VAL, "validation_boxes_archive")
+def input_assets(inputs: Iterable[Input]) -> list[AssetsDefinition]:
+    """The input assets of a source (its :meth:`~ilsvrc_assets.sources.ImageSource.inputs`)."""
+    return [input_asset(item) for item in inputs]
 
+
+# The official archives' assets, for the sources sample, local and http.
+train_archive, validation_archive, devkit_archive, train_boxes_archive, validation_boxes_archive = (
+    input_assets(OFFICIAL_INPUTS)
+)
 ARCHIVE_ASSETS: dict[str, AssetsDefinition] = {
-    release.IMG_TRAIN.key: train_archive,
-    release.IMG_VAL.key: validation_archive,
-    release.DEVKIT.key: devkit_archive,
-    release.BBOX_TRAIN.key: train_boxes_archive,
-    release.BBOX_VAL.key: validation_boxes_archive,
+    item.asset: definition
+    for item, definition in zip(
+        OFFICIAL_INPUTS,
+        (train_archive, validation_archive, devkit_archive, train_boxes_archive, validation_boxes_archive),
+    )
 }
 
 
-def archive_asset_name(archive: Archive) -> str:
-    return ARCHIVE_ASSETS[archive.key].key.to_user_string()
+def is_official(instance: DagsterInstance, inputs: Iterable[Input]) -> bool:
+    """Whether the inputs were all the official (published) files when last fetched (their
+    materialisations say so); False for none.
 
-
-def is_official(instance: DagsterInstance, archive: Archive) -> bool:
-    """Whether the archive was the official one when last fetched (its materialisation says so).
-
-    Read from the history, never by locating the archive: a check or an audit must not download it.
+    Read from the history, never by fetching: a check or an audit must not download anything.
     """
-    event = instance.get_latest_materialization_event(AssetKey(archive_asset_name(archive)))
-    if event is None or event.asset_materialization is None:
-        return False
-    official = event.asset_materialization.metadata.get("official")
-    return bool(official.value) if official is not None else False
+    names = [item.asset for item in inputs]
+    for name in names:
+        event = instance.get_latest_materialization_event(AssetKey(name))
+        if event is None or event.asset_materialization is None:
+            return False
+        official = event.asset_materialization.metadata.get("official")
+        if official is None or not official.value:
+            return False
+    return bool(names)

@@ -1,4 +1,7 @@
-"""``train_images`` and ``validation_images``: where every image lies inside its archive.
+"""``train_images`` and ``validation_images``: where every image lies inside the source's files.
+
+Their dependencies on the input assets are the official archives' here; the code location
+points them at the configured source's inputs (``definitions.with_source_inputs``).
 
 The work is in :mod:`ilsvrc_assets.image_index` (the stages and the checks' verdicts).
 """
@@ -12,10 +15,11 @@ from dagster import (
     asset_check,
 )
 
-from ilsvrc_assets import image_index, release
+from ilsvrc_assets import image_index
 from ilsvrc_assets.defs.archives import is_official
 from ilsvrc_assets.defs.metadata import check_result, materialized
 from ilsvrc_assets.defs.resources import IlsvrcResource
+from ilsvrc_assets.sources import TRAIN
 
 GROUP = "images"
 
@@ -41,7 +45,7 @@ def train_images(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> Mate
 def every_synset_has_training_images(
     context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource
 ) -> AssetCheckResult:
-    official = is_official(context.instance, release.IMG_TRAIN)
+    official = is_official(context.instance, ilsvrc.image_source().inputs_for(TRAIN))
     return check_result(image_index.train_images_verdict(ilsvrc.settings(), official))
 
 

@@ -32,6 +32,7 @@ from ilsvrc_assets.defs.metadata import check_result, metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.sources import TRAIN, VALIDATION
 
 MANIFEST = "dataset_manifest"
 
@@ -103,13 +104,14 @@ def dataset_checks(
     context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
 ) -> Iterator[AssetCheckResult]:
     settings = ilsvrc.settings()
+    source = ilsvrc.image_source()
     verdicts = manifest.dataset_verdicts(
         settings,
         record_workers,
         written_shards(context.instance, settings),
         official={
-            split: is_official(context.instance, archive)
-            for split, archive in (("train", release.IMG_TRAIN), ("validation", release.IMG_VAL))
+            split: is_official(context.instance, source.inputs_for(role))
+            for split, role in (("train", TRAIN), ("validation", VALIDATION))
         },
         selected={key.name for key in context.selected_asset_check_keys},
         # Right after dataset_manifest was built in this run, its MD5s are fresh; on their own (the

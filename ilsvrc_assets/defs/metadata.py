@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetKey,
     MaterializeResult,
     MetadataValue,
@@ -67,6 +68,7 @@ def check_result(
         asset_key=asset_key,
         check_name=check_name,
         passed=verdict.passed,
+        severity=AssetCheckSeverity[verdict.severity],
         description=verdict.description,
         metadata=metadata(verdict.facts),
     )

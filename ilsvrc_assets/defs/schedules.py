@@ -1,7 +1,8 @@
 """Keeping the outputs fresh: the weekly refresh from the source and the daily audit of what is built.
 
 ``refresh_from_source`` (a sensor that acts on a cron): at each tick of ``ILSVRC_REFRESH_CRON`` it
-observes the five archives at the source (:meth:`ilsvrc_assets.sources.ArchiveSource.observe`),
+observes the source's inputs (the five archives, for the official release:
+:meth:`ilsvrc_assets.sources.ImageSource.observe`),
 compares each observation with the ``source_version`` its archive asset recorded when it last
 materialised, and launches one backfill of the changed archives and everything downstream of
 them. A backfill, not runs: the backfill runs the unpartitioned assets first and then each shard
@@ -14,7 +15,7 @@ again, against the outputs as they are on disk, materialising nothing.
 """
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 
 from dagster import (
@@ -32,8 +33,7 @@ from dagster import (
     sensor,
 )
 
-from ilsvrc_assets import release
-from ilsvrc_assets.defs.archives import SOURCE_VERSION, archive_asset_name
+from ilsvrc_assets.defs.archives import SOURCE_VERSION
 from ilsvrc_assets.defs.dagster_internals import (
     AssetGraphSubset,
     BulkActionsFilter,
@@ -55,14 +55,13 @@ WAKE_UP_SECONDS = 300
 IN_PROGRESS = [BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING]
 
 
-def recorded_versions(instance: DagsterInstance) -> dict[str, str | None]:
-    """{archive asset name: ``source_version`` of its latest materialisation}.
+def recorded_versions(instance: DagsterInstance, names: Iterable[str]) -> dict[str, str | None]:
+    """{input asset name: ``source_version`` of its latest materialisation}, for the ``names``.
 
-    None if the archive was never materialised, "" if its materialisation recorded no version.
+    None if the input was never materialised, "" if its materialisation recorded no version.
     """
     recorded: dict[str, str | None] = {}
-    for archive in release.ARCHIVES:
-        name = archive_asset_name(archive)
+    for name in names:
         event = instance.get_latest_materialization_event(AssetKey(name))
         value = None
         if event is not None and event.asset_materialization is not None:
@@ -107,10 +106,10 @@ def refresh_sensor(settings: Settings, leave_out: Collection[str] = ()) -> Senso
         default_status=DefaultSensorStatus.RUNNING
         if settings.schedules_running
         else DefaultSensorStatus.STOPPED,
-        description=f"At `{cron}` ({tz}; `ILSVRC_REFRESH_CRON`), observe the five archives at the source "
-        "(HTTP: ETag, Last-Modified, Content-Length from a HEAD request; local folder: size and "
-        "modification time; sample: its version) and launch a backfill of the changed archives and "
-        "everything downstream of them. Unchanged archives cause no run.",
+        description=f"At `{cron}` ({tz}; `ILSVRC_REFRESH_CRON`), observe the source's inputs (HTTP: "
+        "ETag, Last-Modified, Content-Length from a HEAD request; a local file: size and modification "
+        "time; a folder: its manifest of sizes and times; sample: its version) and launch a backfill "
+        "of the changed inputs and everything downstream of them. Unchanged inputs cause no run.",
     )
     def _refresh(context: SensorEvaluationContext, ilsvrc: IlsvrcResource) -> SensorResult | SkipReason:
         now = datetime.now(UTC)
@@ -124,8 +123,8 @@ def refresh_sensor(settings: Settings, leave_out: Collection[str] = ()) -> Senso
             return SkipReason(f"the refresh backfill {', '.join(running)} is still in progress")
 
         source = ilsvrc.image_source()
-        observed = {archive_asset_name(a): source.observe(a, context.log.info) for a in source.inputs()}
-        changed = changed_archives(recorded_versions(context.instance), observed)
+        observed = {item.asset: source.observe(item, context.log.info) for item in source.inputs()}
+        changed = changed_archives(recorded_versions(context.instance, observed), observed)
         cursor = json.dumps({"tick": tick})
         if not changed:
             seen = "; ".join(f"{name}: {version}" for name, version in observed.items())

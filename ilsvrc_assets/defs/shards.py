@@ -25,6 +25,7 @@ from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.shard_plan import ShardStats
 from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.sources import TRAIN, VALIDATION, ImageSource
 
 # Blocking checks upstream of each split's shards. Dagster skips downstream steps of a failed
 # blocking check within one run; the shards run in their own run (a partition range), so they
@@ -47,8 +48,17 @@ UPSTREAM_CHECKS = {
 }
 
 
+def upstream_checks(split: str, source: ImageSource) -> list[AssetCheckKey]:
+    """:data:`UPSTREAM_CHECKS` of ``split`` for ``source``: the checksums of the inputs feeding the
+    split (the official archive's for the official sources)."""
+    role = TRAIN if split == "train" else VALIDATION
+    inputs = [AssetCheckKey(AssetKey(item.asset), "checksum") for item in source.inputs_for(role)]
+    return inputs + [k for k in UPSTREAM_CHECKS[split] if k.name != "checksum"]
+
+
 def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> None:
-    """Raise a Failure naming every upstream blocking check whose latest evaluation did not pass."""
+    """Raise a Failure naming every upstream blocking check whose latest evaluation did not pass
+    (a warning, e.g. "no boxes in this source", blocks nothing)."""
     from ilsvrc_assets.defs.dagster_internals import AssetCheckExecutionRecordStatus
 
     latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
@@ -64,6 +74,9 @@ def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[As
                 if record.event and record.event.dagster_event
                 else None
             )
+            severity = getattr(evaluation, "severity", None)
+            if severity is not None and severity.value == "WARN":
+                continue
             detail = getattr(evaluation, "description", None) or record.status.value.lower()
             blocked.append(f"{name}: {detail}")
     if blocked:
@@ -100,7 +113,7 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
     def _shards(
         context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
     ) -> MaterializeResult:
-        require_upstream_checks_passed(context, UPSTREAM_CHECKS[split])
+        require_upstream_checks_passed(context, upstream_checks(split, ilsvrc.image_source()))
         record_workers.start()  # they load TensorFlow while the shards are planned
 
         def record(stats: ShardStats, reused: bool) -> None:

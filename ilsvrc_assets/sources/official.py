@@ -15,9 +15,10 @@ observation to find what changed at the source.
 
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -26,15 +27,68 @@ from ilsvrc_assets import archives, download, fileio, release, synsets
 from ilsvrc_assets.archives import ChecksumCache, md5_of
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.release import MD5SUMS, Archive
-from ilsvrc_assets.settings import ENV_LOCAL_DIR
-from ilsvrc_assets.sources import FetchedArchive, ImageReader, ImageSource, Log, SourceError
+from ilsvrc_assets.settings import ENV_HTTP_URL, ENV_LOCAL_DIR, Settings
+from ilsvrc_assets.sources import (
+    BOXES,
+    DEVKIT,
+    TRAIN,
+    VALIDATION,
+    BoxFile,
+    BoxFiles,
+    FetchedInput,
+    ImageReader,
+    ImageSource,
+    Input,
+    Log,
+    SourceError,
+    file_version,
+)
+
+# The five archives as input assets: (archive, asset name, the role it feeds).
+_ASSETS = (
+    (release.IMG_TRAIN, "train_archive", TRAIN),
+    (release.IMG_VAL, "validation_archive", VALIDATION),
+    (release.DEVKIT, "devkit_archive", DEVKIT),
+    (release.BBOX_TRAIN, "train_boxes_archive", BOXES),
+    (release.BBOX_VAL, "validation_boxes_archive", BOXES),
+)
+INPUTS: tuple[Input, ...] = tuple(
+    Input(
+        asset,
+        a.name,
+        a.description,
+        frozenset({role}),
+        "tar",
+        a.md5,
+    )
+    for a, asset, role in _ASSETS
+)
+_INPUT_BY_NAME = {i.name: i for i in INPUTS}
+
+
+def as_input(item: Input | Archive) -> Input:
+    """The input asset of an official archive (given as either)."""
+    return item if isinstance(item, Input) else _INPUT_BY_NAME[item.name]
+
+
+def make(settings: Settings, environ: Mapping[str, str] = os.environ) -> ArchiveSource:
+    """The source of ``ILSVRC_SOURCE`` sample, local or http; an HTTP source with the credentials
+    set in ``environ`` (the one place they are read)."""
+    if settings.source == "local":
+        assert settings.local_dir is not None
+        return LocalSource(settings.local_dir)
+    if settings.source == "http":
+        if not settings.http_url:
+            raise SourceError(f"set {ENV_HTTP_URL} to the base URL of the archives")
+        return HttpSource(settings.http_url, settings.download_dir, download.Credentials.from_env(environ))
+    return SampleSource(settings.sample_dir)
 
 
 class ArchiveSource(ImageSource):
     """The official release, from a place its five archives come from."""
 
-    def inputs(self) -> tuple[Archive, ...]:
-        return release.ARCHIVES
+    def inputs(self) -> tuple[Input, ...]:
+        return INPUTS
 
     # --- What the stages read: the official layout ------------------------------------------
 
@@ -61,7 +115,11 @@ class ArchiveSource(ImageSource):
         return ArchiveReader(self.locate(archive, log))
 
     def box_archives(self, log: Log) -> tuple[Path, Path]:
+        """The training and validation box archives (gzip-compressed tars of VOC XML)."""
         return self.locate(release.BBOX_TRAIN, log), self.locate(release.BBOX_VAL, log)
+
+    def box_files(self, log: Log) -> BoxFiles:
+        return TarBoxFiles(*self.box_archives(log))
 
     # --- Where the archives come from ----------------------------------------------------------
 
@@ -70,13 +128,13 @@ class ArchiveSource(ImageSource):
         """The local folder the archives are in (made ready first where needed)."""
 
     @abstractmethod
-    def observe(self, archive: Archive, log: Log) -> str:
+    def observe(self, archive: Input | Archive, log: Log) -> str:
         """A version of ``archive`` as the source has it now, cheap to get (the contents are not read).
 
         Equal strings mean the archive has not changed; a different string means it (probably) has.
         """
 
-    def locate(self, archive: Archive, log: Log) -> Path:
+    def locate(self, archive: Input | Archive, log: Log) -> Path:
         """Make ``archive`` available as a local file and return its path."""
         path = self.folder(log) / archive.name
         if not path.is_file():
@@ -94,26 +152,28 @@ class ArchiveSource(ImageSource):
             return {a.name: listed.get(a.name, a.md5) for a in release.ARCHIVES}, str(md5sums)
         return {a.name: a.md5 for a in release.ARCHIVES}, "the official release"
 
-    def fetch(self, archive: Archive, cache: ChecksumCache | None, log: Log) -> FetchedArchive:
+    def fetch(self, archive: Input | Archive, cache: ChecksumCache | None, log: Log) -> FetchedInput:
         """Locate the archive and compute its MD5 (reused from ``cache`` when the file is unchanged)."""
         path = self.locate(archive, log)
         return self._verify(archive, path, self.observe(archive, log), cache, log)
 
     def _verify(
-        self, archive: Archive, path: Path, source_version: str, cache: ChecksumCache | None, log: Log
-    ) -> FetchedArchive:
+        self, archive: Input | Archive, path: Path, source_version: str, cache: ChecksumCache | None, log: Log
+    ) -> FetchedInput:
+        item = as_input(archive)
         expected, expected_from = self.expected_md5s(log)
         md5, cached = md5_of(path, cache)
-        log(f"{archive.name}: MD5 {md5} " + ("(unchanged since last verified)" if cached else "computed"))
-        return FetchedArchive(
-            archive=archive,
+        log(f"{item.name}: MD5 {md5} " + ("(unchanged since last verified)" if cached else "computed"))
+        return FetchedInput(
+            input=item,
             path=path,
             size=path.stat().st_size,
             md5=md5,
-            expected_md5=expected[archive.name],
+            expected_md5=expected[item.name],
             expected_from=expected_from,
             md5_from_cache=cached,
             source_version=source_version,
+            official=md5 == item.md5,
         )
 
 
@@ -135,7 +195,7 @@ class LocalSource(ArchiveSource):
             )
         return self.root
 
-    def observe(self, archive: Archive, log: Log) -> str:
+    def observe(self, archive: Input | Archive, log: Log) -> str:
         """Size and modification time (of the file a symlink points at): what the MD5 cache keys on too."""
         return local_version(self.locate(archive, log))
 
@@ -164,7 +224,7 @@ class SampleSource(ArchiveSource):
             self._ready = True
         return self.cache_dir
 
-    def observe(self, archive: Archive, log: Log) -> str:
+    def observe(self, archive: Input | Archive, log: Log) -> str:
         """The generator's version: the same version writes byte-identical archives."""
         from ilsvrc_assets import sample
 
@@ -216,15 +276,15 @@ class HttpSource(ArchiveSource):
                 )
         return self._expected
 
-    def observe(self, archive: Archive, log: Log) -> str:
+    def observe(self, archive: Input | Archive, log: Log) -> str:
         """ETag, Last-Modified and Content-Length from a HEAD request."""
         return http_version(self._remote_info(archive))
 
-    def _remote_info(self, archive: Archive) -> dict[str, int | str | None]:
+    def _remote_info(self, archive: Input | Archive) -> dict[str, int | str | None]:
         url = download.archive_url(self.base_url, archive.name)
         return download.remote_info(url, credentials=self.credentials)
 
-    def fetch(self, archive: Archive, cache: ChecksumCache | None, log: Log) -> FetchedArchive:
+    def fetch(self, archive: Input | Archive, cache: ChecksumCache | None, log: Log) -> FetchedInput:
         """Download the archive unless the copy here is of the version the server has now.
 
         The version being downloaded is written beside the download first (``<name>.source-version``),
@@ -254,7 +314,7 @@ class HttpSource(ArchiveSource):
         path = self.locate(archive, log)
         return self._verify(archive, path, version, cache, log)
 
-    def locate(self, archive: Archive, log: Log) -> Path:
+    def locate(self, archive: Input | Archive, log: Log) -> Path:
         dest = self.folder(log) / archive.name
         if dest.is_file():
             return dest
@@ -274,10 +334,7 @@ class HttpSource(ArchiveSource):
 VERSION_SUFFIX = ".source-version"  # beside a download: the version of the archive it is
 
 
-def local_version(path: Path) -> str:
-    """The observed version of a local file: size and modification time in nanoseconds."""
-    st = path.stat()
-    return f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
+local_version = file_version  # the observed version of a local file: size and modification time
 
 
 def http_version(info: Mapping[str, int | str | None]) -> str:
@@ -327,3 +384,16 @@ class ArchiveReading:
 
     def __exit__(self, *exc: object) -> None:
         self.file.close()
+
+
+@dataclass(frozen=True)
+class TarBoxFiles(BoxFiles):
+    """The official box archives: gzip-compressed tars of VOC XML, streamed (never extracted)."""
+
+    train: Path
+    validation: Path
+
+    def files(self, split: str) -> Iterator[BoxFile]:
+        from ilsvrc_assets.bounding_boxes import tar_box_files
+
+        return tar_box_files(self.train if split == "train" else self.validation)

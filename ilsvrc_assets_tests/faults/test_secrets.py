@@ -113,3 +113,40 @@ def test_a_url_with_credentials_in_it_is_refused_without_echoing_them():
         "ILSVRC_HTTP_USERNAME" in message
         and "ILSVRC_HTTP_URL=https://image-net.org/data/ILSVRC/2012/" in message
     )
+
+
+def test_a_refused_hugging_face_token_is_never_shown_or_stored(tmp_path):
+    """ILSVRC_SOURCE=huggingface with HF_TOKEN, against a loopback hub (HF_ENDPOINT) that refuses it:
+    the build fails at the input assets, and the token is nowhere in its output or storage."""
+    from ilsvrc_assets_tests.helpers import HubServer
+
+    secret = "hf_Rq52-never-shown-anywhere"
+    (tmp_path / "hub").mkdir()
+    settings = make_settings(tmp_path / "data", None)
+    env = build_env(settings, tmp_path / "dagster_home")
+    with HubServer(tmp_path / "hub", "ILSVRC/imagenet-1k", "hf_the-right-one") as hub:
+        env.update(
+            ILSVRC_SOURCE="huggingface",
+            HF_TOKEN=secret,
+            HF_ENDPOINT=hub.endpoint,
+            HF_HUB_DISABLE_TELEMETRY="1",
+            no_proxy="127.0.0.1,localhost",
+            http_proxy="",
+            HTTP_PROXY="",
+        )
+        build = subprocess.run(
+            [sys.executable, "-m", "ilsvrc_assets.cli", "build", "--log-level", "DEBUG"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    output = build.stdout + build.stderr
+    assert build.returncode == 1, output[-3000:]
+    # The token was sent (so the refusal is about it), and the user is told what to check.
+    assert f"Bearer {secret}" in hub.authorizations and "HF_TOKEN" in output
+    stored = [p for p in (tmp_path / "dagster_home").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".db" for p in stored), "the run was not recorded"
+    assert secret not in output
+    for path in [*stored, *(p for p in settings.data_dir.rglob("*") if p.is_file())]:
+        assert secret.encode() not in path.read_bytes(), f"the token found in {path}"
