@@ -25,26 +25,32 @@ from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.shard_plan import ShardStats
 from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.sources import TRAIN, VALIDATION, ImageSource
 
 # Blocking checks upstream of each split's shards. Dagster skips downstream steps of a failed
 # blocking check within one run; the shards run in their own run (a partition range), so they
-# also refuse to start while the latest evaluation of any of these is not a pass.
+# also refuse to start while the latest evaluation of any of these is not a pass (a warning, such
+# as "no boxes in this source", does not block).
 _COMMON_CHECKS = [
     AssetCheckKey(AssetKey("synsets"), "one_thousand_synsets"),
     AssetCheckKey(AssetKey("bounding_boxes"), "boxes_are_valid"),
 ]
-UPSTREAM_CHECKS = {
-    "train": [
-        AssetCheckKey(AssetKey("train_archive"), "checksum"),
-        AssetCheckKey(AssetKey("train_images"), "every_synset_has_training_images"),
-        *_COMMON_CHECKS,
-    ],
-    "validation": [
-        AssetCheckKey(AssetKey("validation_archive"), "checksum"),
-        AssetCheckKey(AssetKey("validation_images"), "fifty_per_synset"),
-        *_COMMON_CHECKS,
-    ],
+_INDEX_CHECKS = {
+    "train": AssetCheckKey(AssetKey("train_images"), "every_synset_has_training_images"),
+    "validation": AssetCheckKey(AssetKey("validation_images"), "fifty_per_synset"),
 }
+
+
+def upstream_checks(source: ImageSource, split: str) -> list[AssetCheckKey]:
+    """The blocking checks upstream of ``split``'s shards: the checksums of the source's inputs
+    that feed the split (the train or validation archive, for the official release), the index's
+    check and the common ones."""
+    inputs = source.inputs_for(TRAIN if split == "train" else VALIDATION)
+    return [
+        *(AssetCheckKey(AssetKey(item.asset), "checksum") for item in inputs),
+        _INDEX_CHECKS[split],
+        *_COMMON_CHECKS,
+    ]
 
 
 def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> None:
@@ -64,6 +70,8 @@ def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[As
                 if record.event and record.event.dagster_event
                 else None
             )
+            if getattr(getattr(evaluation, "severity", None), "value", None) == "WARN":
+                continue  # a warning (e.g. no boxes in this source) blocks nothing
             detail = getattr(evaluation, "description", None) or record.status.value.lower()
             blocked.append(f"{name}: {detail}")
     if blocked:
@@ -100,7 +108,7 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
     def _shards(
         context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
     ) -> MaterializeResult:
-        require_upstream_checks_passed(context, UPSTREAM_CHECKS[split])
+        require_upstream_checks_passed(context, upstream_checks(ilsvrc.image_source(), split))
         record_workers.start()  # they load TensorFlow while the shards are planned
 
         def record(stats: ShardStats, reused: bool) -> None:
