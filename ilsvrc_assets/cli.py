@@ -26,7 +26,11 @@ DEFAULT_DAGSTER_HOME = ".dagster_home"
 # ``sample --layout``: the layouts the built-in sample can be written in -> (the module under
 # ilsvrc_assets.sample that lays the official sample out so, the ILSVRC_SOURCE that reads it).
 # Each module has ``write_layout(release_dir, dest, progress) -> Path``, the path for ILSVRC_LOCAL_DIR.
-SAMPLE_LAYOUTS: dict[str, tuple[str, str]] = {"official": ("", "local")}
+SAMPLE_LAYOUTS: dict[str, tuple[str, str]] = {
+    "official": ("", "local"),
+    "kaggle": ("kaggle", "kaggle"),
+    "folder": ("folder", "folder"),
+}
 EXIT_FAILED, EXIT_SETTINGS, EXIT_BUSY = 1, 2, 3
 EVENT_BATCH_SIZE = "10000"  # at least a step's partitions of one asset (1,024 training shards)
 # The local profile, deploy/profiles/local/dagster.yaml, word for word (a test keeps them equal;
