@@ -309,7 +309,9 @@ def index_train(
         columns["size"].append(size)
     if missing := sorted(known - folders):
         shown = ", ".join(tree.name(f"{prefix}/{w}") for w in missing[:3])
-        raise ArchiveError(f"{len(missing):,} synsets have no training images in the copy: no {shown}")
+        raise ArchiveError(
+            f"{len(missing):,} of the {len(known):,} synsets have no training images in the copy: no {shown}"
+        )
     return pd.DataFrame(columns).astype({"offset": "int64", "size": "int64"})
 
 
