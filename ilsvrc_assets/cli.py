@@ -29,6 +29,8 @@ DEFAULT_DAGSTER_HOME = ".dagster_home"
 # Each module has ``write_layout(release_dir, dest, progress) -> Path``, the path for ILSVRC_LOCAL_DIR.
 SAMPLE_LAYOUTS: dict[str, tuple[str, str]] = {
     "official": ("", "local"),
+    "kaggle": ("kaggle", "kaggle"),
+    "folder": ("folder", "folder"),
     "huggingface": ("huggingface", "huggingface"),
 }
 EXIT_FAILED, EXIT_SETTINGS, EXIT_BUSY = 1, 2, 3

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ilsvrc_assets import release
 
-ENV_SOURCE = "ILSVRC_SOURCE"  # sample | local | http (README, "Sources")
+ENV_SOURCE = "ILSVRC_SOURCE"  # sample | local | http | kaggle | folder (README, "Sources")
 ENV_DATA_DIR = "ILSVRC_DATA_DIR"  # outputs; default ./data
 ENV_LOCAL_DIR = "ILSVRC_LOCAL_DIR"  # folder holding the copy (source=local: the official archives)
 # A folder holding the official box archives, for a copy without boxes (e.g. source=folder).
@@ -49,9 +49,9 @@ DEFAULT_REFRESH_CRON = "0 3 * * 0"  # Sundays 03:00
 DEFAULT_AUDIT_CRON = "0 5 * * *"  # every day 05:00
 SCHEDULE_STATUSES = ("stopped", "running")
 
-SOURCES = ("sample", "local", "http", "huggingface")
+SOURCES = ("sample", "local", "http", "kaggle", "folder", "huggingface")
 # The sources that read a copy where it is, in ILSVRC_LOCAL_DIR.
-LOCAL_SOURCES = ("local",)
+LOCAL_SOURCES = ("local", "kaggle", "folder")
 
 
 class SettingsError(ValueError):

@@ -20,6 +20,7 @@ import socket
 import tarfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -333,6 +334,160 @@ def edited(record: bytes, edit: Callable[[object], None]) -> bytes:
     example = tf.train.Example.FromString(record)
     edit(example.features.feature)
     return example.SerializeToString(deterministic=True)
+
+
+# --- Comparing a build with the golden (official sample) build --------------------------------
+
+GOLDEN_JSON = Path(__file__).with_name("golden_outputs.json")
+
+
+def golden_values() -> dict:
+    """What the official layout's build of the sample gives (recorded; test_golden_outputs checks
+    that the official build still gives it): shard MD5s, CSV MD5s, the validation tree's digest."""
+    import json
+
+    return json.loads(GOLDEN_JSON.read_text())
+
+
+def tree_digest(folder: Path) -> tuple[str, int]:
+    """(one MD5 over every file's relative path and MD5, in sorted order; the number of files)."""
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    lines = "".join(f"{p.relative_to(folder).as_posix()}\t{fileio.md5_file(p)}\n" for p in paths)
+    return hashlib.md5(lines.encode()).hexdigest(), len(paths)
+
+
+def shard_md5s(settings: Settings) -> dict[str, str]:
+    """{shard name: MD5} of every shard of both splits under ``settings``."""
+    return {
+        name: fileio.md5_file(settings.tfrecords_dir / name)
+        for split in release.SPLITS
+        for name in settings.shard_names(split)
+    }
+
+
+BOX_KEYS = ("xmin", "xmax", "ymin", "ymax", "label")
+
+
+def read_examples(folder: Path, split: str) -> dict[str, dict]:
+    """{image/filename: {feature key: values}} of every record of ``split``'s shards in ``folder``."""
+    import tensorflow as tf
+
+    found = {}
+    for path in sorted(folder.glob(f"{split}-*")):
+        for raw in tf.compat.v1.io.tf_record_iterator(str(path)):
+            feature = tf.train.Example.FromString(raw).features.feature
+            values = {}
+            for key, value in feature.items():
+                kind = value.WhichOneof("kind")
+                values[key] = tuple(getattr(value, kind).value) if kind else ()
+            values["shard"] = path.name
+            found[values["image/filename"][0].decode()] = values
+    return found
+
+
+# --- Copies of a few images in other layouts, written by hand (not by the sample generator) ------
+
+
+@dataclass(frozen=True)
+class TinyImage:
+    """One image of a hand-written copy, with what its record must say."""
+
+    split: str
+    filename: str  # the official file name
+    synset: str
+    data: bytes
+    size: tuple[int, int]  # width, height as stored (converted images keep their size)
+
+
+def tiny_images(synsets: list[str]) -> list[TinyImage]:
+    """One training image per synset in ``synsets`` (a few kinds: RGB, grayscale, CMYK, PNG, each a
+    distinct size) and three validation images, labelled with the first three synsets."""
+    makers = [rgb_jpeg, gray_jpeg, cmyk_jpeg, png]
+    found = []
+    for i, wnid in enumerate(synsets):
+        width, height = 16 + i % 7, 12 + i % 5
+        found.append(
+            TinyImage("train", f"{wnid}_{i + 1}.JPEG", wnid, makers[i % 4](width, height), (width, height))
+        )
+    for number in (1, 2, 3):
+        width, height = 20 + number, 10 + number
+        found.append(
+            TinyImage(
+                "validation",
+                release.validation_filename(number),
+                synsets[number - 1],
+                rgb_jpeg(width, height),
+                (width, height),
+            )
+        )
+    return found
+
+
+def write_kaggle_zip(
+    path: Path,
+    images_: list[TinyImage],
+    extra: dict[str, bytes] | None = None,
+    val_rows: list[str] | None = None,
+    mapping: str | None = None,
+) -> Path:
+    """A Kaggle-layout zip written with ``zipfile`` from ``images_`` (deflated), the mapping file
+    (every challenge synset), the two solution CSVs and ``extra`` members as given."""
+    import zipfile
+
+    texts = release.synset_texts()
+    train = [i for i in images_ if i.split == "train"]
+    validation = [i for i in images_ if i.split == "validation"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of a duplicate name: some tests want one
+        z.writestr(
+            "LOC_synset_mapping.txt",
+            mapping or "".join(f"{w} {texts[w]}\n" for w in release.challenge_synsets()),
+        )
+        rows = val_rows or [f"{i.filename[:-5]},{i.synset} 1 1 5 5 {i.synset} 2 2 6 6" for i in validation]
+        z.writestr("LOC_val_solution.csv", "ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+        z.writestr("LOC_train_solution.csv", "ImageId,PredictionString\n")
+        for image in train:
+            z.writestr(f"ILSVRC/Data/CLS-LOC/train/{image.synset}/{image.filename}", image.data)
+        for image in validation:
+            z.writestr(f"ILSVRC/Data/CLS-LOC/val/{image.filename}", image.data)
+        for name, data in (extra or {}).items():
+            z.writestr(name, data)
+    return path
+
+
+def write_folder_copy(root: Path, images_: list[TinyImage], sorted_val: bool = False) -> Path:
+    """An extracted copy, ``train/<wnid>/`` and ``val/`` (flat or sorted), written file by file."""
+    for image in images_:
+        if image.split == "train":
+            target = root / "train" / image.synset / image.filename
+        else:
+            target = root / "val" / (image.synset if sorted_val else "") / image.filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(image.data)
+    return root
+
+
+def check_records(tfrecords: Path, images_: list[TinyImage]) -> None:
+    """Every record against what the copy says, independently of the code that wrote it: the
+    label (1 + the synset's position in the shipped sorted list), synset, text, size, file name,
+    and a decodable RGB JPEG of that size."""
+    from PIL import Image
+
+    labels, texts = release.tf_labels(), release.synset_texts()
+    for split in release.SPLITS:
+        records = read_examples(tfrecords, split)
+        expected = {i.filename: i for i in images_ if i.split == split}
+        assert set(records) == set(expected), f"{split}: records for other images than the copy's"
+        for filename, image in expected.items():
+            record = records[filename]
+            assert record["image/class/label"] == (labels[image.synset],), filename
+            assert record["image/class/synset"] == (image.synset.encode(),), filename
+            assert record["image/class/text"] == (texts[image.synset].encode(),), filename
+            assert (record["image/width"], record["image/height"]) == ((image.size[0],), (image.size[1],))
+            with Image.open(io.BytesIO(record["image/encoded"][0])) as decoded:
+                assert decoded.format == "JPEG" and decoded.size == image.size, filename
+                assert decoded.mode in ("RGB", "L"), filename
 
 
 # --- A loopback HTTP file server with injectable faults (the download and HTTP source tests) ------

@@ -40,7 +40,7 @@ import pytest
 
 from ilsvrc_assets import fileio, release
 from ilsvrc_assets.settings import Settings
-from ilsvrc_assets_tests.helpers import TEST_SHARDS
+from ilsvrc_assets_tests.helpers import TEST_SHARDS, tree_digest
 
 GOLDEN = Path(__file__).with_name("golden_outputs.json")
 RECORD = os.environ.get("ILSVRC_RECORD_GOLDEN") == "1"
@@ -48,13 +48,6 @@ RECORD = os.environ.get("ILSVRC_RECORD_GOLDEN") == "1"
 
 def md5_text(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
-
-
-def tree_digest(folder: Path) -> tuple[str, int]:
-    """(one MD5 over every file's relative path and MD5, in sorted order; the number of files)."""
-    paths = sorted(p for p in folder.rglob("*") if p.is_file())
-    lines = "".join(f"{p.relative_to(folder).as_posix()}\t{fileio.md5_file(p)}\n" for p in paths)
-    return md5_text(lines), len(paths)
 
 
 def _type_name(column_type: pa.DataType) -> str:

@@ -29,31 +29,28 @@ from ilsvrc_assets.sources import TRAIN, VALIDATION, ImageSource
 
 # Blocking checks upstream of each split's shards. Dagster skips downstream steps of a failed
 # blocking check within one run; the shards run in their own run (a partition range), so they
-# also refuse to start while the latest evaluation of any of these is not a pass.
+# also refuse to start while the latest evaluation of any of these is not a pass (a warning, such
+# as "no boxes in this source", does not block).
 _COMMON_CHECKS = [
     AssetCheckKey(AssetKey("synsets"), "one_thousand_synsets"),
     AssetCheckKey(AssetKey("bounding_boxes"), "boxes_are_valid"),
 ]
-UPSTREAM_CHECKS = {
-    "train": [
-        AssetCheckKey(AssetKey("train_archive"), "checksum"),
-        AssetCheckKey(AssetKey("train_images"), "every_synset_has_training_images"),
-        *_COMMON_CHECKS,
-    ],
-    "validation": [
-        AssetCheckKey(AssetKey("validation_archive"), "checksum"),
-        AssetCheckKey(AssetKey("validation_images"), "fifty_per_synset"),
-        *_COMMON_CHECKS,
-    ],
+_INDEX_CHECKS = {
+    "train": AssetCheckKey(AssetKey("train_images"), "every_synset_has_training_images"),
+    "validation": AssetCheckKey(AssetKey("validation_images"), "fifty_per_synset"),
 }
 
 
-def upstream_checks(split: str, source: ImageSource) -> list[AssetCheckKey]:
-    """:data:`UPSTREAM_CHECKS` of ``split`` for ``source``: the checksums of the inputs feeding the
-    split (the official archive's for the official sources)."""
-    role = TRAIN if split == "train" else VALIDATION
-    inputs = [AssetCheckKey(AssetKey(item.asset), "checksum") for item in source.inputs_for(role)]
-    return inputs + [k for k in UPSTREAM_CHECKS[split] if k.name != "checksum"]
+def upstream_checks(source: ImageSource, split: str) -> list[AssetCheckKey]:
+    """The blocking checks upstream of ``split``'s shards: the checksums of the source's inputs
+    that feed the split (the train or validation archive, for the official release), the index's
+    check and the common ones."""
+    inputs = source.inputs_for(TRAIN if split == "train" else VALIDATION)
+    return [
+        *(AssetCheckKey(AssetKey(item.asset), "checksum") for item in inputs),
+        _INDEX_CHECKS[split],
+        *_COMMON_CHECKS,
+    ]
 
 
 def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> None:
@@ -74,9 +71,8 @@ def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[As
                 if record.event and record.event.dagster_event
                 else None
             )
-            severity = getattr(evaluation, "severity", None)
-            if severity is not None and severity.value == "WARN":
-                continue
+            if getattr(getattr(evaluation, "severity", None), "value", None) == "WARN":
+                continue  # a warning (e.g. no boxes in this source) blocks nothing
             detail = getattr(evaluation, "description", None) or record.status.value.lower()
             blocked.append(f"{name}: {detail}")
     if blocked:
@@ -113,7 +109,7 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
     def _shards(
         context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
     ) -> MaterializeResult:
-        require_upstream_checks_passed(context, upstream_checks(split, ilsvrc.image_source()))
+        require_upstream_checks_passed(context, upstream_checks(ilsvrc.image_source(), split))
         record_workers.start()  # they load TensorFlow while the shards are planned
 
         def record(stats: ShardStats, reused: bool) -> None:

@@ -10,6 +10,8 @@ One module per source, chosen by ``ILSVRC_SOURCE`` in :func:`from_settings`:
 
 - :mod:`ilsvrc_assets.sources.official`: the five official archives, from the built-in sample
   (``sample``), a local folder (``local``) or an HTTP(S) URL (``http``).
+- :mod:`ilsvrc_assets.sources.kaggle`: Kaggle's copy, its zip or extracted folder (``kaggle``).
+- :mod:`ilsvrc_assets.sources.folder`: an extracted copy, ``train/`` and ``val/`` (``folder``).
 
 A source declares its inputs (:class:`Input`: a file or folder, the roles it feeds); the code
 location makes one input asset of each, and the stages of a role depend on the inputs feeding it.
@@ -274,7 +276,14 @@ def folder_manifest(root: Path, skip: Collection[str] = ()) -> FolderManifest:
 
 # ILSVRC_SOURCE value -> the module (under ilsvrc_assets.sources) whose ``make(settings, environ)``
 # returns the source. One module per source; README, "Adding a source".
-MODULES = {"sample": "official", "local": "official", "http": "official", "huggingface": "huggingface"}
+MODULES = {
+    "sample": "official",
+    "local": "official",
+    "http": "official",
+    "kaggle": "kaggle",
+    "folder": "folder",
+    "huggingface": "huggingface",
+}
 
 
 def from_settings(settings: Settings, environ: Mapping[str, str] = os.environ) -> ImageSource:
