@@ -190,14 +190,6 @@ def validation_synsets() -> tuple[str, ...]:
 
 
 @functools.cache
-def reference_ilsvrc2012_ids() -> dict[str, int]:
-    """WNID -> ILSVRC2012_ID for copies without the devkit (``reference/ilsvrc2012_ids.txt``: the
-    built-in sample's order, not the devkit's, which cannot be derived; the file says why)."""
-    lines = [w for w in _read_lines("ilsvrc2012_ids.txt") if not w.startswith("#")]
-    return {wnid: i for i, wnid in enumerate(lines, start=1)}
-
-
-@functools.cache
 def synset_texts() -> dict[str, str]:
     """WNID -> human-readable names, for all 21,842 ImageNet synsets."""
     texts = {}

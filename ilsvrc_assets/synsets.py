@@ -43,6 +43,9 @@ class Devkit:
     num_nodes: int  # leaves plus inner nodes of the hierarchy
     ground_truth: tuple[int, ...]  # ILSVRC2012_ID of validation image i at position i - 1
     origin: str = ""  # where the facts come from when not from the devkit ("" : the devkit)
+    # False for a copy without the devkit: its leaves' ILSVRC2012_IDs are then only the sorted
+    # position, used to express the ground truth, and the synset table leaves the column empty.
+    official_ids: bool = True
 
 
 def reference_devkit(
@@ -57,9 +60,10 @@ def reference_devkit(
     or None (the shipped ``imagenet_metadata.txt`` then); it must list exactly the 1,000 shipped
     WNIDs. ``labels``: the copy's validation labels (element i - 1 for image i: Kaggle's CSV, sorted
     folders, file-name suffixes), or None (the shipped label file then); checked against the
-    shipped label file by ``agrees_with_shipped_labels``. The ILSVRC2012_IDs come from the shipped
-    ``ilsvrc2012_ids.txt`` (see :func:`ilsvrc_assets.release.reference_ilsvrc2012_ids`); the
-    hierarchy's size is the release's. ``*_from`` name the files, for errors.
+    shipped label file by ``agrees_with_shipped_labels``. The devkit's ILSVRC2012_IDs are in no
+    other layout and cannot be derived (they are a third order, neither sorted nor the file's): the
+    synset table leaves them empty (``official_ids`` False). The hierarchy's size is the release's.
+    ``*_from`` name the files, for errors.
     """
     shipped = release.challenge_synsets()
     if words is not None:
@@ -72,7 +76,7 @@ def reference_devkit(
                 + (f"; missing: {', '.join(missing[:5])}" if missing else "")
             )
     texts = release.synset_texts()
-    ids = release.reference_ilsvrc2012_ids()
+    ids = {wnid: i for i, wnid in enumerate(sorted(shipped), start=1)}  # internal only, not published
     leaves = pd.DataFrame(
         [(w, ids[w], (words or {}).get(w) or texts.get(w, w)) for w in sorted(shipped, key=ids.__getitem__)],
         columns=["wnid", "ilsvrc2012_id", "words"],
@@ -87,7 +91,7 @@ def reference_devkit(
             f"1,000 challenge synsets ({len(unknown):,} such labels)"
         )
     origin = f"shipped reference files ({words_from if words is not None else 'imagenet_metadata.txt'}, {labels_from})"
-    return Devkit(leaves, release.NUM_HIERARCHY_NODES, tuple(ids[w] for w in labels), origin)
+    return Devkit(leaves, release.NUM_HIERARCHY_NODES, tuple(ids[w] for w in labels), origin, official_ids=False)
 
 
 def read_devkit(path: Path) -> Devkit:
@@ -165,6 +169,8 @@ def synset_table(devkit: Devkit) -> pd.DataFrame:
     table = devkit.leaves.sort_values("wnid", kind="stable").reset_index(drop=True)
     table.insert(1, "label", range(1, len(table) + 1))
     table.insert(2, "text", [texts.get(w, words) for w, words in zip(table["wnid"], table["words"])])
+    if not devkit.official_ids:
+        table["ilsvrc2012_id"] = pd.array([pd.NA] * len(table), dtype="Int64")  # written as empty
     return table[list(SYNSET_COLUMNS)]
 
 
@@ -184,8 +190,8 @@ def synset_problems(table: pd.DataFrame, num_nodes: int | None = None) -> list[s
         problems.append(f"{len(extra)} WNIDs not in the shipped synset list, e.g. {', '.join(extra[:5])}")
     if missing:
         problems.append(f"{len(missing)} shipped WNIDs missing from meta.mat, e.g. {', '.join(missing[:5])}")
-    ids = sorted(table["ilsvrc2012_id"])
-    if ids != list(range(1, len(ids) + 1)):
+    ids = sorted(table["ilsvrc2012_id"].dropna().replace("", pd.NA).dropna().astype(int))
+    if ids and ids != list(range(1, len(ids) + 1)):  # none: a copy without the devkit
         problems.append("the leaves' ILSVRC2012_IDs are not exactly 1..N")
     if not problems and list(table["label"]) != list(range(1, release.NUM_SYNSETS + 1)):
         problems.append("TF labels are not 1..1000 in sorted WNID order")
@@ -262,6 +268,8 @@ def make_synsets(settings: Settings, source: ImageSource, log: Log = quiet) -> M
     facts: dict = {"synsets": len(table), "hierarchy_nodes": devkit.num_nodes}
     if devkit.origin:
         facts["devkit_facts_from"] = devkit.origin
+    if not devkit.official_ids:
+        facts["ilsvrc2012_ids"] = "empty: only the devkit's meta.mat has them, and this copy has no devkit"
     return Made(settings.synsets_csv, facts, preview=table)
 
 
@@ -275,7 +283,7 @@ def make_validation_labels(settings: Settings, source: ImageSource, log: Log = q
     """Stage ``validation_labels``: the devkit ground truth mapped to WNIDs, to
     ``<data>/validation_labels.csv`` (needs ``synsets``)."""
     devkit = source.read_devkit(log)
-    labels = validation_labels(devkit, read_synsets(settings.synsets_csv))
+    labels = validation_labels(devkit, devkit.leaves)
     write_validation_labels(labels, settings.validation_labels_csv)
     return Made(
         settings.validation_labels_csv,

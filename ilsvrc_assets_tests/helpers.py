@@ -11,12 +11,12 @@ import base64
 import hashlib
 import io
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-import random
-import socket
 import tarfile
 import threading
 import time
@@ -747,3 +747,18 @@ class HubServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(10)
+
+
+def assert_synsets_as_official_but_the_devkit_ids(csv_path: Path, sample_dir: Path) -> None:
+    """The synset table of a copy without the devkit: the official sample's table, every column but
+    ``ilsvrc2012_id``, which is empty (only the devkit's meta.mat has the IDs)."""
+    import pandas as pd
+
+    from ilsvrc_assets import synsets
+
+    ours = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    assert (ours["ilsvrc2012_id"] == "").all(), "a copy without the devkit has no ILSVRC2012_IDs"
+    official = synsets.synset_table(synsets.read_devkit(sample_dir / DEVKIT.name)).astype(str)
+    columns = [c for c in synsets.SYNSET_COLUMNS if c != "ilsvrc2012_id"]
+    assert list(ours.columns) == list(synsets.SYNSET_COLUMNS)
+    assert ours[columns].equals(official[columns].reset_index(drop=True))

@@ -18,6 +18,7 @@ from ilsvrc_assets.sample import folder as folder_layout
 from ilsvrc_assets.sources import SourceError, folder
 from ilsvrc_assets_tests.helpers import (
     BOX_KEYS,
+    assert_synsets_as_official_but_the_devkit_ids,
     check_records,
     evaluations,
     golden_values,
@@ -69,11 +70,12 @@ def test_without_boxes_the_box_check_warns_and_the_build_goes_on(folder_build):
     assert bounding_boxes.read_table(settings.bounding_boxes_parquet).empty
 
 
-def test_synsets_labels_and_validation_tree_are_the_official_builds(folder_build):
+def test_synsets_labels_and_validation_tree_are_the_official_builds(folder_build, sample_release):
     settings, _, _ = folder_build
     golden = golden_values()
-    for name in ("synsets.csv", "validation_labels.csv"):
-        assert fileio.md5_file(settings.data_dir / name) == golden["files"][name], name
+    name = "validation_labels.csv"
+    assert fileio.md5_file(settings.data_dir / name) == golden["files"][name], name
+    assert_synsets_as_official_but_the_devkit_ids(settings.synsets_csv, sample_release)
     assert tree_digest(settings.validation_dir) == (
         golden["validation_tree"]["digest"],
         golden["validation_tree"]["files"],
