@@ -126,6 +126,7 @@ ALL_CHECKS = {
     "dataset_manifest:every_label_in_each_split",
     "dataset_manifest:records_parse",
     "dataset_manifest:images_decode",
+    "dataset_manifest:every_index_matches_its_shard",
 }
 
 
