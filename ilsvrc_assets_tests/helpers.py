@@ -325,6 +325,21 @@ def write_records(path: Path, serialized: list[bytes]) -> Path:
     return path
 
 
+def tfrecord2idx(shard: Path, index: Path) -> bytes:
+    """What NVIDIA DALI's own ``tfrecord2idx`` (the script its wheel installs beside ``python``) writes as
+    ``index`` for ``shard``; run in this process (it is a plain script), so TensorFlow loads only once."""
+    import runpy
+
+    tool = Path(sys.executable).parent / "tfrecord2idx"
+    argv = sys.argv
+    sys.argv = [str(tool), str(shard), str(index)]
+    try:
+        runpy.run_path(str(tool), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return index.read_bytes()
+
+
 def edited(record: bytes, edit: Callable[[object], None]) -> bytes:
     """``record`` with its tf.train.Example changed by ``edit(features.feature)``."""
     import tensorflow as tf
