@@ -22,7 +22,7 @@ def readme_examples() -> list[str]:
     """The ``python`` code blocks of the README's "Reading the outputs" section, in order."""
     text = README.read_text()
     section = text.split("### Reading the outputs\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_the_readme_has_the_two_examples() -> None:
 def test_the_tf_data_example_reads_every_training_record(built) -> None:
     _, train = built
     found: dict[str, object] = {}
-    exec(readme_examples()[0], found)
+    exec(readme_examples()[0], found)  # noqa: S102 (the README's own code, as a user runs it)
     labels: Counter[int] = Counter()
     for image, label in found["dataset"].as_numpy_iterator():
         assert image.ndim == 3 and image.shape[2] == 3
@@ -62,7 +62,7 @@ def test_the_dali_example_reads_the_shards_with_the_index_files(built) -> None:
     pytest.importorskip("nvidia.dali")  # in the test extra
     _, train = built
     found: dict[str, object] = {}
-    exec(readme_examples()[1], found)
+    exec(readme_examples()[1], found)  # noqa: S102 (the README's own code, as a user runs it)
     pipe = found["imagenet"]()
     pipe.build()
     assert pipe.epoch_size("reader") == train["records"]
