@@ -180,7 +180,7 @@ def run_index_files(settings: Settings, release_dir: Path) -> float:
     from ilsvrc_assets.formats.tfrecord import FORMAT, INDEX
     from ilsvrc_assets.shards import publish_companion
 
-    paths = [settings.tfrecords_dir / name for split in release.SPLITS for name in settings.shard_names(split)]
+    paths = [settings.tfrecords_dir / n for split in release.SPLITS for n in settings.shard_names(split)]
     started = time.perf_counter()
     for path in paths:
         publish_companion(INDEX, path, FORMAT.companion_from_shard(path, INDEX))
