@@ -44,7 +44,8 @@ MANIFEST = "dataset_manifest"
     kinds={"json"},
     description="`<data>/tfrecords/manifest.json`: every shard read back with TensorFlow (record "
     "count, bytes, MD5, labels, records that do not parse with the model zoo's feature spec, "
-    "images that do not decode as JPEG). The checks on this asset judge the whole dataset.",
+    "images that do not decode as JPEG, the MD5 its DALI index must have). The checks on this asset judge "
+    "the whole dataset, the index files included.",
 )
 def dataset_manifest(
     context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
