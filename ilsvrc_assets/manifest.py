@@ -1,9 +1,10 @@
 """The dataset manifest: every shard read back with TensorFlow, summarised in one JSON file.
 
 ``<data>/tfrecords/manifest.json`` lists, per split, every expected shard with its record count,
-size, MD5, label counts and what reading it back found (records that do not parse with the model
-zoo's feature spec, images that do not decode as JPEG). The asset checks on the manifest judge
-those findings against the image indexes and the release facts.
+size, MD5, label counts, what reading it back found (records that do not parse with the model
+zoo's feature spec, images that do not decode as JPEG) and the MD5 its DALI index must have (that of
+the index of the records read, ``index_md5``). The asset checks on the manifest judge those
+findings against the image indexes, the index files and the release facts.
 
 Reading a shard back is the expensive part; a shard whose size and modification time are those
 recorded in the previous manifest is not read again.
@@ -16,6 +17,7 @@ record checks judge its current bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ilsvrc_assets import archives, fileio, release, storage
+from ilsvrc_assets.formats import tfrecord
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
@@ -56,7 +59,8 @@ def build(
 
     def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
         entry = old.get(name)
-        return entry if entry and (entry.get("bytes"), entry.get("mtime_ns")) == stamp else None
+        same = entry and "index_md5" in entry and (entry.get("bytes"), entry.get("mtime_ns")) == stamp
+        return entry if same else None
 
     entries, _ = _read_back(folder, shard_names, workers, reusable, progress)
     return _summary(shard_names, entries, expected_images)
@@ -210,7 +214,12 @@ def audit(
 
     def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
         entry = old.get(name)
-        if entry and entry.get("md5") == md5s.get(name) and entry.get("bytes") == stamp[0]:
+        if (
+            entry
+            and entry.get("md5") == md5s.get(name)
+            and entry.get("bytes") == stamp[0]
+            and "index_md5" in entry
+        ):
             return entry
         return None
 
@@ -279,6 +288,31 @@ def label_problems(manifest: dict) -> list[str]:
     return problems
 
 
+def index_problems(manifest: dict, folder: Path, limit: int = 10) -> list[str]:
+    """Shards read back whose DALI index (``formats.tfrecord.INDEX``, beside ``folder``) is missing or
+    does not list exactly their records (offsets and lengths of the framing read back)."""
+    problems = []
+    for split, info in manifest["splits"].items():
+        for shard in info["shards"]:
+            if shard.get("missing"):
+                continue  # every_shard_present says so
+            name = shard["name"]
+            index = tfrecord.INDEX.path(folder / name)
+            redo = f"write it again: materialise {split}_shards, partition {name}"
+            try:
+                data = index.read_bytes()
+            except FileNotFoundError:
+                problems.append(f"{name}: its index {index} is missing; {redo}")
+                continue
+            if hashlib.md5(data).hexdigest() != shard.get("index_md5"):
+                lines = data.count(b"\n")
+                problems.append(
+                    f"{name}: its index {index} does not list the shard's records ({lines:,} "
+                    f"lines for {shard.get('records', 0):,} records, or other offsets or lengths); {redo}"
+                )
+    return _limited(problems, limit)
+
+
 def record_problems(manifest: dict, kind: str, limit: int = 10) -> list[str]:
     """Records that failed to parse (kind "parse") or to decode as JPEG (kind "decode")."""
     key = f"{kind}_errors"
@@ -302,6 +336,9 @@ CHECKS = {
     "records_parse": "Every record parses with tf.io.parse_single_example and the model zoo's feature "
     "spec, with exactly the 15 features.",
     "images_decode": "Every image/encoded decodes as a JPEG.",
+    "every_index_matches_its_shard": "Every shard's NVIDIA DALI index (<data>/tfrecords-index/<shard>.idx) "
+    "is present and lists exactly the shard's records: the offset and length of each, as read back "
+    "(what DALI's tfrecord2idx writes).",
 }
 """The checks on the whole dataset, by name, with what each proves."""
 
@@ -387,5 +424,10 @@ def dataset_verdicts(
         ),
         "records_parse": lambda: Verdict(record_problems(current, "parse"), "every record parses"),
         "images_decode": lambda: Verdict(record_problems(current, "decode"), "every image decodes as JPEG"),
+        "every_index_matches_its_shard": lambda: Verdict(
+            index_problems(current, settings.tfrecords_dir),
+            f"all {total} DALI indexes list their shard's records",
+            {"indexes": total},
+        ),
     }
     return {name: verdicts[name]() for name in CHECKS if name in selected}

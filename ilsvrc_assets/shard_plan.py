@@ -62,6 +62,16 @@ class ShardJob:
 
 
 @dataclass(frozen=True)
+class CompanionStats:
+    """A file published with a shard (``formats.Companion``, e.g. its DALI index), as written."""
+
+    kind: str  # e.g. "index"
+    path: Path
+    bytes: int
+    md5: str
+
+
+@dataclass(frozen=True)
 class ShardStats:
     """What writing a shard produced."""
 
@@ -71,6 +81,7 @@ class ShardStats:
     bytes: int
     md5: str
     converted: tuple[str, ...]  # file names re-encoded to RGB JPEG (PNG, CMYK)
+    companions: tuple[CompanionStats, ...] = ()  # in the order of the format's companions
 
 
 def filename_sort_key(filename: str) -> tuple[str, int, str]:
@@ -215,13 +226,26 @@ class ShardLedger:
             "md5": stats.md5,
             "converted": list(stats.converted),
             "mtime_ns": stats.path.stat().st_mtime_ns,
+            "companions": [
+                {
+                    "kind": c.kind,
+                    "path": str(c.path),
+                    "bytes": c.bytes,
+                    "md5": c.md5,
+                    "mtime_ns": c.path.stat().st_mtime_ns,
+                }
+                for c in stats.companions
+            ],
         }
         fileio.atomic_write_text(self._entry_path(stats.name), json.dumps(entry, indent=1))
 
     def reusable(self, job: ShardJob, fingerprint: str) -> ShardStats | None:
         """The stats of an earlier write of this exact shard, if its file is still as written: same
         fingerprint, and the file's size and modification time those recorded (entries written
-        before times were recorded are judged by the size alone)."""
+        before times were recorded are judged by the size alone).
+
+        Its ``companions`` are those recorded whose files are also still as written; the caller makes
+        the others again from the shard (``formats.RecordFormat.companion_from_shard``)."""
         entry = self.get(job.name)
         if not entry or entry.get("fingerprint") != fingerprint:
             return None
@@ -238,4 +262,17 @@ class ShardLedger:
             bytes=entry["bytes"],
             md5=entry["md5"],
             converted=tuple(entry.get("converted", ())),
+            companions=tuple(
+                CompanionStats(c["kind"], Path(c["path"]), c["bytes"], c["md5"])
+                for c in entry.get("companions", ())
+                if _stamp(Path(c["path"])) == (c["bytes"], c["mtime_ns"])
+            ),
         )
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns

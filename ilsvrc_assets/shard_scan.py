@@ -13,6 +13,7 @@ TensorFlow is imported only inside the functions that read records, which run in
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, as_completed
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ilsvrc_assets import fileio, images, release
+from ilsvrc_assets.formats.tfrecord import FRAMING as _FRAMING
+from ilsvrc_assets.formats.tfrecord import index_text
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.tf_example import feature_spec
 
@@ -52,14 +55,15 @@ class ShardScan:
     problems: list[str] = field(
         default_factory=list
     )  # the first MAX_PROBLEMS, each naming shard, record, file
+    # The MD5 of the DALI index of the records read (``formats.tfrecord.index_text``): what the shard's
+    # index file must hold.
+    index_md5: str = ""
 
 
 # Records are checked in batches: one TensorFlow call per batch instead of one per record, since
 # each call from Python costs a few hundred microseconds. A batch that fails is checked again one
 # record at a time to find the culprits, which only happens in damaged shards.
 BATCH = 128
-# Each TFRecord is framed by its length (8 bytes) and two CRCs (4 bytes each).
-_FRAMING = 16
 
 
 @dataclass(frozen=True)
@@ -229,8 +233,10 @@ def scan_shard(path: Path, decode: bool = True) -> ShardScan:
             extra_problems += 1
 
     consumed = 0  # bytes of the complete records read, framing included
+    lengths: list[int] = []  # of each record read, for its index
     for raws, error in _record_batches(path, BATCH):
         consumed += sum(_FRAMING + len(raw) for raw in raws)
+        lengths.extend(len(raw) for raw in raws)
         for record in _check_batch(raws, scan.records, decode):
             if record.format_issues:
                 scan.parse_errors += 1
@@ -266,6 +272,7 @@ def scan_shard(path: Path, decode: bool = True) -> ShardScan:
             )
     if extra_problems:
         scan.problems.append(f"{scan.name}: ... and {extra_problems} more problems")
+    scan.index_md5 = hashlib.md5(index_text(lengths)).hexdigest()
     return scan
 
 

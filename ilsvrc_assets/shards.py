@@ -10,6 +10,7 @@ caller's :class:`~ilsvrc_assets.record_workers.RecordWorkers`. Nothing here depe
 from __future__ import annotations
 
 import errno
+import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, as_completed
 from dataclasses import replace
@@ -18,11 +19,11 @@ from typing import TYPE_CHECKING
 
 from ilsvrc_assets import fileio, formats, images, release, storage
 from ilsvrc_assets.archives import ArchiveError, ChecksumCache
-from ilsvrc_assets.formats import RecordFormat
+from ilsvrc_assets.formats import Companion, RecordFormat
 from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.record_workers import RecordWorkers, failure_text
 from ilsvrc_assets.settings import Settings
-from ilsvrc_assets.shard_plan import RecordSource, ShardJob, ShardStats
+from ilsvrc_assets.shard_plan import CompanionStats, RecordSource, ShardJob, ShardStats
 from ilsvrc_assets.stage import Log, Made, quiet
 
 if TYPE_CHECKING:
@@ -80,6 +81,11 @@ def _write_shard(job: ShardJob, record_format: RecordFormat) -> ShardStats:
             # The shard was just written, so this read is served from the page cache.
             md5 = fileio.md5_file(tmp)
             size = tmp.stat().st_size
+            # Published last before the shard itself (a shard is never newer than its companions).
+            companions = tuple(
+                publish_companion(c, path, record_format.companion_data(writer, c))
+                for c in record_format.companions
+            )
     except BaseException as e:
         if isinstance(e, ShardError) or not isinstance(e, Exception):
             raise
@@ -91,8 +97,22 @@ def _write_shard(job: ShardJob, record_format: RecordFormat) -> ShardStats:
         member = f"{reader.where} member {current.filename}" if current is not None else reader.where
         raise ShardError(f"{job.name}: writing {member} failed ({type(e).__name__}: {e})") from e
     return ShardStats(
-        name=job.name, path=path, records=len(job.records), bytes=size, md5=md5, converted=tuple(converted)
+        name=job.name,
+        path=path,
+        records=len(job.records),
+        bytes=size,
+        md5=md5,
+        converted=tuple(converted),
+        companions=companions,
     )
+
+
+def publish_companion(companion: Companion, shard_path: Path, data: bytes) -> CompanionStats:
+    """Publish ``data`` as the ``companion`` of the shard at ``shard_path`` (whole or not at all)."""
+    target = companion.path(shard_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    storage.write_bytes(target, data)
+    return CompanionStats(companion.kind, target, len(data), hashlib.md5(data).hexdigest())
 
 
 def write_shards(
@@ -161,6 +181,24 @@ def _named(job: ShardJob, error: BaseException) -> ShardError:
 # --- The stage -----------------------------------------------------------------------------------
 
 
+def _companions_again(stats: ShardStats, record_format: RecordFormat) -> ShardStats | None:
+    """``stats`` of a reused shard, with each companion that is not as recorded (deleted, altered, or
+    written before the format had it) made again from the shard's bytes and published; None if the
+    shard's bytes cannot give it (the shard is then written again)."""
+    kept = {c.kind: c for c in stats.companions}
+    companions = []
+    for companion in record_format.companions:
+        found = kept.get(companion.kind)
+        if found is None or found.path != companion.path(stats.path):
+            try:
+                data = record_format.companion_from_shard(stats.path, companion)
+            except ValueError:
+                return None
+            found = publish_companion(companion, stats.path, data)
+        companions.append(found)
+    return replace(stats, companions=tuple(companions))
+
+
 def write_split_shards(
     settings: Settings,
     split: str,
@@ -187,8 +225,9 @@ def write_split_shards(
     folder = settings.data_dir / record_format.folder
     wanted = list(settings.shard_names(split) if wanted is None else wanted)
     reader = source.image_reader(split, log)
-    if removed := storage.store_for(folder).remove_partial(folder):
-        log(f"removed {removed} partial shard files left by an interrupted run")
+    for partial in [folder, *(folder.parent / c.folder for c in record_format.companions)]:
+        if partial.is_dir() and (removed := storage.store_for(partial).remove_partial(partial)):
+            log(f"removed {removed} partial files left by an interrupted run in {partial}")
     _, _, num_shards = release.parse_shard_name(wanted[0])
     table = bounding_boxes.read_table(settings.bounding_boxes_parquet)
     index = archives.read_index(settings.image_index(split))
@@ -211,6 +250,12 @@ def write_split_shards(
     converted: set[str] = set()
     for name in wanted:
         stats = ledger.reusable(jobs[name], fingerprints[name])
+        if stats is not None and (again := _companions_again(stats, record_format)) != stats:
+            if again is not None:
+                ledger.record(again, fingerprints[name])
+                made = sorted({c.kind for c in again.companions} - {c.kind for c in stats.companions})
+                log(f"{name}: unchanged, its {', '.join(made)} made again from it")
+            stats = again
         if stats is None:
             to_write.append(jobs[name])
         else:

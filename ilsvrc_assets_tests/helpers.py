@@ -127,6 +127,7 @@ ALL_CHECKS = {
     "dataset_manifest:every_label_in_each_split",
     "dataset_manifest:records_parse",
     "dataset_manifest:images_decode",
+    "dataset_manifest:every_index_matches_its_shard",
 }
 # The checks of the opt-in assets (definitions.OPT_IN), in the code location but not built by default.
 OPT_IN_CHECKS = {"train_tree:matches_train_index"}
@@ -325,6 +326,21 @@ def write_records(path: Path, serialized: list[bytes]) -> Path:
         for record in serialized:
             writer.write(record)
     return path
+
+
+def tfrecord2idx(shard: Path, index: Path) -> bytes:
+    """What NVIDIA DALI's own ``tfrecord2idx`` (the script its wheel installs beside ``python``) writes as
+    ``index`` for ``shard``; run in this process (it is a plain script), so TensorFlow loads only once."""
+    import runpy
+
+    tool = Path(sys.executable).parent / "tfrecord2idx"
+    argv = sys.argv
+    sys.argv = [str(tool), str(shard), str(index)]
+    try:
+        runpy.run_path(str(tool), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return index.read_bytes()
 
 
 def edited(record: bytes, edit: Callable[[object], None]) -> bytes:

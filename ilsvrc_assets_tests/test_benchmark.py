@@ -48,6 +48,7 @@ def test_benchmark_runs_every_stage_and_prints_a_row_each(tmp_path: Path) -> Non
         "validation tree / tar x",
         "2 workers / 1 worker",
         "pure computation, 2 processes / 1",
+        "index files / write shards",
     ):
         assert re.search(rf"{re.escape(what)}: {NUMBER}x( |$)", done.stdout, re.MULTILINE), done.stdout
     # The box files at scale: 3,000 of them in the training box archive it read.

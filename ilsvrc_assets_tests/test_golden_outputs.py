@@ -12,7 +12,9 @@ refactor. Why each value is what it is:
 - ``shards``: the MD5 of every TFRecord shard: the records (features, JPEG bytes, PNG/CMYK
   re-encoded at quality 100), their order (the seeded shuffle) and the framing (length, CRCs).
 - ``manifest``: the MD5 of ``manifest.json`` parsed, with each shard's ``mtime_ns`` removed (the
-  only value in it that depends on when the build ran), dumped with sorted keys.
+  only value in it that depends on when the build ran), dumped with sorted keys. Re-recorded once
+  since, for issue 11, which added each shard's ``index_md5`` (the MD5 of its DALI index): with
+  that key removed, the manifest gives the value recorded at 6553fce.
 - ``validation_tree``: one MD5 over the sorted relative paths of every file under
   ``<data>/validation`` and each file's MD5 (``path<TAB>md5<NEWLINE>`` lines).
 - ``files``: the MD5 of each CSV written (synsets, validation labels, the two reference box CSVs).

@@ -6,6 +6,7 @@ here every shard present is one manifest.json already read, so nothing is read b
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from ilsvrc_assets import fileio, manifest
@@ -36,8 +37,14 @@ def _as_read(folder, names) -> dict:
             "mtime_ns": st.st_mtime_ns,
             "labels": {"1": 1},
             "missing": False,
+            "index_md5": hashlib.md5(_index_of(folder / name)).hexdigest(),
         }
     return manifest._summary(NAMES, entries, {"train": 4, "validation": 1})
+
+
+def _index_of(shard) -> bytes:
+    """The index made up for a made-up shard: one record of the whole file."""
+    return f"0 {shard.stat().st_size}\n".encode()
 
 
 def _written(folder) -> dict[str, manifest.Written]:
@@ -121,3 +128,29 @@ def test_without_hashing_the_md5s_of_a_manifest_just_built_are_taken(tmp_path):
         hash_shards=False,
     )
     assert found.hashed == 1
+
+
+def test_each_index_missing_or_not_listing_its_shards_records_is_named(tmp_path):
+    folder = _shards(tmp_path / "tfrecords")
+    names = [n for ns in NAMES.values() for n in ns]
+    indexes = tmp_path / "tfrecords-index"  # beside the shards, not among them
+    indexes.mkdir()
+    for name in names:
+        (indexes / f"{name}.idx").write_bytes(_index_of(folder / name))
+    read = _as_read(folder, names[1:])  # the first shard is missing: every_shard_present says so
+    assert manifest.index_problems(read, folder) == []
+
+    (indexes / "train-00001-of-00004.idx").unlink()
+    (indexes / "train-00002-of-00004.idx").write_bytes(b"0 101\n")  # one byte short (it has 102)
+    (indexes / "validation-00000-of-00001.idx").write_bytes(_index_of(folder / names[-1]) * 2)
+    redo = "write it again: materialise {}_shards, partition {}"
+    assert manifest.index_problems(read, folder) == [
+        f"train-00001-of-00004: its index {indexes}/train-00001-of-00004.idx is missing; "
+        + redo.format("train", "train-00001-of-00004"),
+        f"train-00002-of-00004: its index {indexes}/train-00002-of-00004.idx does not list the shard's "
+        "records (1 lines for 1 records, or other offsets or lengths); "
+        + redo.format("train", "train-00002-of-00004"),
+        f"validation-00000-of-00001: its index {indexes}/validation-00000-of-00001.idx does not list the "
+        "shard's records (2 lines for 1 records, or other offsets or lengths); "
+        + redo.format("validation", "validation-00000-of-00001"),
+    ]

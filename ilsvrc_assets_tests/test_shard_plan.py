@@ -13,6 +13,7 @@ import pytest
 
 from ilsvrc_assets import release
 from ilsvrc_assets.shard_plan import (
+    CompanionStats,
     RecordSource,
     ShardJob,
     ShardLedger,
@@ -250,3 +251,20 @@ def test_ledger_entries_without_a_time_are_judged_by_size_and_damaged_ones_ignor
     assert ledger.reusable(job, "fp") == stats
     entry_path.write_text("{not json")
     assert ledger.get(job.name) is None and ledger.reusable(job, "fp") is None
+
+
+def test_ledger_keeps_only_the_companions_still_as_written(tmp_path: Path) -> None:
+    job, stats = _written(tmp_path)
+    index = tmp_path / "tfrecords-index" / f"{job.name}.idx"
+    index.parent.mkdir()
+    index.write_bytes(b"0 100\n")
+    stats = replace(stats, companions=(CompanionStats("index", index, 6, "1" * 32),))
+    ledger = ShardLedger(tmp_path / "state")
+    ledger.record(stats, "fp")
+    assert ledger.reusable(job, "fp") == stats
+    st = index.stat()
+    index.write_bytes(b"0 99\n\n")  # the same size, written since
+    os.utime(index, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert ledger.reusable(job, "fp") == replace(stats, companions=())  # the shard is, its index is not
+    index.unlink()
+    assert ledger.reusable(job, "fp") == replace(stats, companions=())

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ilsvrc_assets import images
+from ilsvrc_assets.formats.tfrecord import index_text, read_payload_lengths
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.shard_plan import RecordSource
 from ilsvrc_assets.shard_scan import BATCH, ShardScan, scan_shard, scan_shards
@@ -38,6 +39,7 @@ def test_scan_shard_of_good_records(tmp_path: Path) -> None:
         parse_errors=0,
         decode_errors=0,
         problems=[],
+        index_md5=hashlib.md5(index_text(read_payload_lengths(path))).hexdigest(),
     )
 
 

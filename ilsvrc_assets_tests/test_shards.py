@@ -15,8 +15,9 @@ import pytest
 from ilsvrc_assets import fileio, images
 from ilsvrc_assets.formats import RecordFormat
 from ilsvrc_assets.formats.tfrecord import FORMAT as TFRECORD
+from ilsvrc_assets.formats.tfrecord import index_text, read_payload_lengths
 from ilsvrc_assets.record_workers import RecordWorkers
-from ilsvrc_assets.shard_plan import RecordSource, ShardJob, ShardStats, assign_to_shards
+from ilsvrc_assets.shard_plan import CompanionStats, RecordSource, ShardJob, ShardStats, assign_to_shards
 from ilsvrc_assets.shard_scan import scan_shard, scan_shards
 from ilsvrc_assets.shards import ShardError, write_shard, write_shards
 from ilsvrc_assets.sources.official import ArchiveReader
@@ -90,6 +91,7 @@ def test_write_shard_from_an_archive(archive, tmp_path: Path) -> None:
     path, sources, data = archive
     job = ShardJob("train-00000-of-00001", tmp_path / "out" / "train-00000-of-00001", ArchiveReader(path), tuple(sources))
     stats = write_shard(job, TFRECORD)
+    index = tmp_path / "tfrecords-index" / "train-00000-of-00001.idx"  # beside the shards' folder, not in it
     assert stats == ShardStats(
         name=job.name,
         path=job.path,
@@ -97,8 +99,11 @@ def test_write_shard_from_an_archive(archive, tmp_path: Path) -> None:
         bytes=job.path.stat().st_size,
         md5=fileio.md5_file(job.path),
         converted=(PNG_NAME, CMYK_NAME),
+        companions=(CompanionStats("index", index, index.stat().st_size, fileio.md5_file(index)),),
     )
-    assert leftovers(job.path.parent) == []
+    assert leftovers(job.path.parent) == [] and leftovers(index.parent) == []
+    assert index.read_bytes() == index_text(read_payload_lengths(job.path))
+    assert len(index.read_text().splitlines()) == len(sources)
 
     scan = scan_shard(job.path)
     assert (scan.records, scan.parse_errors, scan.decode_errors, scan.problems) == (len(sources), 0, 0, [])
@@ -115,9 +120,12 @@ def test_write_shard_from_an_archive(archive, tmp_path: Path) -> None:
 
 
 def test_write_shard_of_no_records_writes_an_empty_file(archive, tmp_path: Path) -> None:
-    job = ShardJob("validation-00003-of-00004", tmp_path / "validation-00003-of-00004", ArchiveReader(archive[0]), ())
+    job = ShardJob(
+        "validation-00003-of-00004", tmp_path / "tfrecords" / "validation-00003-of-00004", ArchiveReader(archive[0]), ()
+    )
     stats = write_shard(job, TFRECORD)
     assert (stats.records, stats.bytes, job.path.read_bytes()) == (0, 0, b"")
+    assert stats.companions[0].path.read_bytes() == b""  # as tfrecord2idx writes for an empty file
     assert scan_shard(job.path).records == 0
 
 
@@ -125,7 +133,10 @@ def test_write_shard_stops_at_a_short_read_and_leaves_nothing(archive, tmp_path:
     path, sources, _ = archive
     beyond = replace(sources[3], offset=path.stat().st_size - 100)
     job = ShardJob(
-        "train-00007-of-01024", tmp_path / "train-00007-of-01024", ArchiveReader(path), (sources[0], beyond, sources[4])
+        "train-00007-of-01024",
+        tmp_path / "tfrecords" / "train-00007-of-01024",
+        ArchiveReader(path),
+        (sources[0], beyond, sources[4]),
     )
     with pytest.raises(ShardError) as caught:
         write_shard(job, TFRECORD)
@@ -134,25 +145,30 @@ def test_write_shard_stops_at_a_short_read_and_leaves_nothing(archive, tmp_path:
         f"train-00007-of-01024: ILSVRC2012_img_train.tar member {PNG_NAME} is cut short (100 of "
     )
     assert not job.path.exists()
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.rglob("*")] == ["tfrecords"]  # no index either
 
 
 def test_write_shard_keeps_an_existing_shard_when_it_fails(archive, tmp_path: Path) -> None:
     path, sources, _ = archive
     job = ShardJob(
         "train-00001-of-01024",
-        tmp_path / "train-00001-of-01024",
+        tmp_path / "tfrecords" / "train-00001-of-01024",
         ArchiveReader(path),
         (replace(sources[0], offset=sources[0].offset + 1),),
     )
+    job.path.parent.mkdir()
     job.path.write_bytes(b"the previous shard")
+    index = TFRECORD.companions[0].path(job.path)
+    index.parent.mkdir()
+    index.write_bytes(b"0 34\n")
     with pytest.raises(
         ShardError,
         match=r"^train-00001-of-01024: ILSVRC2012_img_train.tar member n01440764_1.JPEG: not a JPEG or PNG image",
     ):
         write_shard(job, TFRECORD)
     assert job.path.read_bytes() == b"the previous shard"
-    assert leftovers(tmp_path) == []
+    assert index.read_bytes() == b"0 34\n"  # its index too
+    assert leftovers(job.path.parent) == [] and leftovers(index.parent) == []
 
 
 def test_write_shard_names_a_missing_archive(archive, tmp_path: Path) -> None:
@@ -167,7 +183,8 @@ def test_write_shard_names_a_missing_archive(archive, tmp_path: Path) -> None:
 def _jobs(archive, folder: Path) -> list[ShardJob]:
     path, sources, _ = archive
     names = [f"train-{i:05d}-of-00004" for i in range(4)]
-    return [ShardJob(n, folder / n, ArchiveReader(path), tuple(s)) for n, s in zip(names, assign_to_shards(sources, 4))]
+    shards = folder / "tfrecords"
+    return [ShardJob(n, shards / n, ArchiveReader(path), tuple(s)) for n, s in zip(names, assign_to_shards(sources, 4))]
 
 
 def test_write_shards_gives_the_same_bytes_with_one_or_two_workers(archive, tmp_path: Path) -> None:
@@ -184,6 +201,7 @@ def test_write_shards_gives_the_same_bytes_with_one_or_two_workers(archive, tmp_
     assert sum(s.records for s in two) == len(archive[1])
     for a, b in zip(one, two):
         assert a.path.read_bytes() == b.path.read_bytes()
+        assert a.companions[0].path.read_bytes() == b.companions[0].path.read_bytes()
         assert (a.md5, a.bytes, a.records, a.converted) == (b.md5, b.bytes, b.records, b.converted)
     assert sorted(c for s in two for c in s.converted) == sorted([PNG_NAME, CMYK_NAME])
 
@@ -204,8 +222,8 @@ def test_write_shards_raises_the_first_failure_naming_the_shard(archive, tmp_pat
         ),
     ):
         write_shards(jobs, TFRECORD, workers)
-    assert not jobs[1].path.exists()
-    assert leftovers(tmp_path) == []
+    assert not jobs[1].path.exists() and not TFRECORD.companions[0].path(jobs[1].path).exists()
+    assert [p for p in tmp_path.rglob("*") if fileio.is_temp_path(p)] == []
 
 
 def test_write_shards_of_nothing_starts_no_worker() -> None:
@@ -222,7 +240,8 @@ def written(archive, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path, sources, _ = archive
     folder = tmp_path_factory.mktemp("written")
     return write_shard(
-        ShardJob("train-00000-of-00001", folder / "train-00000-of-00001", ArchiveReader(path), tuple(sources)), TFRECORD
+        ShardJob("train-00000-of-00001", folder / "tfrecords" / "train-00000-of-00001", ArchiveReader(path), tuple(sources)),
+        TFRECORD,
     ).path
 
 

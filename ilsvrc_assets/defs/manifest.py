@@ -1,10 +1,11 @@
 """``dataset_manifest``: every shard read back and summarised, and the checks on the whole dataset.
 
-The five checks run as one step (:func:`dataset_checks`) that looks at the shards as they are on
+The six checks run as one step (:func:`dataset_checks`) that looks at the shards as they are on
 disk when it runs, not at what an earlier run wrote into ``manifest.json``: every shard is hashed
 and compared with the size and MD5 recorded when its partition was materialised, and a shard whose
-bytes are not the ones the manifest read is read back again. So ``audit_outputs``, which runs the
-checks without materialising anything, notices a shard deleted, truncated or altered since. The
+bytes are not the ones the manifest read is read back again, and each shard's DALI index is compared
+with the records read. So ``audit_outputs``, which runs the checks without materialising anything,
+notices a shard or an index deleted, truncated or altered since. The
 checks are blocking: a failure fails the run, which is what makes the audit loud.
 """
 
@@ -44,7 +45,8 @@ MANIFEST = "dataset_manifest"
     kinds={"json"},
     description="`<data>/tfrecords/manifest.json`: every shard read back with TensorFlow (record "
     "count, bytes, MD5, labels, records that do not parse with the model zoo's feature spec, "
-    "images that do not decode as JPEG). The checks on this asset judge the whole dataset.",
+    "images that do not decode as JPEG, the MD5 its DALI index must have). The checks on this asset judge "
+    "the whole dataset, the index files included.",
 )
 def dataset_manifest(
     context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]

@@ -104,7 +104,8 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
         description=f"The {split} TFRecord shards `<data>/tfrecords/{split}-NNNNN-of-MMMMM` in the "
         "TF/TPU model zoo's format (15 features, 1-based labels, boxes from the bounding-box "
         "table, PNG/CMYK re-encoded as RGB JPEG). Images are shuffled across shards with a fixed "
-        "seed, so the assignment is deterministic. Read straight out of the archive, never extracted.",
+        "seed, so the assignment is deterministic. Read straight out of the archive, never extracted. "
+        "Each shard's NVIDIA DALI index is written with it, `<data>/tfrecords-index/<shard>.idx`.",
     )
     def _shards(
         context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
@@ -121,6 +122,16 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
                     "md5": stats.md5,
                     "converted_to_rgb_jpeg": MetadataValue.json(list(stats.converted)),
                     "unchanged_since_earlier_run": reused,
+                    # The files published with the shard (the DALI index): index_path, index_bytes, index_md5.
+                    **{
+                        f"{c.kind}_{key}": value
+                        for c in stats.companions
+                        for key, value in (
+                            ("path", MetadataValue.path(str(c.path))),
+                            ("bytes", MetadataValue.int(c.bytes)),
+                            ("md5", c.md5),
+                        )
+                    },
                 },
                 partition_key=stats.name,
             )

@@ -8,14 +8,19 @@ A record format decides the bytes of a shard file, nothing else. It says:
 - about how many bytes a shard will take (:meth:`RecordFormat.space_needed`), checked against the
   free space before writing;
 - how to write a shard: :meth:`RecordFormat.open` gives a :class:`ShardWriter` on a path, which takes
-  the shard's images one at a time, in the plan's order.
+  the shard's images one at a time, in the plan's order;
+- the small files it publishes with each shard, if any (its :attr:`RecordFormat.companions`, e.g. the
+  TFRecord shards' DALI index): their contents come from the writer once the shard is written
+  (:meth:`RecordFormat.companion_data`, no second pass over the shard), or from a shard already on
+  disk (:meth:`RecordFormat.companion_from_shard`, when a reused shard's companion is missing).
 
 Everything else about writing one shard of a plan (``shard_plan.ShardJob``) is the same for every
 format and is done once, in ``shards.write_shard``, which runs in a record worker and returns the
 shard's ``ShardStats``: reading each image from the archive, re-encoding PNG/CMYK as RGB JPEG
-(``images.prepare``), writing under a temporary name renamed into place when complete, the MD5,
-the shard's lock, and errors naming the shard, the archive and the member. (The same division as
-webdataset's ``ShardWriter``: a format is a small object that takes samples.)
+(``images.prepare``), writing under a temporary name renamed into place when complete (the
+companions too, published just before the shard), the MD5, the shard's lock, and errors naming the
+shard, the archive and the member. (The same division as webdataset's ``ShardWriter``: a format is
+a small object that takes samples.)
 
 Adding a format (e.g. WebDataset): a module here defining a :class:`RecordFormat` subclass and an
 instance of it named ``FORMAT``, and its name in :data:`FORMATS`. Nothing in ``shards`` or
@@ -28,6 +33,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -48,11 +54,26 @@ class ShardWriter(Protocol):
         next record, with what ``source`` says about it (file name, synset, label, text, boxes)."""
 
 
+@dataclass(frozen=True)
+class Companion:
+    """A small file a format publishes with each shard, in a folder of its own beside the shards' folder
+    (so that readers globbing the shards' folder see shards only)."""
+
+    kind: str  # e.g. "index": how the stats, the ledger and the metadata name it
+    folder: str  # beside the format's folder, e.g. "tfrecords-index"
+    suffix: str  # after the shard's file name, e.g. ".idx"
+
+    def path(self, shard_path: Path) -> Path:
+        """Where the companion of the shard at ``shard_path`` (``<data>/<format folder>/<file>``) goes."""
+        return shard_path.parent.parent / self.folder / f"{shard_path.name}{self.suffix}"
+
+
 class RecordFormat(ABC):
     """One way of writing a shard (see the module's docstring)."""
 
     name: ClassVar[str]  # e.g. "tfrecord"
     folder: ClassVar[str]  # under the data folder, e.g. "tfrecords"
+    companions: ClassVar[tuple[Companion, ...]] = ()  # published with each shard (none by default)
 
     def file_name(self, shard: str) -> str:
         """The file name of the shard named ``shard`` (``release.shard_name``); the name itself unless a
@@ -71,6 +92,17 @@ class RecordFormat(ABC):
         ``path`` is a temporary name that the caller renames into place once the block ends
         without error, and removes otherwise. A shard without images must still be a valid file.
         """
+
+    def companion_data(self, writer: ShardWriter, companion: Companion) -> bytes:
+        """The contents of ``companion`` for the shard ``writer`` has just written (its block has ended).
+
+        Only called for formats that declare :attr:`companions`."""
+        raise NotImplementedError(f"{self.name} declares no companion {companion.kind!r}")
+
+    def companion_from_shard(self, shard_path: Path, companion: Companion) -> bytes:
+        """The contents of ``companion`` made again from the shard file at ``shard_path``: the same bytes
+        :meth:`companion_data` gave when it was written. Raises ValueError if the file is damaged."""
+        raise NotImplementedError(f"{self.name} declares no companion {companion.kind!r}")
 
     def __repr__(self) -> str:
         return f"<record format {self.name}>"

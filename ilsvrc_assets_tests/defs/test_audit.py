@@ -19,6 +19,7 @@ from ilsvrc_assets import fileio, release
 from ilsvrc_assets.cli import failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets.defs.manifest import written_shards
+from ilsvrc_assets.formats.tfrecord import INDEX
 from ilsvrc_assets.manifest import Written
 from ilsvrc_assets_tests.helpers import ALL_CHECKS, evaluations, materialized, run_job
 
@@ -110,6 +111,14 @@ def test_audit_fails_naming_each_file_deleted_truncated_or_altered(audited, put_
     image = put_back(settings.validation_dir / synset / release.validation_filename(10))
     image.unlink()
 
+    # The DALI indexes of two intact shards: one deleted, one listing a record one byte longer.
+    no_index = put_back(INDEX.path(folder / "train-00000-of-00008"))
+    no_index.unlink()
+    bad_index = put_back(INDEX.path(folder / "validation-00003-of-00004"))
+    lines = bad_index.read_text().splitlines()
+    offset, length = lines[-1].split()
+    bad_index.write_text("\n".join([*lines[:-1], f"{offset} {int(length) + 1}"]) + "\n")
+
     result = run_job(settings, instance, JOB_NAMES["audit"])
     assert not result.success  # loud: the run fails, not only its checks
     failure = next(e for e in result.all_events if e.is_step_failure)
@@ -132,6 +141,19 @@ def test_audit_fails_naming_each_file_deleted_truncated_or_altered(audited, put_
     parse = found["dataset_manifest:records_parse"]
     assert not parse.passed and truncated.name in parse.description and altered.name in parse.description
     assert not found["dataset_manifest:record_totals"].passed
+
+    indexes = found["dataset_manifest:every_index_matches_its_shard"]
+    assert not indexes.passed
+    assert f"train-00000-of-00008: its index {no_index} is missing" in indexes.description
+    assert (
+        f"validation-00003-of-00004: its index {bad_index} does not list the shard's records "
+        f"({len(lines):,} lines for {len(lines):,} records, or other offsets or lengths); write it again: "
+        "materialise validation_shards, partition validation-00003-of-00004"
+    ) in indexes.description
+    # The damaged shards' indexes no longer list what is read back from them either; the deleted
+    # shard's index is left to every_shard_present.
+    assert truncated.name in indexes.description and altered.name in indexes.description
+    assert f"{deleted.name}:" not in indexes.description
 
     tree = found["validation_tree:matches_validation_label_file"]
     assert not tree.passed and f"missing: {synset}/{image.name}" in tree.description

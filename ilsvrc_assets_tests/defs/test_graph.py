@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,7 @@ from PIL import Image
 from ilsvrc_assets import archives, release, shard_plan, synsets
 from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets.bounding_boxes import boxes_by_image, read_table
+from ilsvrc_assets.formats.tfrecord import INDEX
 from ilsvrc_assets.sources.official import ArchiveReader
 from ilsvrc_assets_tests.helpers import ALL_CHECKS, build_all, evaluations, run_job
 
@@ -171,6 +173,11 @@ def test_shard_assignment_is_deterministic_and_mixes_classes(built):
 def test_second_build_reuses_what_is_done(built_graph_copy):
     settings, instance = built_graph_copy  # the shared instance's history stays the first build's
     before = {p.name: p.stat().st_mtime_ns for p in settings.tfrecords_dir.iterdir()}
+    # An index deleted since (or a build from before the indexes): made again from its shard's framing,
+    # byte for byte, without writing the shard again.
+    index = INDEX.path(settings.tfrecords_dir / "train-00003-of-00008")
+    original = index.read_bytes()
+    index.unlink()
     results2, failed2 = build_all(settings, instance)
     assert failed2 == []
     train_run = results2[1]
@@ -179,6 +186,10 @@ def test_second_build_reuses_what_is_done(built_graph_copy):
         for e in train_run.get_asset_materialization_events()
     ]
     assert reused and all(reused)
+    assert index.read_bytes() == original
+    again = [e for e in train_run.get_asset_materialization_events() if e.partition == "train-00003-of-00008"]
+    assert again[0].materialization.metadata["index_md5"].value == hashlib.md5(original).hexdigest()
+    assert again[0].materialization.metadata["index_path"].value == str(index)
     tree_meta = results2[0].asset_materializations_for_node("validation_tree")[0].metadata
     assert tree_meta["written"].value == 0 and tree_meta["already_in_place"].value == 50000
     after = {

@@ -67,6 +67,9 @@ def test_build_killed_in_the_validation_tree_and_in_a_shard_range_then_finished(
     present = [name for name in shards if (tfrecords / name).exists()]
     assert 0 < len(present) < len(shards), f"the kill did not land inside the shard range: {present}"
     assert differing(tfrecords, reference.tfrecords_dir, present) == []
+    # A shard's index is published before the shard: each shard present has its whole index.
+    index_dir, reference_index_dir = (s.data_dir / "tfrecords-index" for s in (settings, reference))
+    assert differing(index_dir, reference_index_dir, [f"{name}.idx" for name in present]) == []
 
     # 3. Run again to the end: everything as a clean run left it, and no temporary file anywhere.
     log = tmp_path / "build-3.log"
@@ -82,6 +85,8 @@ def test_build_killed_in_the_validation_tree_and_in_a_shard_range_then_finished(
     all_shards = settings.shard_names("train") + shards
     assert sorted(final_files(tfrecords)) == sorted([*all_shards, "manifest.json"])
     assert differing(tfrecords, reference.tfrecords_dir, all_shards) == []
+    assert sorted(final_files(index_dir)) == sorted(f"{name}.idx" for name in all_shards)
+    assert differing(index_dir, reference_index_dir) == []
     assert len(final_files(tree)) == release.NUM_VALIDATION_IMAGES
     assert differing(tree, reference.validation_dir) == []
     for output in ("bounding_boxes_csv", "validation_bounding_boxes_csv", "synsets_csv"):
