@@ -22,6 +22,7 @@ def every_setting_changed(root: Path) -> dict[str, str]:
         settings_module.ENV_SOURCE: "http",
         settings_module.ENV_DATA_DIR: str(root / "out"),
         settings_module.ENV_LOCAL_DIR: str(root / "archives"),
+        settings_module.ENV_BOXES_DIR: str(root / "boxes"),
         settings_module.ENV_HTTP_URL: "https://example.org/ILSVRC/2012/",
         settings_module.ENV_SAMPLE_DIR: str(root / "sample"),
         settings_module.ENV_TRAIN_SHARDS: "16",
