@@ -122,7 +122,9 @@ def run_bounding_boxes_at_scale(settings: Settings, release_dir: Path) -> None:
     bounding_boxes.make_bounding_boxes(
         settings,
         BoxesAtScale(release_dir),
-        outputs=bounding_boxes.BoxOutputs(out / "bounding_boxes.parquet", out / "train.csv", out / "validation.csv"),
+        outputs=bounding_boxes.BoxOutputs(
+            out / "bounding_boxes.parquet", out / "train.csv", out / "validation.csv"
+        ),
     )
 
 
@@ -142,7 +144,11 @@ def run_shards_one_worker(settings: Settings, release_dir: Path) -> float:
     from dataclasses import replace
 
     alone = replace(settings, data_dir=settings.data_dir / "one-worker", workers=1)
-    for path in (settings.synsets_csv, settings.bounding_boxes_parquet, *map(settings.image_index, release.SPLITS)):
+    for path in (
+        settings.synsets_csv,
+        settings.bounding_boxes_parquet,
+        *map(settings.image_index, release.SPLITS),
+    ):
         link = alone.data_dir / path.relative_to(settings.data_dir)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
@@ -165,7 +171,9 @@ def run_shards(settings: Settings, release_dir: Path) -> float:
         for split in release.SPLITS:
             shards.write_split_shards(settings, split, LocalSource(release_dir), workers)
         written = time.perf_counter()
-    print(f"{settings.workers} workers started in {ready - started:.2f} s, shards written in {written - ready:.2f} s")
+    print(
+        f"{settings.workers} workers started in {ready - started:.2f} s, shards written in {written - ready:.2f} s"
+    )
     return written - ready
 
 
@@ -218,7 +226,9 @@ def run_previews(settings: Settings, release_dir: Path) -> float:
         converted = sorted(release.png_train_files() | release.cmyk_train_files()) if split == "train" else []
         present = [name for name in converted if name in set(index[split]["filename"])]
         shard_previews.for_shards(split, counts, first, present, index[split], reader[split])
-    previews.for_bounding_boxes(table, index["train"], reader["train"], index["validation"], reader["validation"])
+    previews.for_bounding_boxes(
+        table, index["train"], reader["train"], index["validation"], reader["validation"]
+    )
     previews.for_validation_tree(settings.validation_dir, synset_table)
     return time.perf_counter() - started
 

@@ -382,7 +382,9 @@ class BoxOutputs:
     @classmethod
     def of(cls, settings: Settings) -> BoxOutputs:
         return cls(
-            settings.bounding_boxes_parquet, settings.bounding_boxes_csv, settings.validation_bounding_boxes_csv
+            settings.bounding_boxes_parquet,
+            settings.bounding_boxes_csv,
+            settings.validation_bounding_boxes_csv,
         )
 
 

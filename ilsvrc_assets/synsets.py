@@ -91,7 +91,9 @@ def reference_devkit(
             f"1,000 challenge synsets ({len(unknown):,} such labels)"
         )
     origin = f"shipped reference files ({words_from if words is not None else 'imagenet_metadata.txt'}, {labels_from})"
-    return Devkit(leaves, release.NUM_HIERARCHY_NODES, tuple(ids[w] for w in labels), origin, official_ids=False)
+    return Devkit(
+        leaves, release.NUM_HIERARCHY_NODES, tuple(ids[w] for w in labels), origin, official_ids=False
+    )
 
 
 def read_devkit(path: Path) -> Devkit:
@@ -276,7 +278,9 @@ def make_synsets(settings: Settings, source: ImageSource, log: Log = quiet) -> M
 def synsets_verdict(settings: Settings) -> Verdict:
     """Check ``one_thousand_synsets``: the table on disk against the release facts."""
     table = read_synsets(settings.synsets_csv)
-    return Verdict(synset_problems(table), f"{len(table)} synsets, as the shipped list", {"synsets": len(table)})
+    return Verdict(
+        synset_problems(table), f"{len(table)} synsets, as the shipped list", {"synsets": len(table)}
+    )
 
 
 def make_validation_labels(settings: Settings, source: ImageSource, log: Log = quiet) -> Made:

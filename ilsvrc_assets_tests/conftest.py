@@ -60,4 +60,3 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
         return make_settings(tmp_path / "data", local_dir, **overrides)
 
     return make
-

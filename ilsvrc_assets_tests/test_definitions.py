@@ -45,10 +45,14 @@ def test_each_asset_function_has_its_asset_name() -> None:
     for asset in defs.assets:
         for key in asset.keys:
             name = key.to_user_string()
-            if name.endswith("_archive"):  # the five archives: one factory, assigned to variables of these names
+            if name.endswith(
+                "_archive"
+            ):  # the five archives: one factory, assigned to variables of these names
                 module = importlib.import_module("ilsvrc_assets.defs.archives")
                 assert getattr(module, name) is asset
-            elif name.endswith("_shards"):  # partitioned by the settings: made where the location is assembled
+            elif name.endswith(
+                "_shards"
+            ):  # partitioned by the settings: made where the location is assembled
                 source = importlib.import_module("ilsvrc_assets.definitions").__file__
                 assert f'{name} = shards_asset(settings, "{name}"' in open(source).read()
             else:

@@ -35,7 +35,9 @@ def test_a_description_with_control_characters_still_makes_valid_xml():
 
 
 def test_a_warning_is_reported_but_is_not_a_failure():
-    outcome = CheckOutcome("bounding_boxes", "boxes_are_valid", False, "no boxes in this source", warning=True)
+    outcome = CheckOutcome(
+        "bounding_boxes", "boxes_are_valid", False, "no boxes in this source", warning=True
+    )
     assert not outcome.failed
     root = ET.fromstring(junit.report([outcome], "audit_outputs", 1.0))
     assert root.get("failures") == "0" and root.get("errors") == "0"

@@ -116,7 +116,14 @@ BOXES = {"n01440764_1.JPEG": [(0.1, 0.2, 0.5, 0.6)], "n01443537_5.JPEG": [(0.0, 
 
 def _plan(index: pd.DataFrame, num_shards: int = 4, **kwargs) -> dict[str, ShardJob]:
     return plan_split(
-        "train", index, SYNSET_TABLE, BOXES, ArchiveReader(Path("archive.tar")), Path("out"), num_shards, **kwargs
+        "train",
+        index,
+        SYNSET_TABLE,
+        BOXES,
+        ArchiveReader(Path("archive.tar")),
+        Path("out"),
+        num_shards,
+        **kwargs,
     )
 
 
@@ -125,7 +132,8 @@ def test_plan_puts_every_image_in_one_shard_with_what_its_record_says() -> None:
     jobs = _plan(index)
     assert list(jobs) == release.shard_names("train", 4)
     assert all(
-        job.path == Path("out") / name and job.reader.path == Path("archive.tar") for name, job in jobs.items()
+        job.path == Path("out") / name and job.reader.path == Path("archive.tar")
+        for name, job in jobs.items()
     )
     records = [r for job in jobs.values() for r in job.records]
     assert sorted(r.filename for r in records) == sorted(index["filename"])
@@ -203,7 +211,10 @@ def _written(tmp_path: Path, name: str = "train-00000-of-00004") -> tuple[ShardJ
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x" * 100)
     job = ShardJob(
-        name, path, ArchiveReader(Path("archive.tar")), (RecordSource("n01440764_1.JPEG", "n01440764", 1, "tench", 0, 90),)
+        name,
+        path,
+        ArchiveReader(Path("archive.tar")),
+        (RecordSource("n01440764_1.JPEG", "n01440764", 1, "tench", 0, 90),),
     )
     return job, ShardStats(name, path, 1, 100, "0" * 32, ("n01440764_1.JPEG",))
 

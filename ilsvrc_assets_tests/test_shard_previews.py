@@ -84,10 +84,15 @@ def test_converted_images_are_shown_before_and_after(built: Built):
         set(built.train_index["filename"]) & (release.png_train_files() | release.cmyk_train_files())
     )
     assert converted, "the sample release holds PNG and CMYK images"
-    picture = shard_previews.converted_before_after(converted, built.train_index, ArchiveReader(built.train_archive))
+    picture = shard_previews.converted_before_after(
+        converted, built.train_index, ArchiveReader(built.train_archive)
+    )
     shown = min(len(converted), shard_previews.CONVERTED_PAIRS)
     assert picture is not None and picture.caption.startswith(f"{shown} of {len(converted)}")
-    assert shard_previews.converted_before_after([], built.train_index, ArchiveReader(built.train_archive)) is None
+    assert (
+        shard_previews.converted_before_after([], built.train_index, ArchiveReader(built.train_archive))
+        is None
+    )
 
 
 def test_records_per_shard_says_the_extremes():

@@ -53,7 +53,8 @@ def test_scan_shard_of_an_empty_file(tmp_path: Path) -> None:
 def test_scan_shard_counts_a_png_record_as_a_decode_error(tmp_path: Path) -> None:
     # tf.io.decode_jpeg itself decodes PNG bytes without complaint; the header check catches them.
     path = write_records(
-        tmp_path / "train-00000-of-00001", [encode_record(TENCH, rgb_jpeg()), encode_record(TOILET_TISSUE, png())]
+        tmp_path / "train-00000-of-00001",
+        [encode_record(TENCH, rgb_jpeg()), encode_record(TOILET_TISSUE, png())],
     )
     for decode in (True, False):
         scan = scan_shard(path, decode=decode)

@@ -89,7 +89,9 @@ def read_records(path: Path) -> dict[str, dict]:
 
 def test_write_shard_from_an_archive(archive, tmp_path: Path) -> None:
     path, sources, data = archive
-    job = ShardJob("train-00000-of-00001", tmp_path / "out" / "train-00000-of-00001", ArchiveReader(path), tuple(sources))
+    job = ShardJob(
+        "train-00000-of-00001", tmp_path / "out" / "train-00000-of-00001", ArchiveReader(path), tuple(sources)
+    )
     stats = write_shard(job, TFRECORD)
     index = tmp_path / "tfrecords-index" / "train-00000-of-00001.idx"  # beside the shards' folder, not in it
     assert stats == ShardStats(
@@ -121,7 +123,10 @@ def test_write_shard_from_an_archive(archive, tmp_path: Path) -> None:
 
 def test_write_shard_of_no_records_writes_an_empty_file(archive, tmp_path: Path) -> None:
     job = ShardJob(
-        "validation-00003-of-00004", tmp_path / "tfrecords" / "validation-00003-of-00004", ArchiveReader(archive[0]), ()
+        "validation-00003-of-00004",
+        tmp_path / "tfrecords" / "validation-00003-of-00004",
+        ArchiveReader(archive[0]),
+        (),
     )
     stats = write_shard(job, TFRECORD)
     assert (stats.records, stats.bytes, job.path.read_bytes()) == (0, 0, b"")
@@ -173,7 +178,10 @@ def test_write_shard_keeps_an_existing_shard_when_it_fails(archive, tmp_path: Pa
 
 def test_write_shard_names_a_missing_archive(archive, tmp_path: Path) -> None:
     job = ShardJob(
-        "train-00001-of-01024", tmp_path / "train-00001-of-01024", ArchiveReader(tmp_path / "gone.tar"), archive[1][:1]
+        "train-00001-of-01024",
+        tmp_path / "train-00001-of-01024",
+        ArchiveReader(tmp_path / "gone.tar"),
+        archive[1][:1],
     )
     with pytest.raises(ShardError, match=r"^train-00001-of-01024: cannot open gone.tar .*gone.tar"):
         write_shard(job, TFRECORD)
@@ -184,7 +192,10 @@ def _jobs(archive, folder: Path) -> list[ShardJob]:
     path, sources, _ = archive
     names = [f"train-{i:05d}-of-00004" for i in range(4)]
     shards = folder / "tfrecords"
-    return [ShardJob(n, shards / n, ArchiveReader(path), tuple(s)) for n, s in zip(names, assign_to_shards(sources, 4))]
+    return [
+        ShardJob(n, shards / n, ArchiveReader(path), tuple(s))
+        for n, s in zip(names, assign_to_shards(sources, 4))
+    ]
 
 
 def test_write_shards_gives_the_same_bytes_with_one_or_two_workers(archive, tmp_path: Path) -> None:
@@ -240,7 +251,12 @@ def written(archive, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path, sources, _ = archive
     folder = tmp_path_factory.mktemp("written")
     return write_shard(
-        ShardJob("train-00000-of-00001", folder / "tfrecords" / "train-00000-of-00001", ArchiveReader(path), tuple(sources)),
+        ShardJob(
+            "train-00000-of-00001",
+            folder / "tfrecords" / "train-00000-of-00001",
+            ArchiveReader(path),
+            tuple(sources),
+        ),
         TFRECORD,
     ).path
 
@@ -295,7 +311,9 @@ class _Lines(RecordFormat):
 
 def test_write_shard_writes_any_format_the_same_way(archive, tmp_path: Path) -> None:
     path, sources, data = archive
-    job = ShardJob("train-00000-of-00001", tmp_path / "train-00000-of-00001.txt", ArchiveReader(path), tuple(sources[:5]))
+    job = ShardJob(
+        "train-00000-of-00001", tmp_path / "train-00000-of-00001.txt", ArchiveReader(path), tuple(sources[:5])
+    )
     stats = write_shard(job, _Lines())
     lines = job.path.read_text().splitlines()
     assert [line.split()[0] for line in lines] == [s.filename for s in sources[:5]]

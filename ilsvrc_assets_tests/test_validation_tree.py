@@ -64,7 +64,9 @@ def test_threads_write_the_same_tree_and_stop_at_a_bad_member(tmp_path, monkeypa
     seen = []
     dest = tmp_path / "validation"
     with pytest.raises(ValueError, match="member ILSVRC2012_val_00000045.JPEG"):
-        validation_tree.build(ArchiveReader(path), index, dest, lambda done, total: seen.append(done), threads=threads)
+        validation_tree.build(
+            ArchiveReader(path), index, dest, lambda done, total: seen.append(done), threads=threads
+        )
     # What was written is whole and in place; no temporary file is left.
     for image in dest.rglob("*"):
         if image.is_file():
@@ -73,7 +75,9 @@ def test_threads_write_the_same_tree_and_stop_at_a_bad_member(tmp_path, monkeypa
             assert image.read_bytes() == _jpeg(number) and image.parent.name == labels[number - 1]
 
     good = index[index["filename"] != release.validation_filename(45)]
-    stats = validation_tree.build(ArchiveReader(path), good, dest, lambda done, total: seen.append(done), threads=threads)
+    stats = validation_tree.build(
+        ArchiveReader(path), good, dest, lambda done, total: seen.append(done), threads=threads
+    )
     assert stats.images == stats.written + stats.skipped == 59
     tree = validation_tree.scan(dest)
     assert sum(len(names) for names in tree.values()) == 59

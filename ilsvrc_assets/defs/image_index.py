@@ -33,7 +33,9 @@ GROUP = "images"
     "Written to `<data>/index/train_images.parquet`.",
 )
 def train_images(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
-    return materialized(image_index.make_train_images(ilsvrc.settings(), ilsvrc.image_source(), context.log.info))
+    return materialized(
+        image_index.make_train_images(ilsvrc.settings(), ilsvrc.image_source(), context.log.info)
+    )
 
 
 @asset_check(

@@ -97,7 +97,8 @@ def _built_in_this_run(context: AssetCheckExecutionContext) -> bool:
 
 @multi_asset_check(
     specs=[
-        AssetCheckSpec(name, asset=MANIFEST, blocking=True, description=d) for name, d in manifest.CHECKS.items()
+        AssetCheckSpec(name, asset=MANIFEST, blocking=True, description=d)
+        for name, d in manifest.CHECKS.items()
     ],
     can_subset=True,
     description="The checks on the whole dataset, judged on the shards as they are on disk now.",

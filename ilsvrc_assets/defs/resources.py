@@ -1,6 +1,5 @@
 """The one resource every asset uses: the deployment's settings and its image source."""
 
-
 from dagster import ConfigurableResource
 
 from ilsvrc_assets import settings as settings_module
@@ -38,7 +37,6 @@ class IlsvrcResource(ConfigurableResource):
 
     def checksum_cache(self) -> ChecksumCache:
         return ChecksumCache(self.settings().checksum_cache_json)
-
 
 
 def resources_for(settings: Settings | None = None) -> dict[str, object]:

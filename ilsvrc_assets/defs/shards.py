@@ -89,6 +89,7 @@ def shard_partitions(settings: Settings, split: str) -> StaticPartitionsDefiniti
 
 def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
     """The partitioned shard asset ``name`` of ``split``, with one partition per shard of ``settings``."""
+
     @asset(
         name=name,
         group_name="tfrecords",
@@ -148,7 +149,8 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
         # The pictures go on one partition's materialisation: metadata of the result itself would be
         # copied onto every partition's.
         context.add_asset_metadata(preview_metadata(made.previews), partition_key=context.partition_keys[-1])
-        return MaterializeResult(metadata={"folder": MetadataValue.path(str(made.path)), **metadata(made.facts)})
+        return MaterializeResult(
+            metadata={"folder": MetadataValue.path(str(made.path)), **metadata(made.facts)}
+        )
 
     return _shards
-

@@ -43,7 +43,9 @@ def one_thousand_synsets(ilsvrc: IlsvrcResource) -> AssetCheckResult:
     "(ILSVRC2012_IDs) mapped through meta.mat to WNIDs. Written to `<data>/validation_labels.csv`.",
 )
 def validation_labels(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
-    return materialized(classes.make_validation_labels(ilsvrc.settings(), ilsvrc.image_source(), context.log.info))
+    return materialized(
+        classes.make_validation_labels(ilsvrc.settings(), ilsvrc.image_source(), context.log.info)
+    )
 
 
 @asset_check(

@@ -70,7 +70,9 @@ def store_for(location: Location) -> OutputStore:
     name = protocol(location)
     if name not in STORES:
         known = ", ".join(f"{p}://" for p in STORES if p) or "none"
-        raise ValueError(f"{os.fspath(location)}: no output store for {name}:// (known: local paths, {known})")
+        raise ValueError(
+            f"{os.fspath(location)}: no output store for {name}:// (known: local paths, {known})"
+        )
     return STORES[name]()
 
 
@@ -95,4 +97,13 @@ def _register_builtin() -> None:
 
 _register_builtin()
 
-__all__ = ["Location", "OutputStore", "STORES", "open_output", "protocol", "store_for", "write_bytes", "write_text"]
+__all__ = [
+    "Location",
+    "OutputStore",
+    "STORES",
+    "open_output",
+    "protocol",
+    "store_for",
+    "write_bytes",
+    "write_text",
+]

@@ -202,6 +202,7 @@ def test_second_build_reuses_what_is_done(built_graph_copy):
 # Each test puts back what it damaged, and runs its jobs in a copy of the instance, so the shared
 # graph is as built for the tests that run after it, in any order.
 
+
 def _evaluate(settings, instance, job):
     return evaluations(run_job(settings, instance, job))
 

@@ -81,7 +81,9 @@ def test_truncated_jpeg_in_the_train_archive_fails_its_shard_naming_it(tmp_path)
         for f, s, o, n in zip(index["filename"], index["synset"], index["offset"], index["size"])
     )
     name = "train-00000-of-00001"
-    job = ShardJob(name=name, path=tmp_path / "tfrecords" / name, reader=ArchiveReader(archive), records=records)
+    job = ShardJob(
+        name=name, path=tmp_path / "tfrecords" / name, reader=ArchiveReader(archive), records=records
+    )
     with pytest.raises(shards.ShardError) as caught:
         shards.write_shard(job, TFRECORD)
     assert str(caught.value).startswith(

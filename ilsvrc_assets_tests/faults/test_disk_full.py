@@ -104,7 +104,9 @@ def test_shards_on_a_full_disk_are_refused_up_front_then_written_after_space_is_
     name = reference.shard_names("validation")[1]
     job = _validation_job(reference, small_disk.path / "tfrecords", name)
     with pytest.raises(fileio.DiskFullError) as caught:
-        shards.write_shards([job], TFRECORD, RecordWorkers(1, eager=False))  # refused before any worker starts
+        shards.write_shards(
+            [job], TFRECORD, RecordWorkers(1, eager=False)
+        )  # refused before any worker starts
     message = str(caught.value)
     assert f"writing 1 shard ({name} ...) needs about" in message
     assert "MB" in message and "free up" in message and str(small_disk.path / "tfrecords") in message

@@ -96,5 +96,7 @@ def test_framing_that_does_not_end_with_the_file_is_refused(tmp_path: Path) -> N
     first = read_payload_lengths(tmp_path / "shard")[0] + 16
     for cut in (len(data) - 1, first + 5):  # inside the last payload, inside the second header
         (tmp_path / "cut").write_bytes(data[:cut])
-        with pytest.raises(ValueError, match=rf"cut: not a complete TFRecord from byte {first:,} \(record 1, "):
+        with pytest.raises(
+            ValueError, match=rf"cut: not a complete TFRecord from byte {first:,} \(record 1, "
+        ):
             read_payload_lengths(tmp_path / "cut")
