@@ -69,24 +69,23 @@ def ensure_dagster_home(environ: dict[str, str] | None = None) -> Path:
 
 
 def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
-    """(job name, run tags) in dependency order; a shard job covers all its partitions in one run."""
+    """(job name, run tags) in dependency order: the inputs, then each asset of the formats chosen by
+    ``ILSVRC_FORMATS`` (``defs/outputs.py``); a partitioned asset's job covers all its partitions in one run."""
+    from ilsvrc_assets.definitions import JOB_NAMES, job_for
     from ilsvrc_assets.defs.dagster_internals import (
         ASSET_PARTITION_RANGE_END_TAG,
         ASSET_PARTITION_RANGE_START_TAG,
     )
-    from ilsvrc_assets.definitions import JOB_NAMES
+    from ilsvrc_assets.defs.outputs import built_assets
 
     stages = [(JOB_NAMES["inputs"], {})]
-    for split in ("train", "validation"):
-        job = definitions.resolve_job_def(JOB_NAMES[split])
-        keys = job.partitions_def.get_partition_keys()
-        stages.append(
-            (
-                JOB_NAMES[split],
-                {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
-            )
-        )
-    stages.append((JOB_NAMES["manifest"], {}))
+    for asset in built_assets(definitions.resources["ilsvrc"].settings()):
+        job = definitions.resolve_job_def(job_for(asset))
+        tags = {}
+        if job.partitions_def is not None:
+            keys = job.partitions_def.get_partition_keys()
+            tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+        stages.append((job.name, tags))
     return stages
 
 
@@ -232,10 +231,13 @@ def build(args: argparse.Namespace) -> int:
 
     from ilsvrc_assets import fileio
     from ilsvrc_assets.definitions import build_definitions
+    from ilsvrc_assets.defs.outputs import built_assets
     from ilsvrc_assets.record_workers import RecordWorkers
     from ilsvrc_assets.sources import from_settings
 
+    built_assets(settings)  # a format that cannot be built stops the build before it starts
     print(f"ilsvrc-assets: source {from_settings(settings).describe()}")
+    print(f"ilsvrc-assets: formats {', '.join(settings.formats)} ({settings_module.ENV_FORMATS})")
     print(f"ilsvrc-assets: outputs in {settings.data_dir}; Dagster history in {home}")
     started = time.monotonic()
     try:
@@ -267,6 +269,8 @@ def build(args: argparse.Namespace) -> int:
     print(f"                    {settings.bounding_boxes_csv}")
     print(f"  TFRecord shards   {settings.tfrecords_dir}")
     print(f"  manifest          {settings.manifest_json}")
+    if "webdataset" in settings.formats:
+        print(f"  WebDataset tars   {settings.data_dir / 'webdataset'} (with _info.json and manifest.json)")
     print(f"  history           DAGSTER_HOME={home} dagster dev   (or: ilsvrc-assets ui)")
     return 0
 

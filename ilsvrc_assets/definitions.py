@@ -25,7 +25,14 @@ from ilsvrc_assets.defs.image_index import (
     train_images,
     validation_images,
 )
-from ilsvrc_assets.defs.manifest import dataset_checks, dataset_manifest
+from ilsvrc_assets.defs.manifest import (
+    WEBDATASET,
+    dataset_checks,
+    dataset_manifest,
+    webdataset_checks,
+    webdataset_manifest,
+)
+from ilsvrc_assets.defs.outputs import FORMAT_ASSETS, unbuilt_assets
 from ilsvrc_assets.defs.record_workers import record_workers_resource
 from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import audit_schedule, refresh_sensor
@@ -44,6 +51,7 @@ ASSET_CHECKS = [
     matches_validation_label_file,
     boxes_are_valid,
     dataset_checks,  # every_shard_present, record_totals, every_label_in_each_split, records_parse, images_decode
+    webdataset_checks,  # the same five on the WebDataset tars
 ]
 
 # Everything upstream of the shards: unpartitioned, one run.
@@ -55,11 +63,30 @@ JOB_NAMES = {
     "manifest": "check_dataset",
     "audit": "audit_outputs",
 }
-# Checks that judge outputs already on disk; they can run on their own, without rebuilding.
-# (The archive checksums are evaluated while fetching and need no separate run.)
-AUDIT = AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
-    *(archive.key for archive in ARCHIVE_ASSETS.values())
-)
+# The job of each asset of an output format (outputs.FORMAT_ASSETS); an asset not named here gets
+# `materialise_<asset>`. A partitioned asset's job runs a partition range as one run.
+ASSET_JOBS = {
+    "train_shards": JOB_NAMES["train"],
+    "validation_shards": JOB_NAMES["validation"],
+    "dataset_manifest": JOB_NAMES["manifest"],
+    "train_webdataset": "write_train_webdataset",
+    "validation_webdataset": "write_validation_webdataset",
+    "webdataset_manifest": "check_webdataset",
+}
+
+
+def job_for(asset: str) -> str:
+    """The name of the job that materialises the format asset ``asset``."""
+    return ASSET_JOBS.get(asset, f"materialise_{asset}")
+
+
+def audit_selection(settings: Settings) -> AssetSelection:
+    """The checks that judge outputs already on disk, of the formats built (``ILSVRC_FORMATS``); they can
+    run on their own, without rebuilding. (The archive checksums are evaluated while fetching and
+    need no separate run.)"""
+    return AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
+        *(archive.key for archive in ARCHIVE_ASSETS.values()), *unbuilt_assets(settings)
+    )
 
 
 def build_definitions(
@@ -74,7 +101,9 @@ def build_definitions(
     # Partitioned by the settings' shard counts, so made here rather than at import.
     train_shards = shards_asset(settings, "train_shards", "train")
     validation_shards = shards_asset(settings, "validation_shards", "validation")
-    shard_assets = {"train": train_shards, "validation": validation_shards}
+    train_webdataset = shards_asset(settings, "train_webdataset", "train", WEBDATASET)
+    validation_webdataset = shards_asset(settings, "validation_webdataset", "validation", WEBDATASET)
+    partitioned = [train_shards, validation_shards, train_webdataset, validation_webdataset]
     return Definitions(
         assets=[
             train_archive,
@@ -91,6 +120,9 @@ def build_definitions(
             train_shards,
             validation_shards,
             dataset_manifest,
+            train_webdataset,
+            validation_webdataset,
+            webdataset_manifest,
         ],
         asset_checks=ASSET_CHECKS,
         jobs=[
@@ -101,24 +133,29 @@ def build_definitions(
             ),
             *(
                 define_asset_job(
-                    JOB_NAMES[split],
+                    job_for(asset_def.key.to_user_string()),
                     selection=AssetSelection.assets(asset_def),
                     partitions_def=asset_def.partitions_def,
-                    description=f"The {split} TFRecord shards (a partition range runs as one run).",
+                    description=f"`{asset_def.key.to_user_string()}` (a partition range runs as one run).",
                     # Pod size under the K8sRunLauncher (deploy/k8s); ignored by other launchers.
                     tags=kubernetes.run_tags(settings),
                 )
-                for split, asset_def in shard_assets.items()
+                for asset_def in partitioned
             ),
-            define_asset_job(
-                JOB_NAMES["manifest"],
-                selection=AssetSelection.assets("dataset_manifest"),
-                description="Read every shard back and run the dataset checks.",
-                tags=kubernetes.run_tags(settings),
+            *(
+                define_asset_job(
+                    job_for(name),
+                    selection=AssetSelection.assets(name),
+                    description=f"`{name}`, with its checks.",
+                    tags=kubernetes.run_tags(settings),
+                )
+                for assets in FORMAT_ASSETS.values()
+                for name in assets
+                if name not in {a.key.to_user_string() for a in partitioned}
             ),
             define_asset_job(
                 JOB_NAMES["audit"],
-                selection=AUDIT,
+                selection=audit_selection(settings),
                 description="Run the checks again against what is already built; materialises nothing.",
             ),
         ],

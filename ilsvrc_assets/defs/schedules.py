@@ -41,6 +41,7 @@ from ilsvrc_assets.defs.dagster_internals import (
     get_latest_completed_cron_tick,
     get_next_cron_tick,
 )
+from ilsvrc_assets.defs.outputs import unbuilt_assets
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.settings import Settings
 
@@ -133,7 +134,10 @@ def refresh_sensor(settings: Settings) -> SensorDefinition:
         for name, what in changed.items():
             context.log.info(f"{name} changed at the source: {what}")
         asset_graph = context.repository_def.asset_graph
-        keys = AssetSelection.assets(*changed).downstream().resolve(asset_graph)
+        # Only the outputs that are built (ILSVRC_FORMATS): the others stay unmaterialised.
+        keys = (
+            AssetSelection.assets(*changed).downstream() - AssetSelection.assets(*unbuilt_assets(settings))
+        ).resolve(asset_graph)
         return SensorResult(
             run_requests=[
                 RunRequest.for_asset_graph_subset(

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ilsvrc_assets import tf_example
-from ilsvrc_assets.formats import RecordFormat
+from ilsvrc_assets import release, tf_example
+from ilsvrc_assets.formats import RecordFormat, StoredRecord
 from ilsvrc_assets.images import ImageInfo
 from ilsvrc_assets.shard_plan import RecordSource, ShardJob
+from ilsvrc_assets.shard_scan import ShardScan, scan_shard
 
 # Per-record bytes besides the image (TFRecord framing, the other 14 features), generously.
 RECORD_OVERHEAD = 1024
@@ -36,6 +37,13 @@ class TFRecord(RecordFormat):
 
     name = "tfrecord"
     folder = "tfrecords"
+    asset_suffix = "shards"
+    record_keys = release.FEATURE_KEYS
+    check_descriptions: ClassVar[dict[str, str]] = {
+        "records_parse": "Every record parses with tf.io.parse_single_example and the model zoo's feature "
+        "spec, with exactly the 15 features.",
+        "images_decode": "Every image/encoded decodes as a JPEG.",
+    }
 
     def space_needed(self, job: ShardJob) -> int:
         # Its images (2 % more for the few re-encoded) plus the framing and the other features.
@@ -47,6 +55,28 @@ class TFRecord(RecordFormat):
 
         with tf.io.TFRecordWriter(str(path)) as writer:
             yield TFRecordWriter(writer)
+
+    def scan(self, path: Path, decode: bool = True) -> ShardScan:
+        return scan_shard(path, decode)
+
+    def first_records(self, path: Path, count: int) -> list[StoredRecord]:
+        from ilsvrc_assets.shard_previews import first_records  # reads the framing, without TensorFlow
+
+        def first(record: dict, key: str, default: Any) -> Any:
+            return record.get(key, [default])[0]
+
+        return [
+            StoredRecord(
+                filename=first(record, "image/filename", b"").decode(),
+                synset=first(record, "image/class/synset", b"").decode(),
+                label=first(record, "image/class/label", 0),
+                image=first(record, "image/encoded", b""),
+                boxes=tuple(
+                    zip(*(record.get(f"image/object/bbox/{k}", []) for k in ("xmin", "ymin", "xmax", "ymax")))
+                ),
+            )
+            for record in first_records(path, count)
+        ]
 
 
 FORMAT = TFRecord()
