@@ -123,7 +123,7 @@ def _summary(
     shard_names: Mapping[str, Sequence[str]],
     entries: Mapping[str, dict],
     expected_images: Mapping[str, int],
-    record_format: RecordFormat,
+    record_format: RecordFormat | None = None,
 ) -> dict:
     splits = {}
     for split, names in shard_names.items():
@@ -140,7 +140,8 @@ def _summary(
             "labels": dict(sorted(labels.items(), key=lambda kv: int(kv[0]))),
             "shards": shards,
         }
-    return {"format": FORMAT, "feature_keys": list(record_format.record_keys), "splits": splits}
+    keys = _format(record_format).record_keys
+    return {"format": FORMAT, "feature_keys": list(keys), "splits": splits}
 
 
 # --- The audit: the shards as they are now, against what was recorded when they were written ----

@@ -11,7 +11,10 @@ sample's ``__key__``, e.g. ``n01440764_10026`` or ``ILSVRC2012_val_00000001``):
   ``boxes`` (the kept boxes, ``[xmin, ymin, xmax, ymax]`` normalised to [0, 1], as in the TFRecord).
 
 Every member header has the same modification time (0), owner (uid and gid 0, no names) and mode
-(0444), so a shard's bytes depend on its images only. The manifest of the tars (``manifest.json``
+(0444), so a shard's bytes depend on its images only. The headers are made here rather than by
+:mod:`tarfile` (the bytes tarfile writes for the same members, at a tenth of the cost: a
+``TarInfo`` per member costs more than the rest of a sample), and the tars are read back with the
+package's own tar reader (``tar_reader``) for the same reason. The manifest of the tars (``manifest.json``
 beside them) also gives ``_info.json``, the split sizes and shard lengths timm's WebDataset reader
 (``--dataset wds/...``) reads, for every split whose shards are all present.
 """
@@ -21,13 +24,12 @@ from __future__ import annotations
 import io
 import json
 import math
-import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from ilsvrc_assets import fileio, images, release
+from ilsvrc_assets import fileio, images, release, tar_reader
 from ilsvrc_assets.formats import RecordFormat, StoredRecord
 from ilsvrc_assets.images import ImageInfo
 from ilsvrc_assets.shard_plan import RecordSource, ShardJob
@@ -42,8 +44,24 @@ JSON_KEYS = ("wnid", "text", "label", "width", "height", "boxes")
 MTIME = 0
 MODE = 0o444
 # A tar header is one 512-byte block and each member is padded to whole blocks; the tar ends in two
-# zero blocks, padded to tarfile's 10,240-byte record.
+# zero blocks, padded to a whole 10,240-byte record (as tarfile and GNU tar write it).
 BLOCK = 512
+RECORD = 20 * BLOCK
+NAME_FIELD = 100
+# A ustar header, as tarfile writes it for a regular file with the fixed fields above, in three parts
+# around the fields that vary (name, size) and the checksum.
+_AFTER_NAME = f"{MODE:07o}\0".encode() + b"0000000\0" * 2  # mode, uid, gid
+_BEFORE_CHECKSUM = f"{MTIME:011o}\0".encode()  # mtime
+_AFTER_CHECKSUM = (
+    b"0"  # typeflag: a regular file
+    + bytes(100)  # linkname
+    + b"ustar\x0000"  # magic and version
+    + bytes(64)  # uname, gname: none
+    + bytes(16)  # devmajor, devminor: none, for a regular file
+    + bytes(155 + 12)  # prefix, padding to the block
+)
+# The checksum is the sum of the header's bytes with its own field as eight spaces.
+_FIXED_SUM = sum(_AFTER_NAME) + sum(_BEFORE_CHECKSUM) + 8 * ord(" ") + sum(_AFTER_CHECKSUM)
 # Per-sample bytes besides the image (three headers, padding, the label and the JSON), generously.
 SAMPLE_OVERHEAD = 3 * BLOCK + 3 * BLOCK + 2048
 TAR_END = 10240
@@ -67,11 +85,36 @@ def sample_json(source: RecordSource, info: ImageInfo) -> bytes:
     return json.dumps(meta, separators=(",", ":")).encode()
 
 
+def _member_name(name: str) -> bytes:
+    encoded = name.encode()
+    if len(encoded) > NAME_FIELD or not name.isascii():
+        raise ValueError(f"{name!r}: a member name must be ASCII and at most {NAME_FIELD} bytes")
+    return encoded
+
+
+def header(name: bytes, size: int) -> bytes:
+    """The 512-byte ustar header of a regular file ``name`` (ASCII, at most 100 bytes) of ``size`` bytes."""
+    size_field = f"{size:011o}\0".encode()
+    checksum = _FIXED_SUM + sum(name) + sum(size_field)
+    return b"".join(
+        (
+            name,
+            bytes(NAME_FIELD - len(name)),
+            _AFTER_NAME,
+            size_field,
+            _BEFORE_CHECKSUM,
+            f"{checksum:06o}\0 ".encode(),
+            _AFTER_CHECKSUM,
+        )
+    )
+
+
 class TarSampleWriter:
     """A tar shard being written: three members per image, with fixed headers."""
 
-    def __init__(self, tar: tarfile.TarFile):
-        self._tar = tar
+    def __init__(self, file: IO[bytes]):
+        self._file = file
+        self.written = 0
 
     def add(self, source: RecordSource, image: bytes, info: ImageInfo) -> None:
         key = key_of(source.filename)
@@ -80,13 +123,17 @@ class TarSampleWriter:
             ("cls", str(source.label - 1).encode()),
             ("json", sample_json(source, info)),
         ):
-            member = tarfile.TarInfo(f"{key}.{extension}")
-            member.size = len(data)
-            member.mtime = MTIME
-            member.mode = MODE
-            member.uid = member.gid = 0
-            member.uname = member.gname = ""
-            self._tar.addfile(member, io.BytesIO(data))
+            size = len(data)
+            padding = -size % BLOCK
+            self._file.write(header(_member_name(f"{key}.{extension}"), size))
+            self._file.write(data)
+            self._file.write(bytes(padding))
+            self.written += BLOCK + size + padding
+
+    def close(self) -> None:
+        """End the tar: two zero blocks, then zeros to a whole record."""
+        end = self.written + 2 * BLOCK
+        self._file.write(bytes(2 * BLOCK + (-end % RECORD)))
 
 
 class WebDataset(RecordFormat):
@@ -116,8 +163,10 @@ class WebDataset(RecordFormat):
 
     @contextmanager
     def open(self, path: Path) -> Iterator[TarSampleWriter]:
-        with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            yield TarSampleWriter(tar)
+        with open(path, "wb", buffering=1 << 20) as f:
+            writer = TarSampleWriter(f)
+            yield writer
+            writer.close()
 
     def scan(self, path: Path, decode: bool = True) -> ShardScan:
         return scan_tar(path, decode)
@@ -179,28 +228,20 @@ def _samples(f: IO[bytes]) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:
     members: dict[str, bytes] = {}
     issues: list[str] = []
     try:
-        with tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    issues.append(f"member {member.name!r} is not a regular file")
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                this_key, dot, extension = base.partition(".")
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                if len(data) != member.size:
-                    raise _Damaged(f"{member.name} is cut short ({len(data)} of {member.size} bytes)")
-                if this_key != key:
-                    if key is not None:
-                        yield key, members, issues
-                    key, members, issues = this_key, {}, []
-                if not dot:
-                    issues.append(f"member {member.name!r} has no extension")
-                elif extension in members:
-                    issues.append(f"member {member.name!r} appears twice")
-                else:
-                    members[extension] = data
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise _Damaged(f"{type(e).__name__}: {e}") from e
+        for member, data in tar_reader.stream_members(f, Path(getattr(f, "name", "tar")).name):
+            this_key, dot, extension = member.name.rsplit("/", 1)[-1].partition(".")
+            if this_key != key:
+                if key is not None:
+                    yield key, members, issues
+                key, members, issues = this_key, {}, []
+            if not dot:
+                issues.append(f"member {member.name!r} has no extension")
+            elif extension in members:
+                issues.append(f"member {member.name!r} appears twice")
+            else:
+                members[extension] = data or b""
+    except (tar_reader.TarError, OSError) as e:
+        raise _Damaged(str(e)) from e
     if key is not None:
         yield key, members, issues
 

@@ -147,6 +147,9 @@ def dagster_dev(sample_release: Path, tmp_path_factory: pytest.TempPathFactory):
         "ILSVRC_DATA_DIR": str(root / "data"),
         "ILSVRC_TRAIN_SHARDS": str(TEST_SHARDS["train"]),
         "ILSVRC_VALIDATION_SHARDS": str(TEST_SHARDS["validation"]),
+        # "Materialize all" also writes the WebDataset tars (every format's assets are in the location).
+        "ILSVRC_WEBDATASET_TRAIN_SHARDS": "4",
+        "ILSVRC_WEBDATASET_VALIDATION_SHARDS": "2",
         "ILSVRC_WORKERS": "2",
         "ILSVRC_SCHEDULES": "stopped",  # no refresh sensor or audit schedule launching runs meanwhile
     }
