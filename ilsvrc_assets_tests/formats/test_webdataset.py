@@ -500,3 +500,17 @@ def test_the_audit_covers_the_formats_built(tmp_path: Path) -> None:
 
     assert "webdataset_manifest" not in audited({}) and "dataset_manifest" in audited({})
     assert {"webdataset_manifest", "dataset_manifest"} <= audited({"ILSVRC_FORMATS": "webdataset"})
+
+
+def test_the_build_refuses_a_format_it_cannot_build_before_it_starts(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from ilsvrc_assets import cli
+
+    monkeypatch.setenv("ILSVRC_FORMATS", "tfrecord,imagefolder")
+    monkeypatch.setenv("ILSVRC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", cli.EVENT_BATCH_SIZE)  # restored after the test
+    assert cli.main(["build"]) == cli.EXIT_SETTINGS
+    assert "ILSVRC_FORMATS names imagefolder, which this version cannot build yet" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # nothing started
