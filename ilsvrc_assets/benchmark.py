@@ -13,6 +13,8 @@ fresh process of its own:
   including ``tar x`` of the validation archive (the tree's baseline), the shard stage again
   with one worker (how it scales with cores) and every shard's DALI index made again from the
   shard's framing (an upper bound of what the index files add to the shard stage);
+- ``write webdataset``: the WebDataset tars of both splits through the same stage function, with
+  the TFRecords' shard counts (the same work in the other format: its cost next to ``write shards``);
 - ``bounding boxes at scale``: the box table from a training box archive with as many XML files
   as the release's (544,546; ``sample.write_train_boxes_at_scale``, kept in ``<out>/boxes-at-scale``);
 - ``dagster build``: the whole graph, ``ilsvrc-assets build`` with ``ILSVRC_SOURCE=local`` (outputs
@@ -44,11 +46,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ilsvrc_assets import fileio, release, sample
 from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.sources import LocalSource
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.formats import RecordFormat
 
 PHOTO_SIZE = (375, 500)  # min/max side of the realistic training images (the release's are ~500 x 375)
 
@@ -156,10 +162,21 @@ def run_shards_one_worker(settings: Settings, release_dir: Path) -> float:
     return run_shards(alone, release_dir)
 
 
-def run_shards(settings: Settings, release_dir: Path) -> float:
-    """Both splits' shards through the stage function, with the workers started first; returns the
-    seconds of the stage (planning included), not of starting the workers (each loads TensorFlow,
-    about 2 s; the Dagster rows include it)."""
+def run_webdataset(settings: Settings, release_dir: Path) -> float:
+    """Both splits' WebDataset tars, as :func:`run_shards` writes the TFRecords (with the TFRecords'
+    shard counts, so that the two rows time the same images into as many files)."""
+    from dataclasses import replace
+
+    from ilsvrc_assets import formats
+
+    same_counts = replace(settings, webdataset_shards=dict(settings.num_shards))
+    return run_shards(same_counts, release_dir, formats.by_name("webdataset"))
+
+
+def run_shards(settings: Settings, release_dir: Path, record_format: RecordFormat | None = None) -> float:
+    """Both splits' shards (in ``record_format``, default TFRecord) through the stage function, with
+    the workers started first; returns the seconds of the stage (planning included), not of starting
+    the workers (each loads TensorFlow, about 2 s; the Dagster rows include it)."""
     from ilsvrc_assets import shards
     from ilsvrc_assets.record_workers import RecordWorkers
 
@@ -169,7 +186,9 @@ def run_shards(settings: Settings, release_dir: Path) -> float:
         workers.ready()
         ready = time.perf_counter()
         for split in release.SPLITS:
-            shards.write_split_shards(settings, split, LocalSource(release_dir), workers)
+            shards.write_split_shards(
+                settings, split, LocalSource(release_dir), workers, record_format=record_format
+            )
         written = time.perf_counter()
     print(
         f"{settings.workers} workers started in {ready - started:.2f} s, shards written in {written - ready:.2f} s"
@@ -298,6 +317,7 @@ BOXES_AT_SCALE = "bounding boxes at scale"
 DAGSTER_BUILD = "dagster build (whole graph)"
 PREVIEWS = "previews (pictures)"
 INDEX_FILES = "DALI index files"
+WRITE_WEBDATASET = "write webdataset"
 MAIN_COMMAND = "main command, sample"
 OPTIONAL = (BOXES_AT_SCALE, MAIN_COMMAND)  # run when asked for (the realistic run asks)
 
@@ -337,6 +357,7 @@ STAGES = (
     Stage("write shards", run_shards, shard_input),
     Stage("write shards (1 worker)", run_shards_one_worker, shard_input),
     Stage(INDEX_FILES, run_index_files, lambda r, d: Work(shard_input(r, d).images, 0)),
+    Stage(WRITE_WEBDATASET, run_webdataset, shard_input),
     Stage("manifest read-back", run_manifest, shard_files),
     Stage(PREVIEWS, run_previews, lambda r, d: Work(0, 0)),
     Stage(DAGSTER_BUILD, None, all_archives),
@@ -481,6 +502,7 @@ def comparisons(results: list[Result], workers: int) -> str:
                 "write shards",
                 f"shard throughput, {workers} workers / 1 worker",
             ),
+            ratio(WRITE_WEBDATASET, "write shards", "write webdataset / write shards (TFRecord)"),
             ratio(DAGSTER_BUILD, "copy archives", "whole graph / copy archives"),
             ratio(PREVIEWS, DAGSTER_BUILD, "previews / whole graph"),
             index_share(seconds),

@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from ilsvrc_assets import settings as settings_module
@@ -79,29 +78,24 @@ def ensure_dagster_home(environ: dict[str, str] | None = None) -> Path:
     return home
 
 
-def _stages(definitions, opt_in_jobs: Sequence[str] = ()) -> list[tuple[str, dict[str, str]]]:
-    """(job name, run tags) in dependency order; a shard job covers all its partitions in one run.
-
-    ``opt_in_jobs`` (``definitions.opt_in_jobs``) run last, after the manifest.
-    """
-    from ilsvrc_assets.definitions import JOB_NAMES
+def _stages(definitions) -> list[tuple[str, dict[str, str]]]:
+    """(job name, run tags) in dependency order: the inputs, then each asset of the formats chosen by
+    ``ILSVRC_FORMATS`` (``defs/outputs.py``); a partitioned asset's job covers all its partitions in one run."""
+    from ilsvrc_assets.definitions import JOB_NAMES, job_for
     from ilsvrc_assets.defs.dagster_internals import (
         ASSET_PARTITION_RANGE_END_TAG,
         ASSET_PARTITION_RANGE_START_TAG,
     )
+    from ilsvrc_assets.defs.outputs import built_assets
 
     stages = [(JOB_NAMES["inputs"], {})]
-    for split in ("train", "validation"):
-        job = definitions.resolve_job_def(JOB_NAMES[split])
-        keys = job.partitions_def.get_partition_keys()
-        stages.append(
-            (
-                JOB_NAMES[split],
-                {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
-            )
-        )
-    stages.append((JOB_NAMES["manifest"], {}))
-    stages += [(job, {}) for job in opt_in_jobs]
+    for asset in built_assets(definitions.resources["ilsvrc"].settings()):
+        job = definitions.resolve_job_def(job_for(asset))
+        tags = {}
+        if job.partitions_def is not None:
+            keys = job.partitions_def.get_partition_keys()
+            tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+        stages.append((job.name, tags))
     return stages
 
 
@@ -201,15 +195,13 @@ def _check_steps(job) -> dict:
     }
 
 
-def run_stages(
-    definitions, instance, log_level: str = "INFO", echo=print, opt_in_jobs: Sequence[str] = ()
-) -> tuple[list, list[str]]:
-    """Run the stages in order against ``instance`` (then ``opt_in_jobs``); stop after the first that fails.
+def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[list, list[str]]:
+    """Run the stages in order against ``instance``; stop after the first that fails.
 
     Returns the in-process results and what failed, each with why (checks, then steps), empty on success.
     """
     results, failed = [], []
-    for job_name, tags in _stages(definitions, opt_in_jobs):
+    for job_name, tags in _stages(definitions):
         echo(f"\n== {job_name} ==")
         job = definitions.resolve_job_def(job_name)
         result = job.execute_in_process(
@@ -270,11 +262,12 @@ def build(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from ilsvrc_assets import fileio
-    from ilsvrc_assets.definitions import JOB_NAMES, build_definitions, opt_in_jobs
+    from ilsvrc_assets.definitions import build_definitions
     from ilsvrc_assets.record_workers import RecordWorkers
     from ilsvrc_assets.sources import from_settings
 
     print(f"ilsvrc-assets: source {from_settings(settings).describe()}")
+    print(f"ilsvrc-assets: formats {', '.join(settings.formats)} ({settings_module.ENV_FORMATS})")
     print(f"ilsvrc-assets: outputs in {settings.data_dir}; Dagster history in {home}")
     started = time.monotonic()
     try:
@@ -291,7 +284,6 @@ def build(args: argparse.Namespace) -> int:
                 instance,
                 args.log_level,
                 echo=lambda m: print(m, flush=True),
-                opt_in_jobs=opt_in_jobs(settings),
             )
     except fileio.BusyError as e:
         print(f"ilsvrc-assets: not started: {e}", file=sys.stderr)
@@ -309,7 +301,9 @@ def build(args: argparse.Namespace) -> int:
     print(f"                    {settings.bounding_boxes_csv}")
     print(f"  TFRecord shards   {settings.tfrecords_dir}")
     print(f"  manifest          {settings.manifest_json}")
-    if JOB_NAMES["train_tree"] in opt_in_jobs(settings):
+    if "webdataset" in settings.formats:
+        print(f"  WebDataset tars   {settings.data_dir / 'webdataset'} (with _info.json and manifest.json)")
+    if "imagefolder" in settings.formats:
         print(f"  training tree     {settings.train_dir}")
     print(f"  history           DAGSTER_HOME={home} dagster dev   (or: ilsvrc-assets ui)")
     return 0

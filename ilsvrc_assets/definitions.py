@@ -18,7 +18,14 @@ from ilsvrc_assets.defs.image_index import (
     train_images,
     validation_images,
 )
-from ilsvrc_assets.defs.manifest import dataset_checks, dataset_manifest
+from ilsvrc_assets.defs.manifest import (
+    WEBDATASET,
+    dataset_checks,
+    dataset_manifest,
+    webdataset_checks,
+    webdataset_manifest,
+)
+from ilsvrc_assets.defs.outputs import FORMAT_ASSETS, unbuilt_assets
 from ilsvrc_assets.defs.record_workers import record_workers_resource
 from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import audit_schedule, refresh_sensor
@@ -48,6 +55,7 @@ ASSET_CHECKS = [
     # every_shard_present, record_totals, every_label_in_each_split, records_parse, images_decode,
     # every_index_matches_its_shard
     dataset_checks,
+    webdataset_checks,  # the same but every_index_matches_its_shard, on the WebDataset tars (no DALI index)
 ]
 
 # Everything upstream of the shards: unpartitioned, one run.
@@ -60,20 +68,35 @@ JOB_NAMES = {
     "audit": "audit_outputs",
     "train_tree": "write_train_tree",
 }
-# Assets in the code location (materialise them from the UI or their job) that `ilsvrc-assets build`,
-# the audit and the refresh leave out unless asked: the training ImageFolder tree is the whole
-# training set again (about 140 GB). Each is built by the job JOB_NAMES[asset], after the manifest.
-OPT_IN = ("train_tree",)
+# The job of each asset of an output format (outputs.FORMAT_ASSETS); an asset not named here gets
+# `materialise_<asset>`. A partitioned asset's job runs a partition range as one run.
+ASSET_JOBS = {
+    "train_shards": JOB_NAMES["train"],
+    "validation_shards": JOB_NAMES["validation"],
+    "dataset_manifest": JOB_NAMES["manifest"],
+    "train_webdataset": "write_train_webdataset",
+    "validation_webdataset": "write_validation_webdataset",
+    "webdataset_manifest": "check_webdataset",
+    "train_tree": JOB_NAMES["train_tree"],
+}
+
+
+JOB_DESCRIPTIONS = {
+    "train_tree": "The training ImageFolder tree, <data>/train/<wnid>/ (ILSVRC_FORMATS=...,imagefolder; "
+    "about 140 GB).",
+}
+
+
+def job_for(asset: str) -> str:
+    """The name of the job that materialises the format asset ``asset``."""
+    return ASSET_JOBS.get(asset, f"materialise_{asset}")
 
 
 def left_out(settings: Settings) -> tuple[str, ...]:
-    """The opt-in assets this deployment does not build, audit or refresh."""
-    return OPT_IN  # ILSVRC_FORMATS hook: leave "train_tree" out unless the formats list `imagefolder`
-
-
-def opt_in_jobs(settings: Settings) -> list[str]:
-    """The jobs ``ilsvrc-assets build`` runs after the manifest: those of the opt-in assets asked for."""
-    return [JOB_NAMES[name] for name in OPT_IN if name not in left_out(settings)]
+    """The assets of the output formats this deployment does not build, audit or refresh: those of the
+    formats ``ILSVRC_FORMATS`` leaves out (``outputs.FORMAT_ASSETS``; e.g. ``train_tree`` unless it
+    lists ``imagefolder``). They stay in the code location: the UI or their job can materialise them."""
+    return tuple(unbuilt_assets(settings))
 
 
 # The stages' assets name the official archives as their deps; the role each one stands for.
@@ -101,8 +124,8 @@ def with_source_inputs(asset_def: AssetsDefinition, source: ImageSource) -> Asse
 
 
 def audit_selection(source: ImageSource, leave_out: tuple[str, ...] = ()) -> AssetSelection:
-    """The checks that judge outputs on disk: every check but the inputs' checksums and those of
-    the opt-in assets left out."""
+    """The checks that judge outputs already on disk: every check but the inputs' checksums (evaluated
+    while fetching) and those of the assets ``leave_out`` (``left_out``: the formats not built)."""
     return AssetSelection.all_asset_checks() - AssetSelection.checks_for_assets(
         *(item.asset for item in source.inputs()), *leave_out
     )
@@ -130,9 +153,20 @@ def build_definitions(
     # Partitioned by the settings' shard counts, so made here rather than at import.
     train_shards = shards_asset(settings, "train_shards", "train")
     validation_shards = shards_asset(settings, "validation_shards", "validation")
-    shard_assets = {"train": train_shards, "validation": validation_shards}
+    train_webdataset = shards_asset(settings, "train_webdataset", "train", WEBDATASET)
+    validation_webdataset = shards_asset(settings, "validation_webdataset", "validation", WEBDATASET)
+    partitioned = [train_shards, validation_shards, train_webdataset, validation_webdataset]
     return Definitions(
-        assets=[*inputs, *stages, train_shards, validation_shards, dataset_manifest],
+        assets=[
+            *inputs,
+            *stages,
+            train_shards,
+            validation_shards,
+            dataset_manifest,
+            train_webdataset,
+            validation_webdataset,
+            webdataset_manifest,
+        ],
         asset_checks=ASSET_CHECKS,
         jobs=[
             define_asset_job(
@@ -142,25 +176,25 @@ def build_definitions(
             ),
             *(
                 define_asset_job(
-                    JOB_NAMES[split],
+                    job_for(asset_def.key.to_user_string()),
                     selection=AssetSelection.assets(asset_def),
                     partitions_def=asset_def.partitions_def,
-                    description=f"The {split} TFRecord shards (a partition range runs as one run).",
+                    description=f"`{asset_def.key.to_user_string()}` (a partition range runs as one run).",
                     # Pod size under the K8sRunLauncher (deploy/k8s); ignored by other launchers.
                     tags=kubernetes.run_tags(settings),
                 )
-                for split, asset_def in shard_assets.items()
+                for asset_def in partitioned
             ),
-            define_asset_job(
-                JOB_NAMES["manifest"],
-                selection=AssetSelection.assets("dataset_manifest"),
-                description="Read every shard back and run the dataset checks.",
-                tags=kubernetes.run_tags(settings),
-            ),
-            define_asset_job(
-                JOB_NAMES["train_tree"],
-                selection=AssetSelection.assets(train_tree),
-                description="The training ImageFolder tree, <data>/train/<wnid>/ (opt-in: about 140 GB).",
+            *(
+                define_asset_job(
+                    job_for(name),
+                    selection=AssetSelection.assets(name),
+                    description=JOB_DESCRIPTIONS.get(name, f"`{name}`, with its checks."),
+                    tags=kubernetes.run_tags(settings),
+                )
+                for assets in FORMAT_ASSETS.values()
+                for name in assets
+                if name not in {a.key.to_user_string() for a in partitioned}
             ),
             define_asset_job(
                 JOB_NAMES["audit"],

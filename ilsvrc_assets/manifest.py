@@ -1,10 +1,12 @@
-"""The dataset manifest: every shard read back with TensorFlow, summarised in one JSON file.
+"""The dataset manifest: every shard read back, summarised in one JSON file, for each record format.
 
-``<data>/tfrecords/manifest.json`` lists, per split, every expected shard with its record count,
-size, MD5, label counts, what reading it back found (records that do not parse with the model
-zoo's feature spec, images that do not decode as JPEG) and the MD5 its DALI index must have (that of
-the index of the records read, ``index_md5``). The asset checks on the manifest judge those
-findings against the image indexes, the index files and the release facts.
+``<data>/tfrecords/manifest.json`` (the TFRecords, read back with TensorFlow; likewise
+``<data>/webdataset/manifest.json`` for the WebDataset tars, beside the ``_info.json`` made from it)
+lists, per split, every expected shard with its record count, size, MD5, label counts, what reading
+it back found (records that do not parse with the model zoo's feature spec, images that do not decode
+as JPEG) and, for the TFRecords, the MD5 its DALI index must have (that of the index of the records
+read, ``index_md5``). The asset checks on the manifest judge those findings against the image
+indexes, the index files and the release facts.
 
 Reading a shard back is the expensive part; a shard whose size and modification time are those
 recorded in the previous manifest is not read again.
@@ -25,13 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ilsvrc_assets import archives, fileio, release, storage
+from ilsvrc_assets import archives, fileio, formats, release, storage
 from ilsvrc_assets.formats import tfrecord
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 
 if TYPE_CHECKING:
+    from ilsvrc_assets.formats import RecordFormat
     from ilsvrc_assets.record_workers import RecordWorkers
 
 FORMAT = "ilsvrc_assets manifest v1"
@@ -52,9 +55,11 @@ def build(
     workers: RecordWorkers,
     previous: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
+    record_format: RecordFormat | None = None,
 ) -> dict:
     """Read back every shard (reusing unchanged entries of ``previous``) with the caller's record
-    ``workers``, and summarise them."""
+    ``workers``, and summarise them. The shards are in ``record_format`` (default: TFRecord)."""
+    record_format = _format(record_format)
     old = _entries_by_name(previous)
 
     def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
@@ -62,8 +67,12 @@ def build(
         same = entry and "index_md5" in entry and (entry.get("bytes"), entry.get("mtime_ns")) == stamp
         return entry if same else None
 
-    entries, _ = _read_back(folder, shard_names, workers, reusable, progress)
-    return _summary(shard_names, entries, expected_images)
+    entries, _ = _read_back(folder, shard_names, workers, reusable, progress, record_format)
+    return _summary(shard_names, entries, expected_images, record_format)
+
+
+def _format(record_format: RecordFormat | None) -> RecordFormat:
+    return record_format or formats.by_name(formats.DEFAULT)
 
 
 def _entries_by_name(manifest: dict | None) -> dict[str, dict]:
@@ -78,40 +87,47 @@ def _read_back(
     workers: RecordWorkers,
     reusable: Callable[[str, tuple[int, int]], dict | None],
     progress: Callable[[int, int], None] | None,
+    record_format: RecordFormat,
 ) -> tuple[dict[str, dict], list[str]]:
     """An entry per shard: missing, reused (``reusable(name, (size, mtime_ns))``) or read back now.
 
-    Returns the entries by name and the names of the shards read back.
+    Returns the entries by shard name and the names of the shards read back.
     """
     from ilsvrc_assets.shard_scan import scan_shards
 
     entries: dict[str, dict] = {}
-    to_scan: list[Path] = []
+    to_scan: dict[str, Path] = {}  # file name -> shard name
     for names in shard_names.values():
         for name in names:
-            path = folder / name
+            path = folder / record_format.file_name(name)
             stamp = _stamp(path)
             if stamp is None:
                 entries[name] = {"name": name, "missing": True}
             elif (entry := reusable(name, stamp)) is not None:
                 entries[name] = entry
             else:
-                to_scan.append(path)
+                to_scan[name] = path
+    shard_of = {path.name: name for name, path in to_scan.items()}
     total = len(to_scan)
-    for done, scan in enumerate(scan_shards(to_scan, workers=workers), start=1):
+    scans = scan_shards(list(to_scan.values()), workers=workers, record_format=record_format)
+    for done, scan in enumerate(scans, start=1):
         entry = asdict(scan)
+        entry["name"] = shard_of[scan.name]  # the shard (partition) name; the file's is scan.name
         entry["labels"] = {str(k): v for k, v in sorted(scan.labels.items())}
         stamp = _stamp(folder / scan.name)
         entry["mtime_ns"] = stamp[1] if stamp else None
         entry["missing"] = False
-        entries[scan.name] = entry
+        entries[entry["name"]] = entry
         if progress:
             progress(done, total)
-    return entries, [p.name for p in to_scan]
+    return entries, list(to_scan)
 
 
 def _summary(
-    shard_names: Mapping[str, Sequence[str]], entries: Mapping[str, dict], expected_images: Mapping[str, int]
+    shard_names: Mapping[str, Sequence[str]],
+    entries: Mapping[str, dict],
+    expected_images: Mapping[str, int],
+    record_format: RecordFormat | None = None,
 ) -> dict:
     splits = {}
     for split, names in shard_names.items():
@@ -128,7 +144,8 @@ def _summary(
             "labels": dict(sorted(labels.items(), key=lambda kv: int(kv[0]))),
             "shards": shards,
         }
-    return {"format": FORMAT, "feature_keys": list(release.FEATURE_KEYS), "splits": splits}
+    keys = _format(record_format).record_keys
+    return {"format": FORMAT, "feature_keys": list(keys), "splits": splits}
 
 
 # --- The audit: the shards as they are now, against what was recorded when they were written ----
@@ -161,6 +178,7 @@ def audit(
     previous: dict | None = None,
     hash_shards: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    record_format: RecordFormat | None = None,
 ) -> Audit:
     """Judge every shard on disk against ``written`` and summarise the shards as they are now.
 
@@ -169,12 +187,14 @@ def audit(
     moment ago). A shard is a problem when it is missing, when nothing was recorded for it, or
     when its size or MD5 differs from ``written``. The entries of ``previous`` are reused for
     shards whose MD5 and size are the ones it read; every other shard present is read back again,
-    with the caller's record ``workers``.
+    with the caller's record ``workers``. The shards are in ``record_format`` (default: TFRecord).
     """
+    record_format = _format(record_format)
     old = _entries_by_name(previous)
-    present = [
-        (name, folder / name) for names in shard_names.values() for name in names if (folder / name).is_file()
-    ]
+    path_of = {
+        name: folder / record_format.file_name(name) for names in shard_names.values() for name in names
+    }
+    present = [(name, path) for name, path in path_of.items() if path.is_file()]
     md5s: dict[str, str] = {}
     to_hash = []
     for name, path in present:
@@ -192,24 +212,25 @@ def audit(
     problems = []
     for split, names in shard_names.items():
         for name in names:
-            path = folder / name
-            redo = f"write it again: materialise {split}_shards, partition {name}"
+            path = path_of[name]
+            file = path.name
+            redo = f"write it again: materialise {split}_{record_format.asset_suffix}, partition {name}"
             stamp = _stamp(path)
             record = written.get(name)
             if stamp is None:
-                problems.append(f"{name}: missing from {folder}; {redo}")
+                problems.append(f"{file}: missing from {folder}; {redo}")
             elif name not in md5s:
-                problems.append(f"{name}: vanished from {folder} while being checked; {redo}")
+                problems.append(f"{file}: vanished from {folder} while being checked; {redo}")
             elif record is None:
-                problems.append(f"{name}: no record of its size and MD5 when written; {redo}")
+                problems.append(f"{file}: no record of its size and MD5 when written; {redo}")
             elif stamp[0] != record.bytes:
                 problems.append(
-                    f"{name}: {stamp[0]:,} bytes on disk, {record.bytes:,} when written "
+                    f"{file}: {stamp[0]:,} bytes on disk, {record.bytes:,} when written "
                     f"(truncated or replaced since); {redo}"
                 )
             elif md5s[name] != record.md5:
                 problems.append(
-                    f"{name}: MD5 {md5s[name]} on disk, {record.md5} when written (altered since); {redo}"
+                    f"{file}: MD5 {md5s[name]} on disk, {record.md5} when written (altered since); {redo}"
                 )
 
     def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
@@ -223,9 +244,9 @@ def audit(
             return entry
         return None
 
-    entries, read_back = _read_back(folder, shard_names, workers, reusable, progress)
+    entries, read_back = _read_back(folder, shard_names, workers, reusable, progress, record_format)
     return Audit(
-        manifest=_summary(shard_names, entries, expected_images),
+        manifest=_summary(shard_names, entries, expected_images, record_format),
         shard_problems=_limited(problems, 10),
         read_back=read_back,
         hashed=len(to_hash),
@@ -333,39 +354,64 @@ CHECKS = {
     "record_totals": "Record totals equal the images in the archives (and, for the official release, "
     "1,281,167 training and 50,000 validation records).",
     "every_label_in_each_split": "Every label 1..1000 has records in each split.",
-    "records_parse": "Every record parses with tf.io.parse_single_example and the model zoo's feature "
-    "spec, with exactly the 15 features.",
-    "images_decode": "Every image/encoded decodes as a JPEG.",
+    **formats.by_name(formats.DEFAULT).check_descriptions,  # records_parse, images_decode
     "every_index_matches_its_shard": "Every shard's NVIDIA DALI index (<data>/tfrecords-index/<shard>.idx) "
     "is present and lists exactly the shard's records: the offset and length of each, as read back "
     "(what DALI's tfrecord2idx writes).",
 }
-"""The checks on the whole dataset, by name, with what each proves."""
+"""The checks on the whole dataset (the TFRecords), by name, with what each proves."""
 
 
-def _shard_names(settings: Settings) -> dict[str, list[str]]:
-    return {split: settings.shard_names(split) for split in release.SPLITS}
+INDEX_CHECK = "every_index_matches_its_shard"
+"""The check of the DALI index files, made only for the formats that publish them (TFRecord)."""
+
+
+def checks_for(record_format: RecordFormat) -> dict[str, str]:
+    """:data:`CHECKS` for the shards of ``record_format``: the same names, its own words where they differ,
+    without :data:`INDEX_CHECK` unless the format publishes the DALI index (``tfrecord.INDEX``)."""
+    checks = {**CHECKS, **record_format.check_descriptions}
+    if tfrecord.INDEX not in record_format.companions:
+        del checks[INDEX_CHECK]
+    return checks
+
+
+def manifest_path(settings: Settings, record_format: RecordFormat) -> Path:
+    """``<data>/<format folder>/manifest.json`` (``settings.manifest_json`` for the TFRecords)."""
+    return settings.data_dir / record_format.folder / "manifest.json"
+
+
+def _shard_names(settings: Settings, record_format: RecordFormat) -> dict[str, list[str]]:
+    return {split: settings.shard_names(split, record_format.name) for split in release.SPLITS}
 
 
 def _expected_images(settings: Settings) -> dict[str, int]:
     return {split: len(archives.read_index(settings.image_index(split))) for split in release.SPLITS}
 
 
-def make_manifest(settings: Settings, workers: RecordWorkers, log: Log = quiet) -> Made:
-    """Stage ``dataset_manifest``: every shard read back into ``<data>/tfrecords/manifest.json``
-    (a shard unchanged since the previous manifest is not read again)."""
+def make_manifest(
+    settings: Settings, workers: RecordWorkers, log: Log = quiet, record_format: RecordFormat | None = None
+) -> Made:
+    """Stages ``dataset_manifest`` and ``webdataset_manifest``: every shard of ``record_format``
+    (default: TFRecord) read back into ``<data>/<its folder>/manifest.json`` (a shard unchanged since
+    the previous manifest is not read again), and the files its readers want beside the shards
+    (``RecordFormat.dataset_files``, e.g. the WebDataset's ``_info.json``)."""
+    record_format = _format(record_format)
+    path = manifest_path(settings, record_format)
     result = build(
-        settings.tfrecords_dir,
-        _shard_names(settings),
+        settings.data_dir / record_format.folder,
+        _shard_names(settings, record_format),
         _expected_images(settings),
         workers=workers,
-        previous=read(settings.manifest_json),
+        previous=read(path),
         progress=reporter("manifest: read back", "shards", log),
+        record_format=record_format,
     )
-    write(result, settings.manifest_json)
+    write(result, path)
+    for name, text in record_format.dataset_files(result).items():
+        storage.write_text(path.parent / name, text)
     splits = result["splits"]
     return Made(
-        settings.manifest_json,
+        path,
         {
             **{f"{split}_records": info["records"] for split, info in splits.items()},
             **{f"{split}_shards": info["num_shards"] for split, info in splits.items()},
@@ -382,23 +428,27 @@ def dataset_verdicts(
     selected: Collection[str] = tuple(CHECKS),
     hash_shards: bool = True,
     log: Log = quiet,
+    record_format: RecordFormat | None = None,
 ) -> dict[str, Verdict]:
-    """The checks in ``selected`` (names of :data:`CHECKS`), judged on the shards as they are on disk now.
+    """The checks in ``selected`` (names of :func:`checks_for` the format), judged on the shards of
+    ``record_format`` (default: TFRecord) as they are on disk now.
 
     ``written``: each shard's size and MD5 when it was written; ``official``: per split, whether
     its archive is the official one; ``hash_shards``: False right after :func:`make_manifest`, whose
     MD5s are then fresh.
     """
-    names = _shard_names(settings)
+    record_format = _format(record_format)
+    names = _shard_names(settings, record_format)
     found = audit(
-        settings.tfrecords_dir,
+        settings.data_dir / record_format.folder,
         names,
         _expected_images(settings),
         written,
         workers=workers,
-        previous=read(settings.manifest_json),
+        previous=read(manifest_path(settings, record_format)),
         hash_shards=hash_shards,
         progress=reporter("audit: read back", "changed shards", log),
+        record_format=record_format,
     )
     if found.read_back:
         log(
@@ -425,9 +475,9 @@ def dataset_verdicts(
         "records_parse": lambda: Verdict(record_problems(current, "parse"), "every record parses"),
         "images_decode": lambda: Verdict(record_problems(current, "decode"), "every image decodes as JPEG"),
         "every_index_matches_its_shard": lambda: Verdict(
-            index_problems(current, settings.tfrecords_dir),
+            index_problems(current, settings.data_dir / record_format.folder),
             f"all {total} DALI indexes list their shard's records",
             {"indexes": total},
         ),
     }
-    return {name: verdicts[name]() for name in CHECKS if name in selected}
+    return {name: verdicts[name]() for name in checks_for(record_format) if name in selected}

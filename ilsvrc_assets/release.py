@@ -97,6 +97,8 @@ NUM_TRAIN_BOXES = 615_299
 SPLITS = ("train", "validation")
 DEFAULT_NUM_SHARDS = {"train": 1024, "validation": 128}
 SHUFFLE_SEED = 12345  # the reference's seed; the shuffle itself is ours and deterministic
+# WebDataset tars for PyTorch (timm, open_clip): the counts of the published imagenet-1k WebDataset.
+DEFAULT_NUM_WEBDATASET_SHARDS = {"train": 1024, "validation": 64}
 JPEG_QUALITY_FOR_CONVERTED = 100  # what every reference tool uses when re-encoding PNG/CMYK
 FEATURE_KEYS = (
     "image/height",

@@ -16,7 +16,7 @@ import os
 import typing
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ilsvrc_assets import release
@@ -35,6 +35,9 @@ ENV_HTTP_TOKEN = "ILSVRC_HTTP_TOKEN"
 ENV_SAMPLE_DIR = "ILSVRC_SAMPLE_DIR"  # where the built-in sample is generated; default <data>/sample
 ENV_TRAIN_SHARDS = "ILSVRC_TRAIN_SHARDS"  # default 1024
 ENV_VALIDATION_SHARDS = "ILSVRC_VALIDATION_SHARDS"  # default 128
+ENV_WEBDATASET_TRAIN_SHARDS = "ILSVRC_WEBDATASET_TRAIN_SHARDS"  # default 1024
+ENV_WEBDATASET_VALIDATION_SHARDS = "ILSVRC_WEBDATASET_VALIDATION_SHARDS"  # default 64
+ENV_FORMATS = "ILSVRC_FORMATS"  # what `ilsvrc-assets build` writes: tfrecord,webdataset,imagefolder
 ENV_WORKERS = "ILSVRC_WORKERS"  # processes for shard writing and checking; default: cores
 ENV_PARTITIONS_PER_RUN = "ILSVRC_PARTITIONS_PER_RUN"  # shards per backfill run; default: all in one
 ENV_DAGSTER_HOME = "DAGSTER_HOME"  # the Dagster instance's folder; the CLI's default ./.dagster_home
@@ -52,6 +55,11 @@ SCHEDULE_STATUSES = ("stopped", "running")
 SOURCES = ("sample", "local", "http", "kaggle", "folder", "huggingface")
 # The sources that read a copy where it is, in ILSVRC_LOCAL_DIR.
 LOCAL_SOURCES = ("local", "kaggle", "folder")
+# The outputs ILSVRC_FORMATS chooses from, in the order the build writes them: the record formats
+# (ilsvrc_assets.formats) and the training ImageFolder tree (last: the whole training set again).
+# The TFRecords are always written: the model zoo reads them.
+FORMATS = ("tfrecord", "webdataset", "imagefolder")
+DEFAULT_FORMATS = ("tfrecord",)
 
 
 class SettingsError(ValueError):
@@ -77,6 +85,13 @@ class Settings:
     partitions_per_run: int | None = None
     # A folder holding the official box archives, for a source whose copy has no boxes.
     boxes_dir: Path | None = None
+    # What `ilsvrc-assets build` writes (names of FORMATS, "tfrecord" first); every format's assets
+    # are in the code location whatever this says.
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    # The WebDataset tars per split (their own count: the published WebDataset has 64 validation tars).
+    webdataset_shards: Mapping[str, int] = field(
+        default_factory=lambda: dict(release.DEFAULT_NUM_WEBDATASET_SHARDS)
+    )
 
     # Output layout under data_dir, in one place.
     @property
@@ -142,8 +157,10 @@ class Settings:
         """The lock file held while output ``name`` is written (``fileio.exclusive``)."""
         return self.state_dir / "locks" / f"{name}.lock"
 
-    def shard_names(self, split: str) -> list[str]:
-        return release.shard_names(split, self.num_shards[split])
+    def shard_names(self, split: str, record_format: str = "tfrecord") -> list[str]:
+        """The shards of ``split`` in ``record_format`` (a name of ``formats.FORMATS``), in order."""
+        counts = {"tfrecord": self.num_shards, "webdataset": self.webdataset_shards}[record_format]
+        return release.shard_names(split, counts[split])
 
 
 def _int_env(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -183,6 +200,18 @@ def _schedule_env(environ: Mapping[str, str]) -> tuple[str, bool]:
     if status not in SCHEDULE_STATUSES:
         raise SettingsError(f"{ENV_SCHEDULES}={status!r}: expected one of {', '.join(SCHEDULE_STATUSES)}")
     return timezone, status == "running"
+
+
+def _formats_env(environ: Mapping[str, str]) -> tuple[str, ...]:
+    raw = environ.get(ENV_FORMATS, "")
+    named = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    if unknown := [name for name in named if name not in FORMATS]:
+        raise SettingsError(
+            f"{ENV_FORMATS}={raw!r}: unknown format(s) {', '.join(unknown)}; expected a comma-separated "
+            f"list of {', '.join(FORMATS)}"
+        )
+    # The TFRecords always: the model zoo reads them, and the other outputs are checked beside them.
+    return tuple(name for name in FORMATS if name in {*DEFAULT_FORMATS, *named})
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -242,13 +271,22 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         # Unset gives 0 (no minimum is checked then): one run per backfill.
         partitions_per_run=_int_env(environ, ENV_PARTITIONS_PER_RUN, 0) or None,
         boxes_dir=Path(boxes_dir).expanduser().absolute() if boxes_dir else None,
+        formats=_formats_env(environ),
+        webdataset_shards={
+            "train": _int_env(
+                environ, ENV_WEBDATASET_TRAIN_SHARDS, release.DEFAULT_NUM_WEBDATASET_SHARDS["train"]
+            ),
+            "validation": _int_env(
+                environ, ENV_WEBDATASET_VALIDATION_SHARDS, release.DEFAULT_NUM_WEBDATASET_SHARDS["validation"]
+            ),
+        },
     )
 
 
 # Settings as configuration (the Dagster resource's fields, run config, JSON): each type a field of
 # Settings has, with the type it takes there and the conversions both ways. A field of another type
 # makes config_types() raise, so a new setting cannot silently miss the resource.
-ConfigValue = str | int | bool | dict[str, int] | None
+ConfigValue = str | int | bool | dict[str, int] | list[str] | None
 
 
 @dataclass(frozen=True)
@@ -275,20 +313,21 @@ _CONFIG_FORMS: dict[object, _ConfigForm] = {
         lambda text: None if text is None else Path(text),
     ),
     Mapping[str, int]: _ConfigForm(dict[str, int], dict, dict),
+    tuple[str, ...]: _ConfigForm(list[str], list, tuple),
 }
 
 
 def _forms() -> dict[str, _ConfigForm]:
     hints = typing.get_type_hints(Settings)
     forms = {}
-    for field in fields(Settings):
-        form = _CONFIG_FORMS.get(hints[field.name])
+    for each in fields(Settings):
+        form = _CONFIG_FORMS.get(hints[each.name])
         if form is None:
             raise TypeError(
-                f"Settings.{field.name}: no configuration form for {hints[field.name]}; add one to "
+                f"Settings.{each.name}: no configuration form for {hints[each.name]}; add one to "
                 f"settings._CONFIG_FORMS (its type in configuration and the conversions both ways)"
             )
-        forms[field.name] = form
+        forms[each.name] = form
     return forms
 
 

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ilsvrc_assets import contact_sheets, images, release
+from ilsvrc_assets import contact_sheets, formats, images, release
 from ilsvrc_assets.contact_sheets import Box, Tile
 from ilsvrc_assets.previews import TOP_COLOUR, Picture, Preview, figure_png, new_figure
 
 if TYPE_CHECKING:
+    from ilsvrc_assets.formats import RecordFormat
     from ilsvrc_assets.sources import ImageReader
 
 
@@ -118,22 +119,18 @@ STRIP_RECORDS = 8
 STRIP_TILE = 112
 
 
-def shard_strip(path: Path, count: int = STRIP_RECORDS) -> Picture:
-    """The first ``count`` records of the shard at ``path``, decoded from the shard itself,
-    labelled with their label, synset and file name."""
-    tiles = []
-    for record in first_records(path, count):
-        label = record.get("image/class/label", [0])[0]
-        synset = record.get("image/class/synset", [b""])[0].decode()
-        filename = record.get("image/filename", [b""])[0].decode()
-        encoded = record.get("image/encoded", [b""])[0]
-        boxes = tuple(
-            Box(x0, y0, x1, y1)
-            for x0, y0, x1, y1 in zip(
-                *(record.get(f"image/object/bbox/{k}", []) for k in ("xmin", "ymin", "xmax", "ymax"))
-            )
+def shard_strip(path: Path, count: int = STRIP_RECORDS, record_format: RecordFormat | None = None) -> Picture:
+    """The first ``count`` records of the shard at ``path`` (in ``record_format``, default TFRecord),
+    decoded from the shard itself, labelled with their label, synset and file name."""
+    record_format = record_format or formats.by_name(formats.DEFAULT)
+    tiles = [
+        Tile(
+            record.image,
+            (f"{record.label} {record.synset}", record.filename.removeprefix("ILSVRC2012_")),
+            tuple(Box(*box) for box in record.boxes),
         )
-        tiles.append(Tile(encoded, (f"{label} {synset}", filename.removeprefix("ILSVRC2012_")), boxes))
+        for record in record_format.first_records(path, count)
+    ]
     sheet = contact_sheets.draw_sheet(tiles, count, STRIP_TILE)
     return Picture(
         "first_records",
@@ -188,14 +185,18 @@ def for_shards(
     converted: Sequence[str],
     index: pd.DataFrame,
     reader: ImageReader,
+    record_format: RecordFormat | None = None,
 ) -> list[Preview]:
-    """The previews of a shard asset (``train_shards``, ``validation_shards``) after a run.
+    """The previews of a shard asset (``train_shards``, ``validation_shards``, ...) after a run.
 
     ``records`` is records per shard name (the run's jobs or stats), ``shard`` one written shard
-    file (the run's first), ``converted`` the file names the run re-encoded, with the split's
-    ``index`` and ``reader`` to read the originals with.
+    file (the run's first, in ``record_format``), ``converted`` the file names the run re-encoded,
+    with the split's ``index`` and ``reader`` to read the originals with.
     """
-    previews: list[Preview] = [records_per_shard(records, split), shard_strip(shard)]
+    previews: list[Preview] = [
+        records_per_shard(records, split),
+        shard_strip(shard, record_format=record_format),
+    ]
     if (pair := converted_before_after(converted, index, reader)) is not None:
         previews.append(pair)
     return previews

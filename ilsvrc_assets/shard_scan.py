@@ -19,13 +19,16 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ilsvrc_assets import fileio, images, release
 from ilsvrc_assets.formats.tfrecord import FRAMING as _FRAMING
 from ilsvrc_assets.formats.tfrecord import index_text
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.tf_example import feature_spec
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.formats import RecordFormat
 
 # How many problem descriptions a ShardScan keeps; the counts cover all of them.
 MAX_PROBLEMS = 20
@@ -401,17 +404,24 @@ def _image_issue(
     return None, (encoded, ratio, expected)
 
 
-def scan_shards(paths: Sequence[Path], workers: RecordWorkers, decode: bool = True) -> Iterator[ShardScan]:
-    """:func:`scan_shard` for many shards in the caller's ``workers``, yielded as each finishes.
+def scan_shards(
+    paths: Sequence[Path],
+    workers: RecordWorkers,
+    decode: bool = True,
+    record_format: RecordFormat | None = None,
+) -> Iterator[ShardScan]:
+    """:func:`scan_shard` (or ``record_format.scan``) for many shards in the caller's ``workers``,
+    yielded as each finishes.
 
     TensorFlow is loaded only in the workers, so the calling process never imports it. The first
     failure (e.g. a missing file) cancels the shards not yet started and is raised.
     """
     paths = [Path(p) for p in paths]
+    scan = scan_shard if record_format is None else record_format.scan
     futures: list[Future[ShardScan]] = []
     try:
         for path in paths:  # submitted in the given order, so shards start in that order
-            futures.append(workers.submit(scan_shard, path, decode))
+            futures.append(workers.submit(scan, path, decode))
         for future in as_completed(futures):  # each future waited on once (not wait() in a loop)
             yield future.result()
     finally:

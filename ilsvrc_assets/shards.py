@@ -209,11 +209,12 @@ def write_split_shards(
     log: Log = quiet,
     record_format: RecordFormat | None = None,
 ) -> Made:
-    """Stages ``train_shards`` / ``validation_shards``: write the shards ``wanted`` of ``split``
-    (default: all of them) from ``source`` with ``workers``, in ``record_format`` (default: TFRecord).
+    """Stages ``train_shards`` / ``validation_shards`` (and ``train_webdataset``, ...): write the shards
+    ``wanted`` of ``split`` (default: all of them) from ``source`` with ``workers``, in
+    ``record_format`` (default: TFRecord).
 
-    Needs the split's image index, ``bounding_boxes`` and ``synsets``. A shard whose plan and
-    file are unchanged since an earlier run (the ledger under ``<data>/.state/shards``) is not
+    Needs the split's image index, ``bounding_boxes`` and ``synsets``. A shard whose plan and file
+    are unchanged since an earlier run (the ledger under ``<data>/.state/<asset_suffix>``) is not
     written again; ``on_shard(stats, reused)`` is called for each shard, reused or written. Each
     shard is written under its own lock, so runs of other shards (other batches, other
     machines) go ahead in parallel while a second run of the same shard is refused.
@@ -223,7 +224,7 @@ def write_split_shards(
 
     record_format = record_format or formats.by_name(formats.DEFAULT)
     folder = settings.data_dir / record_format.folder
-    wanted = list(settings.shard_names(split) if wanted is None else wanted)
+    wanted = list(settings.shard_names(split, record_format.name) if wanted is None else wanted)
     reader = source.image_reader(split, log)
     for partial in [folder, *(folder.parent / c.folder for c in record_format.companions)]:
         if partial.is_dir() and (removed := storage.store_for(partial).remove_partial(partial)):
@@ -242,9 +243,11 @@ def write_split_shards(
         wanted=wanted,
         record_format=record_format,
     )
-    jobs = {name: replace(job, lock=settings.lock_path(f"shards/{name}")) for name, job in jobs.items()}
+    # Each format's bookkeeping apart: its shards have the same names as the TFRecords'.
+    state = record_format.asset_suffix
+    jobs = {name: replace(job, lock=settings.lock_path(f"{state}/{name}")) for name, job in jobs.items()}
     version = reader.version(ChecksumCache(settings.checksum_cache_json))
-    ledger = shard_plan.ShardLedger(settings.state_dir / "shards")
+    ledger = shard_plan.ShardLedger(settings.state_dir / state)
     fingerprints = {name: shard_plan.fingerprint(job, version) for name, job in jobs.items()}
     to_write = []
     converted: set[str] = set()
@@ -287,8 +290,9 @@ def write_split_shards(
         sorted(converted),
         index,
         reader,
+        record_format,
     )
-    previews.write_all(shown, previews.folder_for(settings.data_dir, f"{split}_shards"))
+    previews.write_all(shown, previews.folder_for(settings.data_dir, f"{split}_{state}"))
     return Made(
         folder,
         {"shards_in_this_run": len(wanted), "shards_written": len(to_write), "shards_unchanged": reused},

@@ -4,7 +4,7 @@ With ``<data>/validation/`` (:mod:`ilsvrc_assets.validation_tree`) it is the lay
 ``torchvision.datasets.ImageFolder`` reads: the classes are the sorted folder names, so its 0-based
 labels are the TFRecords' 1-based ones minus one. Opt-in: it is the whole training set again (about
 140 GB in 1,281,167 files), so ``ilsvrc-assets build`` leaves it out unless asked
-(``definitions.OPT_IN``, ``definitions.left_out``).
+(``ILSVRC_FORMATS=tfrecord,imagefolder``: ``defs/outputs.FORMAT_ASSETS``, ``definitions.left_out``).
 
 Each file holds its archive member's bytes as they are, like the validation tree: the one PNG and
 the 22 CMYK JPEGs keep their own bytes and names (the PIL loader ImageFolder uses reads both and

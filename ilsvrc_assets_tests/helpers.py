@@ -129,8 +129,16 @@ ALL_CHECKS = {
     "dataset_manifest:images_decode",
     "dataset_manifest:every_index_matches_its_shard",
 }
-# The checks of the opt-in assets (definitions.OPT_IN), in the code location but not built by default.
-OPT_IN_CHECKS = {"train_tree:matches_train_index"}
+# The checks of the formats not built by default (defs/outputs.FORMAT_ASSETS: the training tree, the
+# WebDataset tars, which have no DALI index), in the code location but built only when ILSVRC_FORMATS asks.
+OPT_IN_CHECKS = {
+    "train_tree:matches_train_index",
+    *(
+        check.replace("dataset_manifest:", "webdataset_manifest:")
+        for check in ALL_CHECKS
+        if check.startswith("dataset_manifest:") and check != "dataset_manifest:every_index_matches_its_shard"
+    ),
+}
 
 
 def build_all(settings: Settings, instance: DagsterInstance):

@@ -46,6 +46,7 @@ def test_benchmark_runs_every_stage_and_prints_a_row_each(tmp_path: Path) -> Non
         "write shards / copy archives",
         "write shards / copy archives + fsync",
         "validation tree / tar x",
+        "write webdataset / write shards (TFRecord)",
         "2 workers / 1 worker",
         "pure computation, 2 processes / 1",
         "index files / write shards",

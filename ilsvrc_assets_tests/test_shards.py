@@ -8,17 +8,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from ilsvrc_assets import fileio, images
-from ilsvrc_assets.formats import RecordFormat
+from ilsvrc_assets.formats import RecordFormat, StoredRecord
 from ilsvrc_assets.formats.tfrecord import FORMAT as TFRECORD
 from ilsvrc_assets.formats.tfrecord import index_text, read_payload_lengths
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.shard_plan import CompanionStats, RecordSource, ShardJob, ShardStats, assign_to_shards
-from ilsvrc_assets.shard_scan import scan_shard, scan_shards
+from ilsvrc_assets.shard_scan import ShardScan, scan_shard, scan_shards
 from ilsvrc_assets.shards import ShardError, write_shard, write_shards
 from ilsvrc_assets.sources.official import ArchiveReader
 from ilsvrc_assets_tests.helpers import cmyk_jpeg, encode, gray_jpeg, noise, png, rgb_jpeg
@@ -287,10 +287,24 @@ def test_scan_shard_reports_a_truncated_file(written: Path, tmp_path: Path) -> N
 
 
 class _Lines(RecordFormat):
-    """A format of one text line per image: what shards.py needs of a format, and no more."""
+    """A format of one text line per image: what shards.py needs of a format, and little more."""
 
     name = "lines"
     folder = "lines"
+    asset_suffix = "lines"
+    record_keys = ("filename", "label", "size", "bytes")
+    check_descriptions: ClassVar[dict[str, str]] = {}
+
+    def scan(self, path: Path, decode: bool = True) -> ShardScan:
+        lines = path.read_text().splitlines()
+        labels: dict[int, int] = {}
+        for line in lines:
+            labels[int(line.split()[1])] = labels.get(int(line.split()[1]), 0) + 1
+        return ShardScan(path.name, len(lines), path.stat().st_size, fileio.md5_file(path), labels)
+
+    def first_records(self, path: Path, count: int) -> list[StoredRecord]:
+        lines = path.read_text().splitlines()[:count]
+        return [StoredRecord(line.split()[0], "", int(line.split()[1]), b"") for line in lines]
 
     def file_name(self, shard: str) -> str:
         return f"{shard}.txt"

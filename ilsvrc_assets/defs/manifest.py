@@ -1,6 +1,8 @@
-"""``dataset_manifest``: every shard read back and summarised, and the checks on the whole dataset.
+"""``dataset_manifest``: every shard read back and summarised, and the checks on the whole dataset;
+``webdataset_manifest`` likewise for the WebDataset tars (and their ``_info.json``).
 
-The six checks run as one step (:func:`dataset_checks`) that looks at the shards as they are on
+The six checks run as one step (:func:`dataset_checks`; :func:`webdataset_checks` runs the five
+that apply to the WebDataset tars, which have no DALI index) that looks at the shards as they are on
 disk when it runs, not at what an earlier run wrote into ``manifest.json``: every shard is hashed
 and compared with the size and MD5 recorded when its partition was materialised, and a shard whose
 bytes are not the ones the manifest read is read back again, and each shard's DALI index is compared
@@ -14,10 +16,12 @@ from collections.abc import Iterator
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetRecordsFilter,
+    AssetsDefinition,
     DagsterEventType,
     DagsterInstance,
     MaterializeResult,
@@ -27,7 +31,7 @@ from dagster import (
     multi_asset_check,
 )
 
-from ilsvrc_assets import manifest, release, shard_plan
+from ilsvrc_assets import formats, manifest, release, shard_plan
 from ilsvrc_assets.defs.archives import is_official
 from ilsvrc_assets.defs.metadata import check_result, metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
@@ -36,35 +40,63 @@ from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.sources import TRAIN, VALIDATION
 
 MANIFEST = "dataset_manifest"
+WEBDATASET_MANIFEST = "webdataset_manifest"
+TFRECORD = formats.by_name("tfrecord")
+WEBDATASET = formats.by_name("webdataset")
 
 
-@asset(
-    name=MANIFEST,
-    group_name="tfrecords",
-    deps=["train_shards", "validation_shards"],
-    kinds={"json"},
-    description="`<data>/tfrecords/manifest.json`: every shard read back with TensorFlow (record "
+def manifest_asset(name: str, record_format: formats.RecordFormat, description: str) -> AssetsDefinition:
+    """The manifest asset ``name`` of the shards of ``record_format`` (both splits read back)."""
+
+    @asset(
+        name=name,
+        group_name=record_format.folder,
+        deps=[f"{split}_{record_format.asset_suffix}" for split in release.SPLITS],
+        kinds={"json"},
+        description=description,
+    )
+    def _manifest(
+        context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
+    ) -> MaterializeResult:
+        made = manifest.make_manifest(ilsvrc.settings(), record_workers, context.log.info, record_format)
+        return MaterializeResult(
+            metadata={"path": MetadataValue.path(str(made.path)), **metadata(made.facts)}
+        )
+
+    return _manifest
+
+
+dataset_manifest = manifest_asset(
+    MANIFEST,
+    TFRECORD,
+    "`<data>/tfrecords/manifest.json`: every shard read back with TensorFlow (record "
     "count, bytes, MD5, labels, records that do not parse with the model zoo's feature spec, "
     "images that do not decode as JPEG, the MD5 its DALI index must have). The checks on this asset judge "
     "the whole dataset, the index files included.",
 )
-def dataset_manifest(
-    context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
-) -> MaterializeResult:
-    made = manifest.make_manifest(ilsvrc.settings(), record_workers, context.log.info)
-    return MaterializeResult(metadata={"path": MetadataValue.path(str(made.path)), **metadata(made.facts)})
+webdataset_manifest = manifest_asset(
+    WEBDATASET_MANIFEST,
+    WEBDATASET,
+    "`<data>/webdataset/manifest.json`: every WebDataset tar read back (samples, bytes, MD5, labels, "
+    "samples not of a .jpg, .cls and .json that agree, .jpg that do not decode with Pillow), and "
+    "`<data>/webdataset/_info.json`, the split sizes and shard lengths timm's WebDataset reader reads "
+    "(for each split whose tars are all present). The checks on this asset judge the tars.",
+)
 
 
-def written_shards(instance: DagsterInstance, settings: Settings) -> dict[str, manifest.Written]:
-    """Size and MD5 of each shard as recorded by the latest materialisation of its partition.
+def written_shards(
+    instance: DagsterInstance, settings: Settings, record_format: formats.RecordFormat = TFRECORD
+) -> dict[str, manifest.Written]:
+    """Size and MD5 of each shard of ``record_format`` as recorded by the latest materialisation of
+    its partition.
 
     Shards without such a record in the instance (e.g. a new ``DAGSTER_HOME``) fall back to the
-    shard ledger under ``<data>/.state/shards``, which the same step writes.
+    shard ledger under ``<data>/.state/<asset_suffix>``, which the same step writes.
     """
     written: dict[str, manifest.Written] = {}
     for split in release.SPLITS:
-        names = settings.shard_names(split)
-        key = AssetKey(f"{split}_shards")
+        names = settings.shard_names(split, record_format.name)
+        key = AssetKey(f"{split}_{record_format.asset_suffix}")
         latest = instance.event_log_storage.get_latest_storage_id_by_partition(
             key, DagsterEventType.ASSET_MATERIALIZATION, partitions=set(names)
         )
@@ -83,44 +115,60 @@ def written_shards(instance: DagsterInstance, settings: Settings) -> dict[str, m
                     written[materialization.partition] = manifest.Written(
                         bytes=int(metadata["bytes"].value), md5=str(metadata["md5"].value)
                     )
-        ledger = shard_plan.ShardLedger(settings.state_dir / "shards")
+        ledger = shard_plan.ShardLedger(settings.state_dir / record_format.asset_suffix)
         for name in names:
             if name not in written and (entry := ledger.get(name)) is not None:
                 written[name] = manifest.Written(bytes=entry["bytes"], md5=entry["md5"])
     return written
 
 
-def _built_in_this_run(context: AssetCheckExecutionContext) -> bool:
-    latest = context.instance.get_latest_materialization_event(AssetKey(MANIFEST))
-    return latest is not None and latest.run_id == context.run.run_id
+def manifest_checks(
+    manifest_name: str, record_format: formats.RecordFormat, name: str
+) -> AssetChecksDefinition:
+    """The checks (:func:`manifest.dataset_verdicts`) on the manifest asset ``manifest_name`` of
+    ``record_format``'s shards, as one step called ``name``."""
 
+    def built_in_this_run(context: AssetCheckExecutionContext) -> bool:
+        latest = context.instance.get_latest_materialization_event(AssetKey(manifest_name))
+        return latest is not None and latest.run_id == context.run.run_id
 
-@multi_asset_check(
-    specs=[
-        AssetCheckSpec(name, asset=MANIFEST, blocking=True, description=d)
-        for name, d in manifest.CHECKS.items()
-    ],
-    can_subset=True,
-    description="The checks on the whole dataset, judged on the shards as they are on disk now.",
-)
-def dataset_checks(
-    context: AssetCheckExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
-) -> Iterator[AssetCheckResult]:
-    settings = ilsvrc.settings()
-    source = ilsvrc.image_source()
-    verdicts = manifest.dataset_verdicts(
-        settings,
-        record_workers,
-        written_shards(context.instance, settings),
-        official={
-            split: is_official(context.instance, source.inputs_for(role))
-            for split, role in (("train", TRAIN), ("validation", VALIDATION))
-        },
-        selected={key.name for key in context.selected_asset_check_keys},
-        # Right after dataset_manifest was built in this run, its MD5s are fresh; on their own (the
-        # audit), the checks hash every shard again.
-        hash_shards=not _built_in_this_run(context),
-        log=context.log.warning,
+    @multi_asset_check(
+        name=name,
+        specs=[
+            AssetCheckSpec(check, asset=manifest_name, blocking=True, description=d)
+            for check, d in manifest.checks_for(record_format).items()
+        ],
+        can_subset=True,
+        description=f"The checks on the whole dataset ({record_format.name} shards), judged on the "
+        "shards as they are on disk now.",
     )
-    for name, verdict in verdicts.items():
-        yield check_result(verdict, asset_key=AssetKey(MANIFEST), check_name=name)
+    def _checks(
+        context: AssetCheckExecutionContext,
+        ilsvrc: IlsvrcResource,
+        record_workers: ResourceParam[RecordWorkers],
+    ) -> Iterator[AssetCheckResult]:
+        settings = ilsvrc.settings()
+        source = ilsvrc.image_source()
+        verdicts = manifest.dataset_verdicts(
+            settings,
+            record_workers,
+            written_shards(context.instance, settings, record_format),
+            official={
+                split: is_official(context.instance, source.inputs_for(role))
+                for split, role in (("train", TRAIN), ("validation", VALIDATION))
+            },
+            selected={key.name for key in context.selected_asset_check_keys},
+            # Right after the manifest was built in this run, its MD5s are fresh; on their own (the
+            # audit), the checks hash every shard again.
+            hash_shards=not built_in_this_run(context),
+            log=context.log.warning,
+            record_format=record_format,
+        )
+        for check, verdict in verdicts.items():
+            yield check_result(verdict, asset_key=AssetKey(manifest_name), check_name=check)
+
+    return _checks
+
+
+dataset_checks = manifest_checks(MANIFEST, TFRECORD, "dataset_checks")
+webdataset_checks = manifest_checks(WEBDATASET_MANIFEST, WEBDATASET, "webdataset_checks")

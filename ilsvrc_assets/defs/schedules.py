@@ -95,7 +95,8 @@ def _refresh_in_progress(instance: DagsterInstance) -> list[str]:
 def refresh_sensor(settings: Settings, leave_out: Collection[str] = ()) -> SensorDefinition:
     """The refresh sensor of a deployment, on ``settings.refresh_cron`` in ``settings.schedule_timezone``.
 
-    ``leave_out``: assets it never requests (opt-in outputs the deployment does not build).
+    ``leave_out``: assets it never requests (``definitions.left_out``: those of the formats
+    ``ILSVRC_FORMATS`` leaves out, which stay unmaterialised).
     """
     cron, tz = settings.refresh_cron, settings.schedule_timezone
 
@@ -135,6 +136,7 @@ def refresh_sensor(settings: Settings, leave_out: Collection[str] = ()) -> Senso
         for name, what in changed.items():
             context.log.info(f"{name} changed at the source: {what}")
         asset_graph = context.repository_def.asset_graph
+        # Only the outputs that are built (ILSVRC_FORMATS): the others stay unmaterialised.
         keys = (AssetSelection.assets(*changed).downstream() - AssetSelection.assets(*leave_out)).resolve(
             asset_graph
         )

@@ -1,4 +1,5 @@
-"""``train_shards`` and ``validation_shards``: the model zoo's TFRecord shards, one partition each.
+"""``train_shards`` and ``validation_shards``: the model zoo's TFRecord shards, one partition each;
+likewise ``train_webdataset`` and ``validation_webdataset``, the WebDataset tars (any record format).
 
 A run for a range of partitions (a backfill, or ``ilsvrc-assets build``) is one Dagster run and
 one step that writes its shards with a pool of worker processes, rather than one process start-up
@@ -9,9 +10,9 @@ from dagster import (
     AssetCheckKey,
     AssetExecutionContext,
     AssetKey,
-    Failure,
     AssetsDefinition,
     BackfillPolicy,
+    Failure,
     MaterializeResult,
     MetadataValue,
     ResourceParam,
@@ -19,12 +20,12 @@ from dagster import (
     asset,
 )
 
-from ilsvrc_assets import shards
+from ilsvrc_assets import formats, shards
 from ilsvrc_assets.defs.metadata import metadata, preview_metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.record_workers import RecordWorkers
-from ilsvrc_assets.shard_plan import ShardStats
 from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.shard_plan import ShardStats
 from ilsvrc_assets.sources import TRAIN, VALIDATION, ImageSource
 
 # Blocking checks upstream of each split's shards. Dagster skips downstream steps of a failed
@@ -83,17 +84,38 @@ def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[As
         )
 
 
-def shard_partitions(settings: Settings, split: str) -> StaticPartitionsDefinition:
-    return StaticPartitionsDefinition(settings.shard_names(split))
+def shard_partitions(
+    settings: Settings, split: str, record_format: str = "tfrecord"
+) -> StaticPartitionsDefinition:
+    return StaticPartitionsDefinition(settings.shard_names(split, record_format))
 
 
-def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
-    """The partitioned shard asset ``name`` of ``split``, with one partition per shard of ``settings``."""
+# What each format's shard assets are, for the UI ({split} filled in).
+DESCRIPTIONS = {
+    "tfrecord": "The {split} TFRecord shards `<data>/tfrecords/{split}-NNNNN-of-MMMMM` in the "
+    "TF/TPU model zoo's format (15 features, 1-based labels, boxes from the bounding-box "
+    "table, PNG/CMYK re-encoded as RGB JPEG). Images are shuffled across shards with a fixed "
+    "seed, so the assignment is deterministic. Read straight out of the archive, never extracted. "
+    "Each shard's NVIDIA DALI index is written with it, `<data>/tfrecords-index/<shard>.idx`.",
+    "webdataset": "The {split} WebDataset tars `<data>/webdataset/imagenet1k-{split}-NNNN.tar` for PyTorch "
+    "(webdataset, timm, open_clip): one sample per image, `__key__` the official stem, `jpg` the "
+    "TFRecord's JPEG bytes, `cls` the 0-based label, `json` wnid, text, 1-based label, size and "
+    "boxes. The same shuffle as the TFRecords, cut into this asset's own number of shards; member "
+    "headers fixed, so the tars are reproducible byte for byte.",
+}
+
+
+def shards_asset(
+    settings: Settings, name: str, split: str, record_format: formats.RecordFormat | None = None
+) -> AssetsDefinition:
+    """The partitioned shard asset ``name`` of ``split`` in ``record_format`` (default: TFRecord), with
+    one partition per shard of ``settings``."""
+    record_format = record_format or formats.by_name(formats.DEFAULT)
 
     @asset(
         name=name,
-        group_name="tfrecords",
-        partitions_def=shard_partitions(settings, split),
+        group_name=record_format.folder,
+        partitions_def=shard_partitions(settings, split, record_format.name),
         # A backfill runs the whole range in one run, or in batches of ILSVRC_PARTITIONS_PER_RUN.
         backfill_policy=(
             BackfillPolicy.multi_run(settings.partitions_per_run)
@@ -101,12 +123,8 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
             else BackfillPolicy.single_run()
         ),
         deps=[f"{split}_images", "bounding_boxes", "synsets"],
-        kinds={"tfrecord"},
-        description=f"The {split} TFRecord shards `<data>/tfrecords/{split}-NNNNN-of-MMMMM` in the "
-        "TF/TPU model zoo's format (15 features, 1-based labels, boxes from the bounding-box "
-        "table, PNG/CMYK re-encoded as RGB JPEG). Images are shuffled across shards with a fixed "
-        "seed, so the assignment is deterministic. Read straight out of the archive, never extracted. "
-        "Each shard's NVIDIA DALI index is written with it, `<data>/tfrecords-index/<shard>.idx`.",
+        kinds={record_format.name},
+        description=DESCRIPTIONS[record_format.name].format(split=split),
     )
     def _shards(
         context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
@@ -145,6 +163,7 @@ def shards_asset(settings: Settings, name: str, split: str) -> AssetsDefinition:
             wanted=list(context.partition_keys),
             on_shard=record,
             log=context.log.info,
+            record_format=record_format,
         )
         # The pictures go on one partition's materialisation: metadata of the result itself would be
         # copied onto every partition's.

@@ -3,7 +3,7 @@
 The work is in :mod:`ilsvrc_assets.train_tree` (``make_train_tree`` and the check's verdict). In the
 code location, so it can be materialised from the UI (or its job, ``write_train_tree``), but left
 out of ``ilsvrc-assets build``, the audit and the refresh unless asked
-(``definitions.OPT_IN``, ``definitions.left_out``).
+(``ILSVRC_FORMATS=tfrecord,imagefolder``: ``defs/outputs.FORMAT_ASSETS``, ``definitions.left_out``).
 """
 
 from dagster import AssetCheckResult, AssetExecutionContext, MaterializeResult, asset, asset_check

@@ -1,8 +1,10 @@
-"""What a shard is: the record formats, one module each (``tfrecord`` today).
+"""What a shard is: the record formats, one module each (``tfrecord``, ``webdataset``).
 
 A record format decides the bytes of a shard file, nothing else. It says:
 
-- its ``name``: how it is chosen (:func:`by_name`) and the Dagster kind of the shard assets;
+- its ``name``: how it is chosen (:func:`by_name`, ``ILSVRC_FORMATS``) and the Dagster kind of the
+  shard assets, which are named ``<split>_<asset_suffix>`` (``train_shards``, ``train_webdataset``);
+  the suffix also names its bookkeeping under ``<data>/.state`` (shard ledger, locks);
 - its ``folder`` under the data folder, and the file name of each shard (:meth:`RecordFormat.file_name`
   of the shard's name, e.g. ``train-00000-of-01024``, which is also the shard's partition key);
 - about how many bytes a shard will take (:meth:`RecordFormat.space_needed`), checked against the
@@ -13,6 +15,9 @@ A record format decides the bytes of a shard file, nothing else. It says:
   TFRecord shards' DALI index): their contents come from the writer once the shard is written
   (:meth:`RecordFormat.companion_data`, no second pass over the shard), or from a shard already on
   disk (:meth:`RecordFormat.companion_from_shard`, when a reused shard's companion is missing).
+- how to read one back: :meth:`RecordFormat.scan` checks every record of a shard (the manifest and
+  its checks), :meth:`RecordFormat.first_records` gives the first few (the previews);
+- the files its readers want beside the shards, if any (:meth:`RecordFormat.dataset_files`).
 
 Everything else about writing one shard of a plan (``shard_plan.ShardJob``) is the same for every
 format and is done once, in ``shards.write_shard``, which runs in a record worker and returns the
@@ -22,7 +27,7 @@ companions too, published just before the shard), the MD5, the shard's lock, and
 shard, the archive and the member. (The same division as webdataset's ``ShardWriter``: a format is
 a small object that takes samples.)
 
-Adding a format (e.g. WebDataset): a module here defining a :class:`RecordFormat` subclass and an
+Adding a format: a module here defining a :class:`RecordFormat` subclass and an
 instance of it named ``FORMAT``, and its name in :data:`FORMATS`. Nothing in ``shards`` or
 ``shard_plan`` changes. Formats run in worker processes, so they must be picklable (keep them
 free of state) and import heavy libraries (TensorFlow) only inside :meth:`RecordFormat.open`.
@@ -39,11 +44,23 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from ilsvrc_assets.images import ImageInfo
-    from ilsvrc_assets.shard_plan import RecordSource, ShardJob
+    from ilsvrc_assets.shard_plan import Box, RecordSource, ShardJob
+    from ilsvrc_assets.shard_scan import ShardScan
 
 # name -> module defining FORMAT; imported only when chosen.
-FORMATS = {"tfrecord": "ilsvrc_assets.formats.tfrecord"}
+FORMATS = {"tfrecord": "ilsvrc_assets.formats.tfrecord", "webdataset": "ilsvrc_assets.formats.webdataset"}
 DEFAULT = "tfrecord"
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A record as read back from a shard, as the previews show it."""
+
+    filename: str
+    synset: str
+    label: int  # the model zoo's 1..1000
+    image: bytes  # the stored JPEG
+    boxes: tuple[Box, ...] = ()
 
 
 class ShardWriter(Protocol):
@@ -74,6 +91,10 @@ class RecordFormat(ABC):
     name: ClassVar[str]  # e.g. "tfrecord"
     folder: ClassVar[str]  # under the data folder, e.g. "tfrecords"
     companions: ClassVar[tuple[Companion, ...]] = ()  # published with each shard (none by default)
+    asset_suffix: ClassVar[str]  # its shard assets are <split>_<asset_suffix>, e.g. "shards"
+    record_keys: ClassVar[tuple[str, ...]]  # what each record holds (listed in the manifest)
+    # What its checks records_parse and images_decode prove, in its own terms.
+    check_descriptions: ClassVar[dict[str, str]]
 
     def file_name(self, shard: str) -> str:
         """The file name of the shard named ``shard`` (``release.shard_name``); the name itself unless a
@@ -103,6 +124,21 @@ class RecordFormat(ABC):
         """The contents of ``companion`` made again from the shard file at ``shard_path``: the same bytes
         :meth:`companion_data` gave when it was written. Raises ValueError if the file is damaged."""
         raise NotImplementedError(f"{self.name} declares no companion {companion.kind!r}")
+
+    @abstractmethod
+    def scan(self, path: Path, decode: bool = True) -> ShardScan:
+        """Read the shard at ``path`` back and check every record (``shard_scan.ShardScan`` says what
+        is counted); with ``decode`` every image is decoded too. Damage is reported in the result,
+        not raised; a missing file raises FileNotFoundError. Runs in a record worker."""
+
+    @abstractmethod
+    def first_records(self, path: Path, count: int) -> list[StoredRecord]:
+        """The first ``count`` records of the shard at ``path`` (fewer if it has fewer), unchecked."""
+
+    def dataset_files(self, manifest: dict) -> dict[str, str]:
+        """Files its readers want beside the shards ({file name: text}), made from the read-back
+        summary (``manifest.build``); none by default."""
+        return {}
 
     def __repr__(self) -> str:
         return f"<record format {self.name}>"

@@ -18,12 +18,15 @@ import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ilsvrc_assets import tf_example
-from ilsvrc_assets.formats import Companion, RecordFormat
+from ilsvrc_assets import release, tf_example
+from ilsvrc_assets.formats import Companion, RecordFormat, StoredRecord
 from ilsvrc_assets.images import ImageInfo
 from ilsvrc_assets.shard_plan import RecordSource, ShardJob
+
+if TYPE_CHECKING:
+    from ilsvrc_assets.shard_scan import ShardScan
 
 # Per-record bytes besides the image (TFRecord framing, the other 14 features), generously.
 RECORD_OVERHEAD = 1024
@@ -84,6 +87,13 @@ class TFRecord(RecordFormat):
     name = "tfrecord"
     folder = "tfrecords"
     companions = (INDEX,)
+    asset_suffix = "shards"
+    record_keys = release.FEATURE_KEYS
+    check_descriptions: ClassVar[dict[str, str]] = {
+        "records_parse": "Every record parses with tf.io.parse_single_example and the model zoo's feature "
+        "spec, with exactly the 15 features.",
+        "images_decode": "Every image/encoded decodes as a JPEG.",
+    }
 
     def space_needed(self, job: ShardJob) -> int:
         # Its images (2 % more for the few re-encoded) plus the framing and the other features.
@@ -103,6 +113,30 @@ class TFRecord(RecordFormat):
     def companion_from_shard(self, shard_path: Path, companion: Companion) -> bytes:
         assert companion == INDEX
         return index_text(read_payload_lengths(shard_path))
+
+    def scan(self, path: Path, decode: bool = True) -> ShardScan:
+        from ilsvrc_assets.shard_scan import scan_shard  # which reads the framing defined here
+
+        return scan_shard(path, decode)
+
+    def first_records(self, path: Path, count: int) -> list[StoredRecord]:
+        from ilsvrc_assets.shard_previews import first_records  # reads the framing, without TensorFlow
+
+        def first(record: dict, key: str, default: Any) -> Any:
+            return record.get(key, [default])[0]
+
+        return [
+            StoredRecord(
+                filename=first(record, "image/filename", b"").decode(),
+                synset=first(record, "image/class/synset", b"").decode(),
+                label=first(record, "image/class/label", 0),
+                image=first(record, "image/encoded", b""),
+                boxes=tuple(
+                    zip(*(record.get(f"image/object/bbox/{k}", []) for k in ("xmin", "ymin", "xmax", "ymax")))
+                ),
+            )
+            for record in first_records(path, count)
+        ]
 
 
 FORMAT = TFRecord()

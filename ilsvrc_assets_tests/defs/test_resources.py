@@ -33,6 +33,9 @@ def every_setting_changed(root: Path) -> dict[str, str]:
         settings_module.ENV_SCHEDULE_TIMEZONE: "Europe/Paris",
         settings_module.ENV_SCHEDULES: "running",
         settings_module.ENV_PARTITIONS_PER_RUN: "5",
+        settings_module.ENV_FORMATS: "webdataset",
+        settings_module.ENV_WEBDATASET_TRAIN_SHARDS: "8",
+        settings_module.ENV_WEBDATASET_VALIDATION_SHARDS: "2",
     }
 
 

@@ -24,10 +24,10 @@ from dagster import (
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.utils import make_new_backfill_id
 
-from ilsvrc_assets import definitions as definitions_module
 from ilsvrc_assets import release
 from ilsvrc_assets import settings as settings_module
-from ilsvrc_assets.definitions import JOB_NAMES, OPT_IN, build_definitions
+from ilsvrc_assets.definitions import JOB_NAMES, build_definitions
+from ilsvrc_assets.defs.outputs import unbuilt_assets
 from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import AUDIT, CHANGED_TAG, REFRESH
 from ilsvrc_assets_tests.helpers import copy_file, make_settings, materialized, run_job, variant_release
@@ -169,18 +169,18 @@ def test_requested_backfill_blocks_a_second_one_until_its_archive_is_materialise
     assert after.run_requests == [] and "no archive changed" in after.skip_message
 
 
-@pytest.mark.parametrize("opt_in_asked", [False, True])
-def test_archive_never_materialised_counts_as_changed(sample_release, tmp_path, monkeypatch, opt_in_asked):
-    if opt_in_asked:  # what ILSVRC_FORMATS=...,imagefolder will do
-        monkeypatch.setattr(definitions_module, "left_out", lambda settings: ())
-    settings = make_settings(tmp_path / "data", sample_release)
+@pytest.mark.parametrize("every_format", [False, True])
+def test_archive_never_materialised_counts_as_changed(sample_release, tmp_path, every_format):
+    formats = settings_module.FORMATS if every_format else settings_module.DEFAULT_FORMATS  # ILSVRC_FORMATS
+    settings = make_settings(tmp_path / "data", sample_release, formats=formats)
     (tmp_path / "home").mkdir()
     with DagsterInstance.local_temp(str(tmp_path / "home")) as instance:
         unpartitioned, partitioned = _requested(_evaluate(settings, instance))
     definitions = build_definitions(settings)
     everything = {key.to_user_string() for key in definitions.resolve_asset_graph().get_all_asset_keys()}
-    # The opt-in assets (the training tree) only when asked for.
-    assert unpartitioned | set(partitioned) == everything - (set() if opt_in_asked else set(OPT_IN))
+    # The assets of the formats not chosen (the WebDataset tars, the training tree) are never requested.
+    assert unpartitioned | set(partitioned) == everything - set(unbuilt_assets(settings))
+    assert every_format or {"train_tree", "webdataset_manifest"} <= set(unbuilt_assets(settings))
 
 
 def test_crons_timezone_and_status_come_from_the_settings(built_sample_graph):

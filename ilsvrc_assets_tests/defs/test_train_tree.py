@@ -1,6 +1,6 @@
 """``train_tree`` in the code location: made by its own job with its blocking check, and left out of
-``ilsvrc-assets build`` and the audit unless asked, through the one hook ``definitions.left_out``
-(the refresh: ``test_schedules.py``)."""
+``ilsvrc-assets build`` and the audit unless ``ILSVRC_FORMATS`` lists ``imagefolder`` (``defs/outputs.py``,
+through ``definitions.left_out``; the refresh: ``test_schedules.py``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 from dagster import DagsterInstance
 
 from ilsvrc_assets import archives
-from ilsvrc_assets import definitions as definitions_module
 from ilsvrc_assets.cli import _check_steps, _stages
-from ilsvrc_assets.definitions import JOB_NAMES, build_definitions, opt_in_jobs
+from ilsvrc_assets.definitions import JOB_NAMES, build_definitions
 from ilsvrc_assets_tests.helpers import evaluations, make_settings, materialized, run_job
 
 CHECK = "train_tree:matches_train_index"
@@ -24,14 +23,13 @@ def _audited(definitions) -> set[str]:
 
 
 @pytest.mark.parametrize("asked", [False, True])
-def test_built_and_audited_only_when_asked(sample_release, tmp_path, monkeypatch, asked):
-    if asked:  # what ILSVRC_FORMATS=...,imagefolder will do
-        monkeypatch.setattr(definitions_module, "left_out", lambda settings: ())
-    settings = make_settings(tmp_path / "data", sample_release)
+def test_built_and_audited_only_when_asked(sample_release, tmp_path, asked):
+    formats = ("tfrecord", "imagefolder") if asked else ("tfrecord",)  # ILSVRC_FORMATS=tfrecord,imagefolder
+    settings = make_settings(tmp_path / "data", sample_release, formats=formats)
     definitions = build_definitions(settings)
     in_location = {key.to_user_string() for key in definitions.resolve_asset_graph().get_all_asset_keys()}
     assert "train_tree" in in_location  # either way: the UI can materialise it
-    jobs = [job for job, _ in _stages(definitions, opt_in_jobs(settings))]
+    jobs = [job for job, _ in _stages(definitions)]
     if asked:
         assert jobs[-2:] == [JOB_NAMES["manifest"], JOB_NAMES["train_tree"]]
         assert CHECK in _audited(definitions)

@@ -10,8 +10,8 @@ import pytest
 from ilsvrc_assets import formats, images
 from ilsvrc_assets.formats.tfrecord import FORMAT, INDEX, TFRecord, read_payload_lengths
 from ilsvrc_assets.shard_plan import RecordSource, ShardJob
-from ilsvrc_assets.tf_example import encode_example
 from ilsvrc_assets.sources.official import ArchiveReader
+from ilsvrc_assets.tf_example import encode_example
 from ilsvrc_assets_tests.helpers import gray_jpeg, rgb_jpeg, tfrecord2idx
 
 tf = pytest.importorskip("tensorflow")
@@ -28,8 +28,8 @@ def test_the_format_is_found_by_its_name_and_travels_to_workers() -> None:
         "train-00000-of-01024",
     )
     assert isinstance(pickle.loads(pickle.dumps(FORMAT)), TFRecord)
-    with pytest.raises(ValueError, match="unknown record format 'webdataset'; known: tfrecord"):
-        formats.by_name("webdataset")
+    with pytest.raises(ValueError, match="unknown record format 'parquet'; known: tfrecord, webdataset"):
+        formats.by_name("parquet")
 
 
 def test_a_shard_is_one_framed_example_per_image_in_order(tmp_path: Path) -> None:

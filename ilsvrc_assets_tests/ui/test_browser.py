@@ -64,7 +64,11 @@ PICTURE_SCREENSHOTS = {
 # Large enough for the largest picture's dialog; one device pixel per CSS pixel, so the capture of a
 # picture drawn at its natural size has the picture's own pixels.
 PICTURE_VIEWPORT = (1600, 1200)
-SHARD_COUNTS = {f"{split}_shards": count for split, count in TEST_SHARDS.items()}
+SHARD_COUNTS = {
+    **{f"{split}_shards": count for split, count in TEST_SHARDS.items()},
+    "train_webdataset": 4,  # ILSVRC_WEBDATASET_*_SHARDS below
+    "validation_webdataset": 2,
+}
 
 ASSET_NODES = """{ assetNodes {
     assetKey { path }
@@ -148,6 +152,9 @@ def dagster_dev(sample_release: Path, tmp_path_factory: pytest.TempPathFactory):
         "ILSVRC_DATA_DIR": str(root / "data"),
         "ILSVRC_TRAIN_SHARDS": str(TEST_SHARDS["train"]),
         "ILSVRC_VALIDATION_SHARDS": str(TEST_SHARDS["validation"]),
+        # "Materialize all" also writes the WebDataset tars (every format's assets are in the location).
+        "ILSVRC_WEBDATASET_TRAIN_SHARDS": "4",
+        "ILSVRC_WEBDATASET_VALIDATION_SHARDS": "2",
         "ILSVRC_WORKERS": "2",
         "ILSVRC_SCHEDULES": "stopped",  # no refresh sensor or audit schedule launching runs meanwhile
     }
