@@ -46,4 +46,4 @@ def devkit(release_dir: Path) -> synsets.Devkit:
 def validation_labels(release_dir: Path) -> list[str]:
     """The sample's validation labels (element i - 1 for image i), from its devkit."""
     kit = devkit(release_dir)
-    return synsets.validation_labels(kit, synsets.synset_table(kit))
+    return synsets.validation_labels(kit, kit.leaves)
