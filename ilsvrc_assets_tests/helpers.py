@@ -472,6 +472,28 @@ def write_kaggle_zip(
     return path
 
 
+def write_kaggle_tarball(folder: Path, zip_path: Path) -> Path:
+    """The older Kaggle layout of the copy in ``zip_path`` (:func:`write_kaggle_zip`): its top-level
+    files written into ``folder``, its ``ILSVRC/`` tree (members in the zip's order) as
+    ``imagenet_object_localization_patched2019.tar.gz`` beside them. Returns the tarball."""
+    import io
+    import tarfile
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tarball = folder / "imagenet_object_localization_patched2019.tar.gz"
+    with zipfile.ZipFile(zip_path) as z, tarfile.open(tarball, "w:gz") as tar:
+        for info in z.infolist():
+            data = z.read(info)
+            if "/" not in info.filename:
+                (folder / info.filename).write_bytes(data)
+                continue
+            member = tarfile.TarInfo(info.filename)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return tarball
+
+
 def write_folder_copy(root: Path, images_: list[TinyImage], sorted_val: bool = False) -> Path:
     """An extracted copy, ``train/<wnid>/`` and ``val/`` (flat or sorted), written file by file."""
     for image in images_:

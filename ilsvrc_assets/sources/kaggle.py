@@ -18,6 +18,13 @@ truth from the CSV, the ILSVRC2012_IDs from the shipped reference (:func:`synset
 The zip is one input asset (its MD5 against an MD5SUMS beside it where there is one: Kaggle
 publishes none); an extracted folder one input verified by its manifest
 (:func:`sources.folder_manifest`).
+
+Older copies hold the ``ILSVRC/`` tree as ``imagenet_object_localization_patched2019.tar.gz``
+beside the CSVs and the mapping file (``ILSVRC_LOCAL_DIR``: that folder or the tarball). It is read
+in place like the huggingface source's tars (:class:`trees.GzipTarTree`): one pass lists its members
+and saves a seek-point index of its gzip stream under ``<data>/index/kaggle/``; images and box
+files are then read from the nearest seek point. The folder is one input verified by its manifest,
+its check also failing when the tarball cannot be read to its end (a truncated download).
 """
 
 from __future__ import annotations
@@ -45,7 +52,15 @@ from ilsvrc_assets.sources import (
     file_version,
     folder_manifest,
 )
-from ilsvrc_assets.sources.trees import FolderTree, Tree, TreeBoxFiles, ZipTree, index_train, index_validation
+from ilsvrc_assets.sources.trees import (
+    FolderTree,
+    GzipTarTree,
+    Tree,
+    TreeBoxFiles,
+    ZipTree,
+    index_train,
+    index_validation,
+)
 
 ZIP_NAME = "imagenet-object-localization-challenge.zip"
 OLD_TARBALL = "imagenet_object_localization_patched2019.tar.gz"  # older copies: the tree as a .tar.gz
@@ -65,29 +80,49 @@ def make(settings: Settings, environ: Mapping[str, str] = os.environ) -> KaggleS
         raise SourceError(
             f"set {ENV_LOCAL_DIR} to Kaggle's zip, the folder holding it, or its extracted folder"
         )
-    return KaggleSource(settings.local_dir)
+    return KaggleSource(settings.local_dir, settings.index_dir / "kaggle")
 
 
 class KaggleSource(ImageSource):
-    """Kaggle's copy: its zip (members read in place) or the folder it was extracted into."""
+    """Kaggle's copy: its zip (members read in place), an older copy's folder holding the tree as a
+    gzip-compressed tar (read in place through a seek-point index kept in ``index_dir``), or the
+    folder it was extracted into."""
 
     kind = "kaggle"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, index_dir: Path | None = None) -> None:
         self.path = path
-        # The zip itself, or a folder holding it (and not an extracted copy): read the zip.
+        self.zip: Path | None = None
+        self.tarball: Path | None = None
+        # The zip itself, or a folder holding it (and not an extracted copy): read the zip. The
+        # older tarball likewise, the CSVs and the mapping beside it.
         if path.suffix == ".zip":
-            self.zip: Path | None = path
-        elif (path / ZIP_NAME).is_file() and not (path / "ILSVRC").exists():
-            self.zip = path / ZIP_NAME
+            self.zip = path
+        elif path.name.endswith(".tar.gz"):
+            self.tarball, self.path = path, path.parent
+        elif not (path / "ILSVRC").exists():
+            if (path / ZIP_NAME).is_file():
+                self.zip = path / ZIP_NAME
+            elif (path / OLD_TARBALL).is_file():
+                self.tarball = path / OLD_TARBALL
+        self.tree: Tree
+        if self.zip:
+            self.tree = ZipTree(self.zip)
+        elif self.tarball:
+            if index_dir is None:
+                raise SourceError(f"{self.tarball}: reading a tarball in place needs a folder for its index")
+            self.tree = GzipTarTree(self.tarball, index_dir)
         else:
-            self.zip = None
-        self.tree: Tree = ZipTree(self.zip) if self.zip else FolderTree(path)
+            self.tree = FolderTree(self.path)
+        # The CSVs and the mapping: in the zip, or in the folder (beside the tarball).
+        self.texts: Tree = self.tree if self.zip else FolderTree(self.path)
 
     def describe(self) -> str:
-        return (
-            f"Kaggle's copy, {'zip ' + str(self.zip) if self.zip else 'extracted folder ' + str(self.path)}"
-        )
+        if self.zip:
+            return f"Kaggle's copy, zip {self.zip}"
+        if self.tarball:
+            return f"Kaggle's older copy, {self.path} with the tree as {self.tarball.name} (read in place)"
+        return f"Kaggle's copy, extracted folder {self.path}"
 
     # --- Its input: the zip or the folder ---------------------------------------------------
 
@@ -102,11 +137,17 @@ class KaggleSource(ImageSource):
                     "zip",
                 ),
             )
+        if self.tarball:
+            what = (
+                f"with the tree as {self.tarball.name}, read in place (a seek-point index of its gzip stream)"
+            )
+        else:
+            what = "extracted; files read where they are"
         return (
             Input(
                 ASSET,
                 self.path.name,
-                "Kaggle's ImageNet Object Localization Challenge, extracted; files read where they are",
+                f"Kaggle's ImageNet Object Localization Challenge, {what}",
                 frozenset(ROLES),
                 "folder",
             ),
@@ -121,16 +162,14 @@ class KaggleSource(ImageSource):
         return folder_manifest(self.path).version
 
     def _check_folder(self) -> None:
-        if not (self.path / TRAIN_IMAGES).is_dir() and (self.path / OLD_TARBALL).is_file():
-            raise SourceError(
-                f"{self.path / OLD_TARBALL}: this older copy holds the tree as a gzip-compressed tar, which "
-                f"is not read in place: extract it there (tar xzf {OLD_TARBALL} -C {self.path}) and keep "
-                f"{ENV_LOCAL_DIR}={self.path}"
-            )
+        if self.tarball:
+            if not self.tarball.is_file():
+                raise SourceError(f"{self.tarball}: not found; set {ENV_LOCAL_DIR} to the folder holding it")
+            return
         if not (self.path / TRAIN_IMAGES).is_dir():
             raise SourceError(
-                f"{self.path}: no {TRAIN_IMAGES}/ and no {ZIP_NAME}: set {ENV_LOCAL_DIR} to Kaggle's zip or "
-                f"the folder it was extracted into"
+                f"{self.path}: no {TRAIN_IMAGES}/, no {ZIP_NAME} and no {OLD_TARBALL}: set {ENV_LOCAL_DIR} "
+                f"to Kaggle's zip, the folder holding it or the folder it was extracted into"
             )
 
     def fetch(self, item: Input, cache: ChecksumCache | None, log: Log) -> FetchedInput:
@@ -162,6 +201,16 @@ class KaggleSource(ImageSource):
             )
         manifest = folder_manifest(self.path)
         log(f"{self.path}: {manifest.files:,} files, {manifest.bytes:,} bytes, manifest MD5 {manifest.md5}")
+        problems = tuple(f"{self.path / name}: empty (0 bytes), cut short?" for name in manifest.empty)
+        if self.tarball:
+            # The one pass that lists the tarball and saves its seek-point index reads it to the
+            # end (gzip's CRC and length): a truncated download fails the check here.
+            try:
+                for _ in self.tree.files(TRAIN_IMAGES):
+                    break
+                log(f"{self.tarball.name}: read to its end, seek-point index saved")
+            except SourceError as e:
+                problems += (str(e),)
         return FetchedInput(
             input=item,
             path=self.path,
@@ -171,24 +220,26 @@ class KaggleSource(ImageSource):
             expected_from="a folder: its manifest of paths, sizes and times, recorded",
             md5_from_cache=False,
             source_version=version,
-            problems=tuple(f"{self.path / name}: empty (0 bytes), cut short?" for name in manifest.empty),
+            problems=problems,
             digest="manifest MD5",
         )
 
     # --- What the stages read -----------------------------------------------------------------
 
     def _read_text(self, name: str) -> str:
-        data = self.tree.read(name, _MAX_CSV)
+        data = self.texts.read(name, _MAX_CSV)
         if data is None:
-            raise SourceError(f"{self.tree.name(name)}: not found; is this Kaggle's complete copy?")
+            raise SourceError(f"{self.texts.name(name)}: not found; is this Kaggle's complete copy?")
         return data.decode("utf-8-sig", errors="replace")
 
     def read_devkit(self, log: Log) -> synsets.Devkit:
         if not self.zip:
             self._check_folder()
-        words = read_mapping(self._read_text(MAPPING), self.tree.name(MAPPING))
-        labels = read_val_solution(self._read_text(VAL_SOLUTION), self.tree.name(VAL_SOLUTION), words)
-        return synsets.reference_devkit(words, self.tree.name(MAPPING), labels, self.tree.name(VAL_SOLUTION))
+        words = read_mapping(self._read_text(MAPPING), self.texts.name(MAPPING))
+        labels = read_val_solution(self._read_text(VAL_SOLUTION), self.texts.name(VAL_SOLUTION), words)
+        return synsets.reference_devkit(
+            words, self.texts.name(MAPPING), labels, self.texts.name(VAL_SOLUTION)
+        )
 
     def index_images(
         self,
@@ -210,7 +261,7 @@ class KaggleSource(ImageSource):
     def box_files(self, log: Log) -> BoxFiles:
         # The CSV is Kaggle's summary of the same XML files: a row naming a class that is not one
         # of the 1,000 means a damaged or foreign copy.
-        rows = check_train_solution(self._read_text(TRAIN_SOLUTION), self.tree.name(TRAIN_SOLUTION))
+        rows = check_train_solution(self._read_text(TRAIN_SOLUTION), self.texts.name(TRAIN_SOLUTION))
         log(f"{TRAIN_SOLUTION}: {rows:,} annotated training images, every class a challenge synset")
         return TreeBoxFiles(self.tree, TRAIN_BOXES, VALIDATION_BOXES)
 

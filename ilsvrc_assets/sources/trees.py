@@ -1,4 +1,5 @@
-"""What the copies laid out as folders have in common: a tree of files, in a zip or on disk.
+"""What the copies laid out as folders have in common: a tree of files, in a zip, a gzip-compressed
+tar or on disk.
 
 Kaggle's copy is a zip or its extracted folder; an extracted copy (``ILSVRC_SOURCE=folder``) is a
 folder. Both hold the training images as ``<prefix>/<wnid>/<wnid>_<n>.JPEG`` and the validation
@@ -10,6 +11,7 @@ come out byte-identical), refusing what a copy must not hold, each error naming 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import posixpath
 from abc import ABC, abstractmethod
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ilsvrc_assets import archives, release, zip_reader
+from ilsvrc_assets import archives, gzip_index, release, tar_reader, zip_reader
 from ilsvrc_assets.archives import ArchiveError, ChecksumCache
 from ilsvrc_assets.box_xml import MAX_XML_BYTES, BoundingBoxError
 from ilsvrc_assets.sources import BoxFile, BoxFiles, ImageReader, SourceError, file_version, folder_manifest
@@ -107,6 +109,143 @@ class ZipTree(Tree):
 
     def reader(self, prefix: str, split: str) -> ImageReader:
         return ZipImageReader(self.path)
+
+
+class GzipTarTree(Tree):
+    """A gzip-compressed tar read in place, through the seek-point index the huggingface source uses
+    (:mod:`ilsvrc_assets.gzip_index`): the first listing makes one pass over the whole stream (gzip's
+    CRC and length checked) that saves the seek-point index and the member listing (one
+    ``<name>\t<offset>\t<size>`` line each, offsets in the decompressed tar) under ``index_dir``;
+    later listings read that file, and reads decompress from the nearest seek point. Both are made
+    again when the tarball's size or modification time changes."""
+
+    _SPAN = 16 << 20  # contents(): neighbouring members read together, up to this many bytes at once
+
+    def __init__(self, path: Path, index_dir: Path) -> None:
+        self.path = path
+        self.index_dir = index_dir
+        self.where = str(path)
+
+    @property
+    def index_path(self) -> Path:
+        from ilsvrc_assets.sources.huggingface import index_path
+
+        return index_path(self.index_dir, self.path)
+
+    @property
+    def listing_path(self) -> Path:
+        return self.index_dir / (self.path.name + ".members.tsv")
+
+    def _current(self, version: str) -> bool:
+        if not (self.listing_path.is_file() and self.index_path.is_file()):
+            return False
+        with open(self.listing_path, encoding="utf-8") as file:
+            return file.readline().rstrip("\n") == version
+
+    def _listing(self) -> Path:
+        """The listing file, made (with the seek-point index) by one pass when missing or stale."""
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: not found")
+        version = file_version(self.path)
+        if self._current(version):
+            return self.listing_path
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        # The train and validation indexes may ask at once: one pass, the other waits for it.
+        with open(self.index_dir / (self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self._current(version):
+                return self.listing_path
+            temporary = self.listing_path.with_name(f"{self.listing_path.name}.partial-{os.getpid()}")
+            try:
+                with open(temporary, "w", encoding="utf-8") as out:
+                    out.write(version + "\n")
+
+                    def on_member(member: tar_reader.Member) -> None:
+                        if "\t" in member.name or "\n" in member.name:
+                            raise SourceError(
+                                f"{self.path}: member {member.name!r}: a tab or newline in its name"
+                            )
+                        out.write(f"{member.name}\t{member.offset}\t{member.size}\n")
+
+                    gzip_index.index_gzip_tar(self.path, self.index_path, on_member)
+                os.replace(temporary, self.listing_path)
+            except tar_reader.TarError as e:
+                what = e.problem if e.member is None else f"member {e.member!r} is {e.problem}"
+                raise SourceError(f"{self.path}: {what}") from None
+            finally:
+                temporary.unlink(missing_ok=True)
+        return self.listing_path
+
+    def _entries(self) -> Iterator[Entry]:
+        with open(self._listing(), encoding="utf-8") as file:
+            file.readline()
+            for line in file:
+                name, offset, size = line.rstrip("\n").split("\t")
+                yield name, int(offset), int(size)
+
+    def files(self, prefix: str) -> Iterator[Entry]:
+        start = prefix.rstrip("/") + "/"
+        for name, offset, size in self._entries():
+            if name.startswith(start):
+                yield name[len(start) :], offset, size
+
+    def _index(self) -> gzip_index.GzipIndex:
+        try:
+            return gzip_index.GzipIndex(self.path, self.index_path)
+        except gzip_index.GzipIndexError as e:
+            raise SourceError(str(e)) from None
+
+    def _read(self, index: gzip_index.GzipIndex, path: str, offset: int, size: int) -> bytes:
+        try:
+            data = index.read(offset, size)
+        except gzip_index.GzipIndexError as e:
+            raise SourceError(str(e)) from None
+        if len(data) != size:
+            raise SourceError(f"{self.name(path)}: cut short; the tarball is truncated: fetch it again")
+        return data
+
+    def read(self, path: str, max_size: int | None = None) -> bytes | None:
+        found = next(((o, s) for n, o, s in self._entries() if n == path), None)
+        if found is None:
+            return None
+        if max_size is not None and found[1] > max_size:
+            raise SourceError(f"{self.name(path)}: {found[1]:,} bytes, more than such a file can be")
+        with self._index() as index:
+            return self._read(index, path, *found)
+
+    def contents(self, prefix: str, max_size: int) -> Iterator[tuple[str, str, bytes]]:
+        # Small neighbouring members (the XML files) read a span at a time: one decompression
+        # from a seek point serves thousands of them instead of one each.
+        def spans() -> Iterator[list[Entry]]:
+            span: list[Entry] = []
+            for relative, offset, size in self.files(prefix):
+                if size > max_size:
+                    raise SourceError(
+                        f"{self.name(f'{prefix}/{relative}')}: {size:,} bytes, more than such a file can be"
+                    )
+                if span and (offset < span[0][1] or offset + size - span[0][1] > self._SPAN):
+                    yield span
+                    span = []
+                span.append((relative, offset, size))
+            if span:
+                yield span
+
+        with self._index() as index:
+            for span in spans():
+                first, end = span[0][1], span[-1][1] + span[-1][2]
+                data = self._read(index, f"{prefix}/{span[0][0]}", first, end - first)
+                for relative, offset, size in span:
+                    yield (
+                        relative,
+                        self.name(f"{prefix}/{relative}"),
+                        data[offset - first : offset - first + size],
+                    )
+
+    def reader(self, prefix: str, split: str) -> ImageReader:
+        from ilsvrc_assets.sources.huggingface import GzipTarReader
+
+        self._listing()  # the seek-point index it reads by
+        return GzipTarReader((self.path,), self.index_dir)
 
 
 class FolderTree(Tree):

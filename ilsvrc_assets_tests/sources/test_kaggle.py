@@ -13,7 +13,7 @@ import pytest
 
 from ilsvrc_assets import archives, bounding_boxes, fileio, image_index, release, synsets
 from ilsvrc_assets.sample import kaggle as kaggle_layout
-from ilsvrc_assets.sources import SourceError, kaggle
+from ilsvrc_assets.sources import SourceError, kaggle, trees
 from ilsvrc_assets_tests.helpers import (
     assert_synsets_as_official_but_the_devkit_ids,
     check_records,
@@ -24,6 +24,7 @@ from ilsvrc_assets_tests.helpers import (
     temp_files,
     tiny_images,
     tree_digest,
+    write_kaggle_tarball,
     write_kaggle_zip,
 )
 
@@ -238,3 +239,86 @@ def test_a_damaged_member_fails_naming_it(tmp_path, tiny):
         pytest.raises(archives.ArchiveError, match=rf"{path} member for {row.filename}"),
     ):
         reading.read(row.filename, row.offset, row.size)
+
+
+# --- The older copy: the tree as a gzip-compressed tar beside the CSVs -----------------------------
+
+
+def _voc(filename: str, size: tuple[int, int], wnid: str) -> bytes:
+    return (
+        f"<annotation><folder>x</folder><filename>{filename[:-5]}</filename><size><width>{size[0]}</width>"
+        f"<height>{size[1]}</height><depth>3</depth></size><object><name>{wnid}</name><bndbox>"
+        f"<xmin>1</xmin><ymin>1</ymin><xmax>{size[0] - 1}</xmax><ymax>{size[1] - 1}</ymax></bndbox>"
+        f"</object></annotation>"
+    ).encode()
+
+
+def _box_members(images) -> dict[str, bytes]:
+    boxes = {}
+    for i in images:
+        folder = f"train/{i.synset}" if i.split == "train" else "val"
+        boxes[f"ILSVRC/Annotations/CLS-LOC/{folder}/{i.filename[:-5]}.xml"] = _voc(
+            i.filename, i.size, i.synset
+        )
+    return boxes
+
+
+def test_the_older_tarball_is_read_in_place_as_the_zip(tmp_path, tiny, monkeypatch):
+    zip_path = write_kaggle_zip(tmp_path / "zip" / kaggle.ZIP_NAME, tiny, extra=_box_members(tiny))
+    folder = tmp_path / "old"
+    tarball = write_kaggle_tarball(folder, zip_path)
+    in_zip = kaggle.KaggleSource(zip_path)
+    in_tar = kaggle.KaggleSource(folder, tmp_path / "index")
+    assert in_tar.tarball == tarball and in_tar.inputs()[0].kind == "folder"
+    fetched = in_tar.fetch(in_tar.inputs()[0], None, say)  # the one pass: listing and seek-point index
+    assert fetched.problems == ()
+    kit = in_tar.read_devkit(say)
+    assert synsets.synset_table(kit).equals(synsets.synset_table(in_zip.read_devkit(say)))
+    known = release.challenge_synsets()
+    labels = [i.synset for i in tiny if i.split == "validation"]
+    for split in release.SPLITS:
+        a = in_zip.index_images(split, known, labels, say)
+        b = in_tar.index_images(split, known, labels, say)
+        assert len(a) == len([i for i in tiny if i.split == split])
+        # The same rows in the same order; offsets (and the zip's compressed sizes) differ.
+        assert a.drop(columns=["offset", "size"]).equals(b.drop(columns=["offset", "size"]))
+        with (
+            in_zip.image_reader(split, say).open() as zipped,
+            in_tar.image_reader(split, say).open() as tarred,
+        ):
+            for row_a, row_b in zip(a.itertuples(), b.itertuples(), strict=True):
+                data = tarred.read(row_b.filename, row_b.offset, row_b.size)
+                assert data == zipped.read(row_a.filename, row_a.offset, row_a.size), row_a.filename
+    tables = [bounding_boxes.table_of_box_files(in_zip.box_files(say).files, known, labels, workers=1)]
+    for span in (trees.GzipTarTree._SPAN, 2048):  # XML files read a span at a time, one span or many
+        monkeypatch.setattr(trees.GzipTarTree, "_SPAN", span)
+        tables.append(
+            bounding_boxes.table_of_box_files(in_tar.box_files(say).files, known, labels, workers=1)
+        )
+    assert len(tables[0]) == len(tiny) and tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    # Nothing extracted: the folder holds what it held; the tarball named directly reads the same.
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [kaggle.MAPPING, kaggle.VAL_SOLUTION, kaggle.TRAIN_SOLUTION, kaggle.OLD_TARBALL]
+    )
+    direct = kaggle.KaggleSource(tarball, tmp_path / "index")
+    assert direct.index_images("train", known, labels, say).equals(
+        in_tar.index_images("train", known, labels, say)
+    )
+
+
+def test_a_truncated_tarball_fails_naming_it_and_leaves_no_index(tmp_path, tiny):
+    folder = tmp_path / "old"
+    tarball = write_kaggle_tarball(folder, write_kaggle_zip(tmp_path / "zip" / kaggle.ZIP_NAME, tiny))
+    data = tarball.read_bytes()
+    tarball.write_bytes(data[: len(data) * 2 // 3])  # an interrupted download
+    settings = make_settings(tmp_path / "data", folder, source="kaggle")
+    source = kaggle.make(settings)
+    fetched = source.fetch(source.inputs()[0], None, say)
+    assert len(fetched.problems) == 1 and str(tarball) in fetched.problems[0], fetched.problems
+    synsets.write_csv(
+        synsets.synset_table(synsets.reference_devkit(None, "", None, "")), settings.synsets_csv
+    )
+    with pytest.raises(SourceError, match=rf"{tarball}: .*truncated"):
+        image_index.make_train_images(settings, source)
+    assert not settings.image_index("train").exists() and temp_files(settings.data_dir) == []
+    assert not list((settings.index_dir / "kaggle").glob("*.tsv*"))
