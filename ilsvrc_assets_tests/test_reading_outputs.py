@@ -21,7 +21,8 @@ README = Path(__file__).parents[1] / "README.md"
 def readme_examples() -> list[str]:
     """The ``python`` code blocks of the README's "Reading the outputs" section, in order."""
     text = README.read_text()
-    section = text.split("### Reading the outputs\n", 1)[1].split("\n## ", 1)[0]
+    section = text.split("### Reading the outputs\n", 1)[1]
+    section = re.split(r"\n##+ ", section, maxsplit=1)[0]  # up to the next heading of any level
     return re.findall(r"```python\n(.*?)```", section, re.DOTALL)
 
 
