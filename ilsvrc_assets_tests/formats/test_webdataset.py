@@ -355,11 +355,12 @@ def test_a_second_write_gives_the_same_bytes_and_unchanged_tars_are_not_rewritte
 
 @pytest.fixture
 def damage(built: Built) -> Iterator[Callable[[Path, Callable[[str, bytes], bytes | None]], None]]:
-    """Rewrite a tar with each member passed through ``edit(name, data)`` (None drops the tar); restored after."""
-    saved: dict[Path, bytes] = {}
+    """Rewrite a tar with each member passed through ``edit(name, data)`` (None drops the tar); restored
+    after, modification time included (the ledger takes a tar with another time as rewritten)."""
+    saved: dict[Path, tuple[bytes, int]] = {}
 
     def rewrite(path: Path, edit: Callable[[str, bytes], bytes | None]) -> None:
-        saved.setdefault(path, path.read_bytes())
+        saved.setdefault(path, (path.read_bytes(), path.stat().st_mtime_ns))
         with tarfile.open(path) as tar:
             members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
         out = io.BytesIO()
@@ -371,8 +372,9 @@ def damage(built: Built) -> Iterator[Callable[[Path, Callable[[str, bytes], byte
         path.write_bytes(out.getvalue())
 
     yield rewrite
-    for path, data in saved.items():
+    for path, (data, mtime_ns) in saved.items():
         path.write_bytes(data)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
 def test_the_checks_catch_a_missing_tar(built: Built, tmp_path: Path) -> None:
