@@ -23,16 +23,14 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ilsvrc_assets import archives, fileio, images, previews, storage, synsets
+from ilsvrc_assets import archives, class_folders, fileio, previews, synsets
 from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
@@ -40,8 +38,6 @@ from ilsvrc_assets.validation_tree import TreeStats
 
 if TYPE_CHECKING:
     from ilsvrc_assets.sources import ImageReader, ImageSource
-
-IMAGES_PER_THREAD = 1000  # at least, for another thread to be worth starting
 
 Group = tuple[str, int, int]  # a synset and its rows [start, end) in the ordered index
 
@@ -153,59 +149,31 @@ def _write_images(
     threads: int,
     progress: Callable[[int], object],
 ) -> int:
-    """Write the ``missing`` rows of ``groups`` (in archive order) with ``threads`` threads.
-
-    Creating a million files is the kernel's work, during which Python lets other threads run:
-    each thread takes a contiguous run of synsets (about as many images each), read with a file
-    handle of its own. On the first failure the others stop; it is raised. Threads rather than
-    worker processes: 12,000 photo-sized images (1.1 GB) took 1.8 s of CPU (0.15 ms each) and
-    30 to 37 s on this project's 2-core machine's disk (5 to 6 s into tmpfs), whether 1, 2 or 4
-    threads wrote; the time is the disk's, which more processes would not shorten.
-    """
+    """Write the ``missing`` rows of ``groups`` (in archive order), each thread a contiguous run of
+    synsets with about as many images to write as the others (:func:`class_folders.write_members`)."""
     counts = np.array([int(missing[start:end].sum()) for _, start, end in groups], dtype=np.int64)
     total = int(counts.sum())
     if not total:
         return 0
-    threads = max(1, min(threads, total // IMAGES_PER_THREAD or 1, len(groups)))
+    threads = min(class_folders.threads_for(total, threads), len(groups))
     # Cut the synsets where the running count of images to write crosses each thread's share.
     cuts = np.searchsorted(np.cumsum(counts), [total * k / threads for k in range(1, threads)])
     bounds = [0, *sorted({int(c) + 1 for c in cuts}), len(groups)]
-    chunks = [groups[a:b] for a, b in itertools.pairwise(bounds) if a < b]
     names = rows["filename"].to_numpy()
     offsets = rows["offset"].to_numpy()
     sizes = rows["size"].to_numpy()
-    store = storage.store_for(root)
-    done = [0] * len(chunks)
-    stop = threading.Event()
 
-    def write_chunk(n: int) -> None:
-        with reader.open() as images_read:
-            for synset, start, end in chunks[n]:
-                folder = f"{root}/{synset}"
-                os.makedirs(folder, exist_ok=True)
-                for row in np.flatnonzero(missing[start:end]) + start:
-                    if stop.is_set():
-                        return
-                    name = names[row]
-                    data = images_read.read(name, int(offsets[row]), int(sizes[row]))
-                    where = f"{reader.where} member {synset}.tar/{name}"
-                    images.check_complete(data, images.probe(data, where), where)  # an image, and whole
-                    store.write_into(folder, name, data)
-                    done[n] += 1
+    def members(part: Sequence[Group]) -> Iterator[class_folders.Member]:
+        for synset, start, end in part:
+            folder = f"{root}/{synset}"
+            os.makedirs(folder, exist_ok=True)
+            for row in np.flatnonzero(missing[start:end]) + start:
+                name = names[row]
+                where = f"{reader.where} member {synset}.tar/{name}"
+                yield folder, name, int(offsets[row]), int(sizes[row]), where
 
-    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-        futures = [pool.submit(write_chunk, n) for n in range(len(chunks))]
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                progress(sum(done))
-                for future in finished:
-                    if future.exception() is not None:
-                        raise future.exception()
-        finally:
-            stop.set()
-    return sum(done)
+    chunks = [members(groups[a:b]) for a, b in itertools.pairwise(bounds) if a < b]
+    return class_folders.write_members(reader, root, chunks, progress)
 
 
 # --- What the tree holds, against the index ------------------------------------------------------

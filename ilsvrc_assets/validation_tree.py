@@ -10,26 +10,21 @@ other labels) are removed.
 from __future__ import annotations
 
 import os
-import threading
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ilsvrc_assets import archives, fileio, images, previews, release, storage, synsets
+from ilsvrc_assets import archives, class_folders, fileio, previews, release, synsets
 from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 
 if TYPE_CHECKING:
     from ilsvrc_assets.sources import ImageReader, ImageSource
-
-
-IMAGES_PER_THREAD = 1000  # at least, for another thread to be worth starting
 
 
 @dataclass(frozen=True)
@@ -97,45 +92,18 @@ def _write_images(
     threads: int,
     progress: Callable[[int], object],
 ) -> int:
-    """Write ``todo`` (filename, synset, offset, size; in offset order) with ``threads`` threads.
-
-    Creating 50,000 files is the kernel's work (and waits on the file system's journal), during
-    which Python lets other threads run: each thread takes a contiguous run of the archive, read
-    with a file handle of its own. On the first failure the others stop; it is raised.
-    """
+    """Write ``todo`` (filename, synset, offset, size; in offset order), each thread a contiguous run
+    of the archive (:func:`class_folders.write_members`)."""
     if not todo:
         return 0
-    store = storage.store_for(root)
-    threads = max(1, min(threads, len(todo) // IMAGES_PER_THREAD or 1))
-    step = -(-len(todo) // threads)
-    chunks = [todo[i : i + step] for i in range(0, len(todo), step)]
-    done = [0] * len(chunks)
-    stop = threading.Event()
+    step = -(-len(todo) // class_folders.threads_for(len(todo), threads))
 
-    def write_chunk(n: int) -> None:
-        with reader.open() as images_read:
-            for filename, synset, offset, size in chunks[n]:
-                if stop.is_set():
-                    return
-                data = images_read.read(filename, offset, size)
-                where = f"{reader.where} member {filename}"
-                images.check_complete(data, images.probe(data, where), where)  # an image, and whole
-                store.write_into(f"{root}/{synset}", filename, data)
-                done[n] += 1
+    def members(part: Sequence[tuple[str, str, int, int]]) -> Iterator[class_folders.Member]:
+        for filename, synset, offset, size in part:
+            yield f"{root}/{synset}", filename, offset, size, f"{reader.where} member {filename}"
 
-    with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-        futures = [pool.submit(write_chunk, n) for n in range(len(chunks))]
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                progress(sum(done))
-                for future in finished:
-                    if future.exception() is not None:
-                        raise future.exception()
-        finally:
-            stop.set()
-    return sum(done)
+    chunks = [members(todo[i : i + step]) for i in range(0, len(todo), step)]
+    return class_folders.write_members(reader, root, chunks, progress)
 
 
 def _in_place(target: str, size: int) -> bool:

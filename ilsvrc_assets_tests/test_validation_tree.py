@@ -4,7 +4,7 @@ import tarfile
 import pytest
 from PIL import Image
 
-from ilsvrc_assets import archives, release, validation_tree
+from ilsvrc_assets import archives, class_folders, release, validation_tree
 from ilsvrc_assets.archives import ArchiveError
 from ilsvrc_assets.sources.official import ArchiveReader
 
@@ -51,7 +51,7 @@ def test_build_sorts_images_into_synset_folders_and_reruns(small_release, tmp_pa
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_threads_write_the_same_tree_and_stop_at_a_bad_member(tmp_path, monkeypatch, threads):
-    monkeypatch.setattr(validation_tree, "IMAGES_PER_THREAD", 1)
+    monkeypatch.setattr(class_folders, "IMAGES_PER_THREAD", 1)
     labels = [release.challenge_synsets()[i % 7] for i in range(60)]
     path = tmp_path / "ILSVRC2012_img_val.tar"
     with tarfile.open(path, "w") as tar:
