@@ -246,10 +246,16 @@ def read_member(archive: Path, offset: int, size: int, name: str) -> bytes:
     """The bytes of one indexed member (one seek, one read)."""
     with open(archive, "rb") as f:
         f.seek(offset)
-        data = f.read(size)
+        return whole_member(f.read(size), size, archive.name, name, offset)
+
+
+def whole_member(data: bytes, size: int, container: str, name: str, offset: int) -> bytes:
+    """``data``, read for the member ``name`` of ``size`` bytes at ``offset`` in ``container``, if it
+    is all there; else :class:`ArchiveError` naming both (the one message of every indexed reader)."""
     if len(data) != size:
         raise ArchiveError(
-            f"{archive.name}: member {name!r} is cut short ({len(data)} of {size} bytes); the archive is truncated"
+            f"{container} member {name} is cut short ({len(data)} of {size} bytes at offset {offset}); the "
+            f"file is truncated (delete it and fetch it again) or the image index is stale"
         )
     return data
 

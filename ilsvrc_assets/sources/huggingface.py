@@ -250,12 +250,7 @@ class GzipTarReading:
             raise ArchiveError(str(e)) from None
         except OSError as e:
             raise ArchiveError(f"{gz}: cannot read member {name} ({e})") from None
-        if len(data) != size:
-            raise ArchiveError(
-                f"{gz.name} member {name} is cut short ({len(data)} of {size} bytes at offset {at}); the "
-                f"file is truncated (delete it and fetch it again) or the image index is stale"
-            )
-        return data
+        return archives.whole_member(data, size, gz.name, name, at)
 
     def __enter__(self) -> GzipTarReading:
         return self

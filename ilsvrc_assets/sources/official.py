@@ -371,13 +371,7 @@ class ArchiveReading:
 
     def read(self, name: str, offset: int, size: int) -> bytes:
         self.file.seek(offset)
-        data = self.file.read(size)
-        if len(data) != size:
-            raise archives.ArchiveError(
-                f"{self.path.name} member {name} is cut short ({len(data)} of {size} bytes at offset "
-                f"{offset}); the archive is truncated (delete it and fetch it again) or the image index is stale"
-            )
-        return data
+        return archives.whole_member(self.file.read(size), size, self.path.name, name, offset)
 
     def __enter__(self) -> ArchiveReading:
         return self
