@@ -149,6 +149,18 @@ def build_all(settings: Settings, instance: DagsterInstance):
     return run_stages(build_definitions(settings), instance, log_level="WARNING", echo=lambda _m: None)
 
 
+def build_in_new_instance(root: Path, local_dir: Path, source: str, **settings: object):
+    """All stages from ``local_dir`` read as ``source``, into ``root/data`` with a Dagster instance of
+    its own in ``root/dagster_home``: (settings, results, failed)."""
+    from dagster import DagsterInstance
+
+    built = make_settings(root / "data", local_dir, source=source, **settings)
+    (root / "dagster_home").mkdir()
+    with DagsterInstance.local_temp(str(root / "dagster_home")) as instance:
+        results, failed = build_all(built, instance)
+    return built, results, failed
+
+
 def run_job(
     settings: Settings, instance: DagsterInstance, job: str, assets: list[str] | None = None, tags=None
 ):

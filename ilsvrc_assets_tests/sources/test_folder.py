@@ -19,6 +19,7 @@ from ilsvrc_assets.sources import SourceError, folder
 from ilsvrc_assets_tests.helpers import (
     BOX_KEYS,
     assert_synsets_as_official_but_the_devkit_ids,
+    build_in_new_instance,
     check_records,
     evaluations,
     golden_values,
@@ -45,16 +46,7 @@ def folder_copy(sample_release, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def folder_build(folder_copy, tmp_path_factory):
     """The whole graph built from the folder, without boxes, once for the module."""
-    from dagster import DagsterInstance
-
-    from ilsvrc_assets_tests.helpers import build_all
-
-    root = tmp_path_factory.mktemp("folder-build")
-    settings = make_settings(root / "data", folder_copy, source="folder")
-    (root / "dagster_home").mkdir()
-    with DagsterInstance.local_temp(str(root / "dagster_home")) as instance:
-        results, failed = build_all(settings, instance)
-    return settings, results, failed
+    return build_in_new_instance(tmp_path_factory.mktemp("folder-build"), folder_copy, "folder")
 
 
 def test_without_boxes_the_box_check_warns_and_the_build_goes_on(folder_build):

@@ -22,7 +22,7 @@ from ilsvrc_assets.sources import huggingface as hf
 from ilsvrc_assets_tests.helpers import (
     HubServer,
     assert_synsets_as_official_but_the_devkit_ids,
-    build_all,
+    build_in_new_instance,
     make_settings,
     rgb_jpeg,
 )
@@ -42,14 +42,7 @@ def hf_copy(sample_release: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def hf_build(hf_copy: Path, tmp_path_factory: pytest.TempPathFactory):
     """The whole graph built from ``hf_copy`` with ``ILSVRC_SOURCE=huggingface`` (no boxes):
     (settings, results, failed)."""
-    from dagster import DagsterInstance
-
-    root = tmp_path_factory.mktemp("hf-build")
-    settings = make_settings(root / "data", hf_copy, source="huggingface")
-    (root / "dagster_home").mkdir()
-    with DagsterInstance.local_temp(str(root / "dagster_home")) as instance:
-        results, failed = build_all(settings, instance)
-        yield settings, results, failed
+    return build_in_new_instance(tmp_path_factory.mktemp("hf-build"), hf_copy, "huggingface")
 
 
 def _records(path: Path) -> list[dict[str, bytes]]:

@@ -16,6 +16,7 @@ from ilsvrc_assets.sample import kaggle as kaggle_layout
 from ilsvrc_assets.sources import SourceError, kaggle, trees
 from ilsvrc_assets_tests.helpers import (
     assert_synsets_as_official_but_the_devkit_ids,
+    build_in_new_instance,
     check_records,
     evaluations,
     golden_values,
@@ -42,16 +43,7 @@ def kaggle_copy(sample_release, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def kaggle_build(kaggle_copy, tmp_path_factory):
     """The whole graph built from the Kaggle zip, once for the module: (settings, results, failed)."""
-    from dagster import DagsterInstance
-
-    from ilsvrc_assets_tests.helpers import build_all
-
-    root = tmp_path_factory.mktemp("kaggle-build")
-    settings = make_settings(root / "data", kaggle_copy, source="kaggle")
-    (root / "dagster_home").mkdir()
-    with DagsterInstance.local_temp(str(root / "dagster_home")) as instance:
-        results, failed = build_all(settings, instance)
-    return settings, results, failed
+    return build_in_new_instance(tmp_path_factory.mktemp("kaggle-build"), kaggle_copy, "kaggle")
 
 
 def test_the_kaggle_zip_builds_the_official_builds_outputs_byte_for_byte(kaggle_build, sample_release):
