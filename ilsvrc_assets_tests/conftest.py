@@ -25,6 +25,27 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return cores + cores // 2
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "long(seconds): a test file that takes minutes (whole builds, servers, a browser), about this "
+        "long on 2 busy cores; the longest start first",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files marked ``long`` first, longest first; the rest after them, in the random order
+    pytest-randomly gave them (it shuffles before this hook runs; the sort is stable). xdist hands the
+    files to workers in this order, so no worker starts a build of several minutes when the others
+    are nearly done (a random order left one running 8 minutes alone)."""
+
+    def seconds(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("long")
+        return mark.kwargs.get("seconds", 60) if mark else 0
+
+    items.sort(key=seconds, reverse=True)
+
+
 @pytest.fixture(scope="session")
 def sample_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default built-in sample: five archives in the official layout plus MD5SUMS."""

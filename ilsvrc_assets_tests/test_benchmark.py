@@ -12,7 +12,11 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from ilsvrc_assets import benchmark
+
+pytestmark = pytest.mark.long(seconds=450)  # conftest: the long files start first
 
 NUMBER = r"[\d,]+(?:\.\d+)?"
 MAIN_COMMAND_ROW = re.compile(rf"^{re.escape(benchmark.MAIN_COMMAND)} ", re.MULTILINE)

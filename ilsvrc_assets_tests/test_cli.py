@@ -9,12 +9,15 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from ilsvrc_assets import cli, fileio, release
 from ilsvrc_assets.definitions import JOB_NAMES, build_definitions
 from ilsvrc_assets_tests.helpers import variant_release
+
+pytestmark = pytest.mark.long(seconds=400)  # conftest: the long files start first
 
 
 def _run(args, env, cwd):

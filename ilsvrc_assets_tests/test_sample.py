@@ -24,6 +24,8 @@ from PIL import Image
 from ilsvrc_assets import fileio, release, sample
 from ilsvrc_assets.sample import SampleSpec
 
+pytestmark = pytest.mark.long(seconds=190)  # conftest: the long files start first
+
 DEFAULT = SampleSpec()
 # Small and quick, for the tests that generate more than once.
 SMALL = SampleSpec(seed=7, train_images_per_synset=(1, 1), image_size=(8, 16), jpeg_quality=50)
@@ -34,11 +36,11 @@ TRAIN_NAME = re.compile(r"^(n\d{8})_([1-9]\d*)\.JPEG$")
 
 
 @pytest.fixture(scope="module")
-def release_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = tmp_path_factory.mktemp("sample") / "release"
-    md5s = sample.write_release(dest, DEFAULT)
-    assert set(md5s) == {a.name for a in release.ARCHIVES}
-    return dest
+def release_dir(sample_release: Path) -> Path:
+    """The session's default sample (``sample.ensure_sample``, which writes it with
+    ``sample.write_release``): generating it again here would cost a worker half a minute."""
+    assert sample.is_complete(sample_release, DEFAULT)
+    return sample_release
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from ilsvrc_assets import archives, fileio, images, release, synsets, train_tree
 from ilsvrc_assets.sources import from_settings
 from ilsvrc_assets_tests.helpers import differing, final_files, kill_when, make_settings, temp_files
 
+pytestmark = pytest.mark.long(seconds=100)  # conftest: the long files start first
+
 # torchvision.datasets.folder (0.29): the extensions ImageFolder accepts, matched case-insensitively
 # on the end of the whole path.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

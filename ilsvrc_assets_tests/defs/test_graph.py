@@ -18,6 +18,8 @@ from ilsvrc_assets.formats.tfrecord import INDEX
 from ilsvrc_assets.sources.official import ArchiveReader
 from ilsvrc_assets_tests.helpers import ALL_CHECKS, build_all, evaluations, run_job
 
+pytestmark = pytest.mark.long(seconds=300)  # conftest: the long files start first
+
 
 @pytest.fixture(scope="module")
 def built(built_sample_graph):

@@ -12,11 +12,14 @@ import io
 import tarfile
 from pathlib import Path
 
+import pytest
 from dagster import DagsterInstance
 
 from ilsvrc_assets import release, validation_tree
 from ilsvrc_assets.bounding_boxes import read_table
 from ilsvrc_assets_tests.helpers import ALL_CHECKS, build_all, evaluations, make_settings
+
+pytestmark = pytest.mark.long(seconds=135)  # conftest: the long files start first
 
 
 def _members(path: Path, mode: str) -> list[tuple[tarfile.TarInfo, bytes]]:

@@ -32,6 +32,8 @@ from ilsvrc_assets import cli
 from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.definitions import left_out
 
+pytestmark = pytest.mark.long(seconds=230)  # conftest: the long files start first
+
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "deploy" / "profiles"
 BACKFILL_TIMEOUT = 300  # seconds; the daemon's backfill loop wakes every 30 s

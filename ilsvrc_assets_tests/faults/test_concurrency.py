@@ -12,12 +12,15 @@ import sys
 import textwrap
 import time
 
+import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from ilsvrc_assets import fileio
 from ilsvrc_assets.cli import EXIT_BUSY, failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets_tests.helpers import build_env, kill_when, make_settings, run_job, temp_files
+
+pytestmark = pytest.mark.long(seconds=90)  # conftest: the long files start first
 
 
 def _step_failure(result) -> str:

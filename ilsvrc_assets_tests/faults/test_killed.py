@@ -14,6 +14,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from ilsvrc_assets import download, release
 from ilsvrc_assets_tests.helpers import (
     build_env,
@@ -24,6 +26,8 @@ from ilsvrc_assets_tests.helpers import (
     start_build,
     temp_files,
 )
+
+pytestmark = pytest.mark.long(seconds=250)  # conftest: the long files start first
 
 
 def _files_in(tree: Path) -> int:

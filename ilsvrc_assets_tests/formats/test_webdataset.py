@@ -40,6 +40,8 @@ from ilsvrc_assets.sources import from_settings
 from ilsvrc_assets.sources.official import ArchiveReader
 from ilsvrc_assets_tests.helpers import evaluations, gray_jpeg, rgb_jpeg, run_job, temp_files
 
+pytestmark = pytest.mark.long(seconds=250)  # conftest: the long files start first
+
 wds = pytest.importorskip("webdataset")
 
 README = Path(__file__).parents[2] / "README.md"

@@ -32,6 +32,8 @@ from ilsvrc_assets_tests.helpers import (
     write_folder_copy,
 )
 
+pytestmark = pytest.mark.long(seconds=180)  # conftest: the long files start first
+
 
 def say(_message: str) -> None:
     pass

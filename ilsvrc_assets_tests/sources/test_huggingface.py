@@ -27,6 +27,8 @@ from ilsvrc_assets_tests.helpers import (
     rgb_jpeg,
 )
 
+pytestmark = pytest.mark.long(seconds=500)  # conftest: the long files start first
+
 TOKEN = "hf_Tk93-never-shown-anywhere"
 
 

@@ -29,6 +29,8 @@ from ilsvrc_assets_tests.helpers import (
     write_kaggle_zip,
 )
 
+pytestmark = pytest.mark.long(seconds=300)  # conftest: the long files start first
+
 
 def say(_message: str) -> None:
     pass

@@ -25,6 +25,8 @@ from ilsvrc_assets_tests.ui import asset_pages
 from ilsvrc_assets_tests.ui.browser import Chromium, find_chromium
 from ilsvrc_assets_tests.ui.dagster_dev import PROJECT_ROOT, DagsterDev
 
+pytestmark = pytest.mark.long(seconds=450)  # conftest: the long files start first
+
 BACKFILL_TIMEOUT = 10 * 60  # the daemon looks at backfills every 30 s; a loaded machine is slow
 PAGE_TIMEOUT = 60
 SCREENSHOT = PROJECT_ROOT / "docs" / "lineage.png"
