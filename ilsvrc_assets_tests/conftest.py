@@ -37,7 +37,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The files marked ``long`` first, longest first; the rest after them, in the random order
     pytest-randomly gave them (it shuffles before this hook runs; the sort is stable). xdist hands the
     files to workers in this order, so no worker starts a build of several minutes when the others
-    are nearly done (a random order left one running 8 minutes alone)."""
+    are nearly done (a random order left one running 8 minutes alone). ``--no-loadscope-reorder`` (in
+    addopts) keeps xdist from re-sorting the files by their number of tests."""
 
     def seconds(item: pytest.Item) -> float:
         mark = item.get_closest_marker("long")
