@@ -535,6 +535,25 @@ def test_spec_is_validated(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_images_encoded_on_several_cores_are_the_bytes_of_one() -> None:
+    """The processes that encode the images in parallel change no byte, nor the order."""
+    from ilsvrc_assets.sample.plan import _plan
+    from ilsvrc_assets.sample.render import encoded_batches
+
+    spec = SampleSpec(seed=11, image_size=(8, 24), photo_train_size=(16, 32))
+    plan = _plan(spec)
+    train_images = [image for wnid in plan.synset_order for image in plan.train[wnid]]
+    # Every kind of image (PNG, CMYK, grayscale, RGB), in more batches than are in flight at once.
+    chosen = [i for i in train_images + plan.validation if i.kind != "rgb"] + plan.validation[:300]
+    batches = [chosen[i : i + 37] for i in range(0, len(chosen), 37)]
+    kinds = Counter(image.kind for image in chosen)
+    for train in (False, True):
+        one = list(encoded_batches(spec, batches, train, processes=1))
+        assert list(encoded_batches(spec, batches, train, processes=2)) == one
+        assert [len(b) for b in one] == [len(b) for b in batches]
+    assert set(kinds) == {"rgb", "gray", "png", "cmyk"}, kinds
+
+
 def test_describe_names_the_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         sample.describe(tmp_path)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from ilsvrc_assets import fileio, release
 from ilsvrc_assets.sample.plan import ODDITIES, _box, _Image, _inside, _Object, _plan, reference_kept_boxes
-from ilsvrc_assets.sample.render import DEMO_EVAL, DEVKIT_README, _meta_mat, _Renderer, _xml
+from ilsvrc_assets.sample.render import DEMO_EVAL, DEVKIT_README, _meta_mat, _xml, encoded_batches
 from ilsvrc_assets.sample.spec import SAMPLE_VERSION, SampleSpec
 from ilsvrc_assets.sample.tars import TAR_FORMAT, TAR_MTIME, _add, _add_dir, _tar_writer, _Written
 
@@ -66,12 +66,16 @@ class SampleError(RuntimeError):
     """The sample cannot be generated or cached where asked; the message says what to do."""
 
 
-def _inner_tar(images: Sequence[_Image], renderer: _Renderer) -> bytes:
+def _inner_tar(images: Sequence[_Image], encoded: Sequence[bytes]) -> bytes:
     buffer = io.BytesIO()  # one synset's inner tar is small (a few KB per image): in memory is fine
     with tarfile.open(fileobj=buffer, mode="w", format=TAR_FORMAT) as inner:
-        for image in images:
-            _add(inner, image.filename, renderer.encode(image, train=True))
+        for image, data in zip(images, encoded, strict=True):
+            _add(inner, image.filename, data)
     return buffer.getvalue()
+
+
+# Validation images are encoded in batches of this many (one task for an encoding process).
+_VALIDATION_BATCH = 500
 
 
 def write_release(
@@ -92,7 +96,6 @@ def write_release(
     dest.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     plan = _plan(spec)
-    renderer = _Renderer(spec)
     written: dict[str, _Written] = {}
     done: list[_Written] = []
 
@@ -103,15 +106,20 @@ def write_release(
     num_train = sum(len(images) for images in plan.train.values())
     say(f"sample: writing {release.IMG_TRAIN.name} ({num_train:,} images in {len(plan.train):,} inner tars)")
     with _tar_writer(dest / release.IMG_TRAIN.name, False, done) as tar:
-        for wnid in plan.synset_order:
-            _add(tar, f"{wnid}.tar", _inner_tar(plan.train[wnid], renderer))
+        synsets = (plan.train[wnid] for wnid in plan.synset_order)  # one batch per synset
+        for wnid, encoded in zip(plan.synset_order, encoded_batches(spec, synsets, train=True), strict=True):
+            _add(tar, f"{wnid}.tar", _inner_tar(plan.train[wnid], encoded))
     finish(release.IMG_TRAIN.name)
 
     say(f"sample: writing {release.IMG_VAL.name} ({len(plan.validation):,} images)")
     with _tar_writer(dest / release.IMG_VAL.name, False, done) as tar:
-        for count, number in enumerate(plan.validation_order, start=1):
-            image = plan.validation[number - 1]
-            _add(tar, image.filename, renderer.encode(image))
+        order = [plan.validation[number - 1] for number in plan.validation_order]
+        batches = [order[i : i + _VALIDATION_BATCH] for i in range(0, len(order), _VALIDATION_BATCH)]
+        count = 0
+        for batch, encoded in zip(batches, encoded_batches(spec, batches, train=False), strict=True):
+            for image, data in zip(batch, encoded, strict=True):
+                _add(tar, image.filename, data)
+            count += len(batch)
             if count % 10_000 == 0:
                 say(f"sample: {count:,} of {len(plan.validation):,} validation images")
     finish(release.IMG_VAL.name)

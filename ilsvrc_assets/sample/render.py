@@ -7,7 +7,11 @@ Every output is a function of the plan and the spec alone: no time, host or user
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from xml.sax.saxutils import escape
 
 from PIL import Image
@@ -74,6 +78,55 @@ class _Renderer:
         else:
             picture.save(out, format="JPEG", quality=self.quality)
         return out.getvalue()
+
+
+# --- Encoding many images on every core --------------------------------------------------------
+
+_worker_renderer: _Renderer | None = None  # in an encoding process: its renderer, made once
+
+
+def _start_worker(spec: SampleSpec) -> None:
+    global _worker_renderer
+    _worker_renderer = _Renderer(spec)
+
+
+def _encode_batch(images: Sequence[_Image], train: bool) -> list[bytes]:
+    assert _worker_renderer is not None
+    return [_worker_renderer.encode(image, train) for image in images]
+
+
+def encoded_batches(
+    spec: SampleSpec, batches: Iterable[Sequence[_Image]], train: bool, processes: int | None = None
+) -> Iterator[list[bytes]]:
+    """The encoded bytes of each batch of images, batch by batch, in order, encoded on every core.
+
+    An image's bytes are a function of the spec and the image alone, so the processes that encode
+    them (spawned, each with its own renderer) change no byte. At most a few batches per process are
+    in flight, so memory stays flat however many images there are. With one core, no process is started.
+    """
+    processes = processes or len(os.sched_getaffinity(0))
+    if processes <= 1:
+        renderer = _Renderer(spec)
+        for batch in batches:
+            yield [renderer.encode(image, train) for image in batch]
+        return
+    with ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(spec,),
+    ) as pool:
+        pending: deque[Future[list[bytes]]] = deque()
+        try:
+            for batch in batches:
+                pending.append(pool.submit(_encode_batch, list(batch), train))
+                if len(pending) >= 4 * processes:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _photo_texture(spec: SampleSpec) -> Image.Image:
