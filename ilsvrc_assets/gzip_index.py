@@ -138,6 +138,48 @@ def _shifted(data: bytes, shift: int) -> bytes:
     return out.astype(np.uint8).tobytes()
 
 
+class _Inflating:
+    """A decompression in progress from a seek point: the output position it has reached, and more of
+    it on demand, reading the compressed file a chunk at a time."""
+
+    CHUNK = 1 << 18  # compressed bytes read at a time
+
+    def __init__(self, fd: int, at: int, shift: int, inflate: zlib._Decompress, position: int) -> None:
+        self.fd = fd
+        self.started_at = at + 1 if shift else at  # the seek point's byte, for messages
+        self.at = at  # the next compressed byte to read (with ``shift``: the byte before it, too)
+        self.shift = shift  # bits of each byte that belong to the byte before (0: none)
+        self.inflate = inflate
+        self.position = position  # offset in the decompressed stream of the next byte out
+        self.ended = False
+
+    def take(self, size: int) -> bytes:
+        """The next ``size`` bytes of output (fewer only at the end of the stream)."""
+        parts = []
+        while size > 0 and not self.ended:
+            feed = self.inflate.unconsumed_tail
+            if not feed:
+                data = os.pread(self.fd, self.CHUNK, self.at)
+                if len(data) <= (1 if self.shift else 0):
+                    self.ended = True
+                    break
+                # A shifted chunk ends one byte short: its last byte is read again with the next chunk.
+                self.at += len(data) - 1 if self.shift else len(data)
+                feed = _shifted(data, self.shift)
+            out = self.inflate.decompress(feed, size)
+            self.position += len(out)
+            size -= len(out)
+            parts.append(out)
+            if self.inflate.eof:
+                self.ended = True
+        return b"".join(parts)
+
+    def skip(self, size: int) -> None:
+        """Decompress and drop the next ``size`` bytes, a bounded piece at a time."""
+        while size > 0 and not self.ended:
+            size -= len(self.take(min(size, 1 << 20)))
+
+
 class GzipIndex:
     """Reads byte ranges of a gzip file's decompressed stream through its saved seek-point index.
 
@@ -148,6 +190,7 @@ class GzipIndex:
         self.path = path
         self.index_path = index_path
         self._points = _read_points(index_path)
+        self._stream: _Inflating | None = None  # the decompression the last read left off in
         self._gz = open(path, "rb")
         self._index = open(index_path, "rb")
         if os.fstat(self._gz.fileno()).st_size != self._points.compressed_size:
@@ -158,39 +201,52 @@ class GzipIndex:
             )
 
     def read(self, offset: int, size: int) -> bytes:
-        """``size`` bytes of the decompressed stream from ``offset``; fewer only past its end."""
+        """``size`` bytes of the decompressed stream from ``offset``; fewer only past its end.
+
+        A read at or after the end of the previous one, before the next seek point, continues the
+        previous decompression instead of starting again from a point: reading members in archive
+        order (a tree, a contiguous run of members) is then one pass over the stream, not one
+        decompression of up to ``SPACING`` bytes per member.
+        """
         points = self._points
         i = bisect.bisect_right(points.uncompressed, offset) - 1
+        stream = self._stream
+        point = points.uncompressed[i] if i >= 0 else 0
+        if stream is None or not point <= stream.position <= offset or stream.ended:
+            stream = self._stream = self._start_at(i, offset)
+        try:
+            stream.skip(offset - stream.position)
+            return stream.take(size)
+        except zlib.error as e:
+            self._stream = None
+            raise GzipIndexError(
+                f"{self.path.name}: cannot decompress from byte {stream.started_at:,} ({e}); the file is "
+                f"damaged or not the one indexed: delete it, fetch it again and materialise the image "
+                f"index again"
+            ) from None
+
+    def _start_at(self, i: int, offset: int) -> _Inflating:
+        """A decompression from seek point ``i`` (from the start of the file if ``i`` < 0)."""
+        points = self._points
         if i < 0:  # no point before it (a small file has none): from the start, gzip header and all
-            start, bits, window, skip, wbits = 0, 0, b"", offset, zlib.MAX_WBITS | 16
-        else:
-            start, bits, skip, wbits = (
-                points.compressed[i],
-                points.bits[i],
-                offset - points.uncompressed[i],
-                -zlib.MAX_WBITS,
-            )
-            window = b""
-            if points.window_at[i] >= 0:
-                window = os.pread(self._index.fileno(), points.window_size, points.window_at[i])
-        wanted = skip + size
-        at = start - 1 if bits else start
-        chunk = wanted + (wanted >> 3) + 65536  # deflate's worst case is a few bytes per 64 KiB more
-        while True:
-            data = os.pread(self._gz.fileno(), chunk, at)
-            stream = _shifted(data, 8 - bits) if bits else data
-            inflate = zlib.decompressobj(wbits, zdict=window) if window else zlib.decompressobj(wbits)
-            try:
-                out = inflate.decompress(stream, wanted)
-            except zlib.error as e:
-                raise GzipIndexError(
-                    f"{self.path.name}: cannot decompress from byte {start:,} ({e}); the file is damaged or "
-                    f"not the one indexed: delete it, fetch it again and materialise the image index again"
-                ) from None
-            if len(out) >= wanted or inflate.eof or len(data) < chunk:
-                break
-            chunk *= 2  # compressed more loosely than expected: read further
-        return out[skip:wanted]
+            return _Inflating(self._gz.fileno(), 0, 0, zlib.decompressobj(zlib.MAX_WBITS | 16), 0)
+        window = b""
+        if points.window_at[i] >= 0:
+            window = os.pread(self._index.fileno(), points.window_size, points.window_at[i])
+        inflate = (
+            zlib.decompressobj(-zlib.MAX_WBITS, zdict=window)
+            if window
+            else zlib.decompressobj(-zlib.MAX_WBITS)
+        )
+        start, bits = points.compressed[i], points.bits[i]
+        # A point inside a byte: its bits start in the byte before, shifted (zlib's inflatePrime).
+        return _Inflating(
+            self._gz.fileno(),
+            start - 1 if bits else start,
+            8 - bits if bits else 0,
+            inflate,
+            points.uncompressed[i],
+        )
 
     def close(self) -> None:
         self._gz.close()

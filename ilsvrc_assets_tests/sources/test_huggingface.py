@@ -320,7 +320,24 @@ def test_a_seek_point_index_reads_any_member_of_a_large_stream(tmp_path):
     gz = write_gz_tar(tmp_path / "big.tar.gz", members)
     listed = []
     gzip_index.index_gzip_tar(gz, tmp_path / "big.gzidx", listed.append)
+    assert [m.name for m in listed] == [name for name, _ in members]
+    expected = {m.offset: data for m, (_, data) in zip(listed, members)}
     with gzip_index.GzipIndex(gz, tmp_path / "big.gzidx") as index:
-        assert len(index._points.compressed) > 3 and any(index._points.bits)
-        for member, (name, data) in zip(listed, members):
-            assert member.name == name and index.read(member.offset, member.size) == data
+        points = len(index._points.compressed)
+        assert points > 3 and any(index._points.bits)
+        started = []
+        start_at = index._start_at
+        index._start_at = lambda i, offset: started.append(i) or start_at(i, offset)
+        # In archive order (a tree, a run of members): one pass, a decompression started at most
+        # once per seek point, where it is cheaper than going on.
+        for member in listed:
+            assert index.read(member.offset, member.size) == expected[member.offset]
+        assert len(started) <= points + 1, started
+        # Backwards and at random: each read from the nearest point before it.
+        order = list(reversed(listed)) + [listed[i] for i in rng.permutation(len(listed))]
+        for member in order:
+            assert index.read(member.offset, member.size) == expected[member.offset], member.name
+        # Part of a member, and past the end of the stream.
+        last = listed[-1]
+        assert index.read(last.offset + 5, 10) == expected[last.offset][5:15]
+        assert index.read(last.offset + last.size + 10_000_000, 10) == b""
