@@ -3,6 +3,7 @@ from it once, and settings for a private output folder. The plain helpers are in
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Callable
@@ -48,13 +49,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def sample_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default built-in sample: five archives in the official layout plus MD5SUMS."""
+def sample_release(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The default built-in sample: five archives in the official layout plus MD5SUMS, read-only.
+
+    One for the whole session: the xdist workers share the folder above their own temporary folders,
+    and the first to ask generates it while the others wait on a lock (each generating its own cost
+    a core-minute per worker)."""
     from ilsvrc_assets import sample
 
     cache = os.environ.get("ILSVRC_TEST_SAMPLE_CACHE")  # reuse across local test sessions if set
-    folder = Path(cache) if cache else tmp_path_factory.mktemp("sample") / "release"
-    return sample.ensure_sample(folder)
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # xdist: .../pytest-N/popen-gwK is this worker's; .../pytest-N is shared
+        shared = shared.parent
+    folder = Path(cache) if cache else shared / "sample-release"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        return sample.ensure_sample(folder)
 
 
 @pytest.fixture(scope="session")

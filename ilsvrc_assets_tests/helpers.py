@@ -142,11 +142,15 @@ OPT_IN_CHECKS = {
 
 
 def build_all(settings: Settings, instance: DagsterInstance):
-    """All stages; returns (results, failed)."""
+    """All stages, as ``ilsvrc-assets build`` runs them: one pool of record workers for the whole build
+    (each step would otherwise start its own, and each worker loads TensorFlow); returns (results, failed)."""
     from ilsvrc_assets.cli import run_stages
     from ilsvrc_assets.definitions import build_definitions
+    from ilsvrc_assets.record_workers import RecordWorkers
 
-    return run_stages(build_definitions(settings), instance, log_level="WARNING", echo=lambda _m: None)
+    with RecordWorkers(settings.workers) as workers:
+        definitions = build_definitions(settings, record_workers=workers)
+        return run_stages(definitions, instance, log_level="WARNING", echo=lambda _m: None)
 
 
 def build_in_new_instance(root: Path, local_dir: Path, source: str, **settings: object):
@@ -164,16 +168,19 @@ def build_in_new_instance(root: Path, local_dir: Path, source: str, **settings: 
 def run_job(
     settings: Settings, instance: DagsterInstance, job: str, assets: list[str] | None = None, tags=None
 ):
-    """One job of the code location (optionally a subset of its assets), not raising on failure."""
+    """One job of the code location (optionally a subset of its assets), not raising on failure. Its
+    steps share one pool of record workers, started only if one of them needs it (as in ``build_all``)."""
     from dagster import AssetKey
 
     from ilsvrc_assets.definitions import build_definitions
+    from ilsvrc_assets.record_workers import RecordWorkers
 
-    definitions = build_definitions(settings)
-    selection = [AssetKey(a) for a in assets] if assets else None
-    return definitions.resolve_job_def(job).execute_in_process(
-        instance=instance, raise_on_error=False, asset_selection=selection, tags=tags or {}
-    )
+    with RecordWorkers(settings.workers, eager=False) as workers:
+        definitions = build_definitions(settings, record_workers=workers)
+        selection = [AssetKey(a) for a in assets] if assets else None
+        return definitions.resolve_job_def(job).execute_in_process(
+            instance=instance, raise_on_error=False, asset_selection=selection, tags=tags or {}
+        )
 
 
 def evaluations(*results) -> dict[str, object]:
