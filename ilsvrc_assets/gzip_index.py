@@ -213,7 +213,7 @@ class GzipIndex:
         stream = self._stream
         point = points.uncompressed[i] if i >= 0 else 0
         if stream is None or not point <= stream.position <= offset or stream.ended:
-            stream = self._stream = self._start_at(i, offset)
+            stream = self._stream = self._start_at(i)
         try:
             stream.skip(offset - stream.position)
             return stream.take(size)
@@ -225,7 +225,7 @@ class GzipIndex:
                 f"index again"
             ) from None
 
-    def _start_at(self, i: int, offset: int) -> _Inflating:
+    def _start_at(self, i: int) -> _Inflating:
         """A decompression from seek point ``i`` (from the start of the file if ``i`` < 0)."""
         points = self._points
         if i < 0:  # no point before it (a small file has none): from the start, gzip header and all

@@ -120,7 +120,7 @@ def write_release(
             for image, data in zip(batch, encoded, strict=True):
                 _add(tar, image.filename, data)
             count += len(batch)
-            if count % 10_000 == 0:
+            if count // 10_000 > (count - len(batch)) // 10_000:  # a multiple of 10,000 passed
                 say(f"sample: {count:,} of {len(plan.validation):,} validation images")
     finish(release.IMG_VAL.name)
 
