@@ -282,13 +282,7 @@ def make_train_tree(settings: Settings, source: ImageSource, log: Log = quiet) -
     previews.write_all(shown, previews.folder_for(settings.data_dir, "train_tree"))
     return Made(
         settings.train_dir,
-        {
-            "images": stats.images,
-            "written": stats.written,
-            "already_in_place": stats.skipped,
-            "removed_misplaced": stats.removed,
-            "bytes": stats.bytes,
-        },
+        stats.metadata(),
         previews=shown,
     )
 

@@ -35,6 +35,16 @@ class TreeStats:
     removed: int  # files that did not belong and were deleted
     bytes: int  # total size of the images in the tree
 
+    def metadata(self) -> dict[str, int]:
+        """What a class-folder tree's asset shows about its build (the validation and training trees)."""
+        return {
+            "images": self.images,
+            "written": self.written,
+            "already_in_place": self.skipped,
+            "removed_misplaced": self.removed,
+            "bytes": self.bytes,
+        }
+
 
 def build(
     reader: ImageReader,
@@ -205,13 +215,7 @@ def make_validation_tree(settings: Settings, source: ImageSource, log: Log = qui
     previews.write_all(shown, previews.folder_for(settings.data_dir, "validation_tree"))
     return Made(
         settings.validation_dir,
-        {
-            "images": stats.images,
-            "written": stats.written,
-            "already_in_place": stats.skipped,
-            "removed_misplaced": stats.removed,
-            "bytes": stats.bytes,
-        },
+        stats.metadata(),
         previews=shown,
     )
 
