@@ -13,11 +13,13 @@ Nothing here imports TensorFlow or pandas at run time: the jobs travel to worker
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
 import random
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -103,6 +105,55 @@ def _default_key(image: Any) -> tuple[str, int, str]:
     return filename_sort_key(image if isinstance(image, str) else image.filename)
 
 
+def shuffled_order(
+    images: Sequence[T],
+    seed: int = release.SHUFFLE_SEED,
+    key: Callable[[T], Hashable] | None = None,
+) -> list[int]:
+    """The positions of ``images`` in shard order: sorted by ``key`` (default
+    :func:`filename_sort_key` of the file name, or of the ``filename`` attribute), then shuffled as
+    a whole with ``random.Random(seed)``. Positions, not the images, are sorted and shuffled (the
+    shuffle's swaps depend on the count only), so a whole split costs one list of ints.
+
+    Two images with the same key would make the order depend on the input: ValueError.
+    """
+    if key is None and all(isinstance(image, str) for image in images):
+        key = filename_sort_key  # file names, as the plan passes them: no per-image type test
+    sort_key = key or _default_key
+    with _collector_paused():
+        keys = [sort_key(image) for image in images]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    for a, b in itertools.pairwise(order):
+        if keys[a] == keys[b]:
+            raise ValueError(
+                f"two images have the same sort key {keys[a]!r}; the shard assignment would depend on input order"
+            )
+    random.Random(seed).shuffle(order)
+    return order
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Cyclic garbage collection paused while a split's worth of small objects is made: they hold
+    no cycles, and each collection would scan them all again (more than half of planning 1.28
+    million images)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def shard_bounds(count: int, num_shards: int) -> list[int]:
+    """Where each shard's piece of the shuffled order starts (and, last, where the last one ends):
+    ``floor(i * count / num_shards)``, so sizes differ by at most one."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be at least 1, not {num_shards}")
+    return [i * count // num_shards for i in range(num_shards + 1)]
+
+
 def assign_to_shards(
     images: Sequence[T],
     num_shards: int,
@@ -117,19 +168,8 @@ def assign_to_shards(
     are empty when there are fewer images than shards). Two images with the same key would make
     the order depend on the input, so that raises ValueError.
     """
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be at least 1, not {num_shards}")
-    sort_key = key or _default_key
-    keyed = sorted(((sort_key(image), i) for i, image in enumerate(images)), key=lambda pair: pair[0])
-    for (a, _), (b, _) in itertools.pairwise(keyed):
-        if a == b:
-            raise ValueError(
-                f"two images have the same sort key {a!r}; the shard assignment would depend on input order"
-            )
-    ordered = [images[i] for _, i in keyed]
-    random.Random(seed).shuffle(ordered)
-    n = len(ordered)
-    bounds = [i * n // num_shards for i in range(num_shards + 1)]
+    bounds = shard_bounds(len(images), num_shards)
+    ordered = [images[i] for i in shuffled_order(images, seed, key)]
     return [ordered[bounds[i] : bounds[i + 1]] for i in range(num_shards)]
 
 
@@ -148,41 +188,47 @@ def plan_split(
     """The shard jobs of a split (only those named in ``wanted``, default all), by shard name.
 
     Each shard's file is ``out_dir / record_format.file_name(name)`` (default: the default format's).
+    The index is read by position (its columns as lists), and a record is made only for the shards
+    wanted.
     """
     record_format = record_format or formats.by_name(formats.DEFAULT)
-    labels = dict(zip(synset_table["wnid"], synset_table["label"]))
-    texts = dict(zip(synset_table["wnid"], synset_table["text"]))
-    rows = {
-        f: (s, int(o), int(n))
-        for f, s, o, n in zip(index["filename"], index["synset"], index["offset"], index["size"])
-    }
-    assignment = assign_to_shards(list(rows), num_shards, seed=seed)
+    label_of = {wnid: int(label) for wnid, label in zip(synset_table["wnid"], synset_table["label"])}
+    text_of = dict(zip(synset_table["wnid"], synset_table["text"]))
+    filenames = index["filename"].tolist()
+    synset_column = index["synset"].tolist()
+    offsets = index["offset"].tolist()
+    sizes = index["size"].tolist()
+    bounds = shard_bounds(len(filenames), num_shards)
+    order = shuffled_order(filenames, seed)
     names = release.shard_names(split, num_shards)
     wanted_set = set(names if wanted is None else wanted)
     if unknown := wanted_set - set(names):
         raise ValueError(
             f"not shards of this plan ({num_shards} {split} shards): {', '.join(sorted(unknown)[:5])}"
         )
+    boxes_of = boxes_by_image.get
     jobs = {}
-    for name, filenames in zip(names, assignment):
-        if name not in wanted_set:
-            continue
-        records = []
-        for filename in filenames:
-            synset, offset, size = rows[filename]
-            records.append(
-                RecordSource(
-                    filename=filename,
-                    synset=synset,
-                    label=int(labels[synset]),
-                    text=texts[synset],
-                    offset=offset,
-                    size=size,
-                    boxes=tuple(tuple(b) for b in boxes_by_image.get(filename, ())),
+    with _collector_paused():  # a whole split's records are made here
+        for i, name in enumerate(names):
+            if name not in wanted_set:
+                continue
+            records = []
+            for at in order[bounds[i] : bounds[i + 1]]:
+                filename, synset = filenames[at], synset_column[at]
+                boxes = boxes_of(filename)
+                records.append(
+                    RecordSource(
+                        filename,
+                        synset,
+                        label_of[synset],
+                        text_of[synset],
+                        int(offsets[at]),
+                        int(sizes[at]),
+                        tuple(tuple(b) for b in boxes) if boxes else (),
+                    )
                 )
-            )
-        path = out_dir / record_format.file_name(name)
-        jobs[name] = ShardJob(name=name, path=path, reader=reader, records=tuple(records))
+            path = out_dir / record_format.file_name(name)
+            jobs[name] = ShardJob(name=name, path=path, reader=reader, records=tuple(records))
     return jobs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -169,6 +170,22 @@ def test_plan_of_wanted_shards_only() -> None:
     assert _plan(_index(), wanted=wanted) == {name: everything[name] for name in wanted}
     with pytest.raises(ValueError, match=r"not shards of this plan \(4 train shards\): train-00004-of-00004"):
         _plan(_index(), wanted=["train-00004-of-00004", "train-00000-of-00004"])
+
+
+def test_planning_leaves_the_garbage_collector_as_it_found_it() -> None:
+    # The planner pauses it while it makes a split's records, and must hand it back either way.
+    assert gc.isenabled()
+    _plan(_index())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _plan(_index())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError, match="the same sort key"):
+        _plan(pd.concat([_index(), _index().head(1)]))
+    assert gc.isenabled()
 
 
 # --- fingerprint -----------------------------------------------------------------------------
