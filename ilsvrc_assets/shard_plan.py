@@ -173,6 +173,82 @@ def assign_to_shards(
     return [ordered[bounds[i] : bounds[i + 1]] for i in range(num_shards)]
 
 
+class SplitPlan:
+    """Which images go into which shard of a split, kept as positions into the index's columns;
+    a shard's :class:`ShardJob` (its records) is made only when asked for (:meth:`job`), so a
+    writer can hold one shard's records at a time, never the whole split's.
+
+    Each shard's file is ``out_dir / record_format.file_name(name)`` (default: the default format's).
+    """
+
+    def __init__(
+        self,
+        split: str,
+        index: pd.DataFrame,
+        synset_table: pd.DataFrame,
+        boxes_by_image: Mapping[str, Sequence[Box]],
+        reader: ImageReader,
+        out_dir: Path,
+        num_shards: int,
+        seed: int = release.SHUFFLE_SEED,
+        record_format: formats.RecordFormat | None = None,
+    ) -> None:
+        self.record_format = record_format or formats.by_name(formats.DEFAULT)
+        self.reader, self.out_dir = reader, out_dir
+        self._label = {wnid: int(label) for wnid, label in zip(synset_table["wnid"], synset_table["label"])}
+        self._text = dict(zip(synset_table["wnid"], synset_table["text"]))
+        self._boxes = boxes_by_image
+        self._filenames = index["filename"].tolist()
+        self._synsets = index["synset"].tolist()
+        self._offsets = index["offset"].tolist()
+        self._sizes = index["size"].tolist()
+        self._bounds = shard_bounds(len(self._filenames), num_shards)
+        self._order = shuffled_order(self._filenames, seed)
+        self.split, self.num_shards = split, num_shards
+        self.names = release.shard_names(split, num_shards)
+        self._shard = {name: i for i, name in enumerate(self.names)}
+
+    def check(self, names: Iterable[str]) -> None:
+        """ValueError naming those of ``names`` that are not shards of this plan."""
+        if unknown := set(names) - set(self._shard):
+            raise ValueError(
+                f"not shards of this plan ({self.num_shards} {self.split} shards): "
+                f"{', '.join(sorted(unknown)[:5])}"
+            )
+
+    def _positions(self, name: str) -> list[int]:
+        i = self._shard[name]
+        return self._order[self._bounds[i] : self._bounds[i + 1]]
+
+    def count(self, name: str) -> int:
+        """How many images shard ``name`` holds."""
+        i = self._shard[name]
+        return self._bounds[i + 1] - self._bounds[i]
+
+    def job(self, name: str) -> ShardJob:
+        """Shard ``name``'s job: its file, its reader and its records in order."""
+        filenames, synsets, offsets, sizes = self._filenames, self._synsets, self._offsets, self._sizes
+        label, text, boxes_of = self._label, self._text, self._boxes.get
+        records = []
+        with _collector_paused():  # a whole split's records may be made in a row
+            for at in self._positions(name):
+                filename, synset = filenames[at], synsets[at]
+                boxes = boxes_of(filename)
+                records.append(
+                    RecordSource(
+                        filename,
+                        synset,
+                        label[synset],
+                        text[synset],
+                        int(offsets[at]),
+                        int(sizes[at]),
+                        tuple(tuple(b) for b in boxes) if boxes else (),
+                    )
+                )
+        path = self.out_dir / self.record_format.file_name(name)
+        return ShardJob(name=name, path=path, reader=self.reader, records=tuple(records))
+
+
 def plan_split(
     split: str,
     index: pd.DataFrame,
@@ -185,51 +261,15 @@ def plan_split(
     seed: int = release.SHUFFLE_SEED,
     record_format: formats.RecordFormat | None = None,
 ) -> dict[str, ShardJob]:
-    """The shard jobs of a split (only those named in ``wanted``, default all), by shard name.
-
-    Each shard's file is ``out_dir / record_format.file_name(name)`` (default: the default format's).
-    The index is read by position (its columns as lists), and a record is made only for the shards
-    wanted.
-    """
-    record_format = record_format or formats.by_name(formats.DEFAULT)
-    label_of = {wnid: int(label) for wnid, label in zip(synset_table["wnid"], synset_table["label"])}
-    text_of = dict(zip(synset_table["wnid"], synset_table["text"]))
-    filenames = index["filename"].tolist()
-    synset_column = index["synset"].tolist()
-    offsets = index["offset"].tolist()
-    sizes = index["size"].tolist()
-    bounds = shard_bounds(len(filenames), num_shards)
-    order = shuffled_order(filenames, seed)
-    names = release.shard_names(split, num_shards)
-    wanted_set = set(names if wanted is None else wanted)
-    if unknown := wanted_set - set(names):
-        raise ValueError(
-            f"not shards of this plan ({num_shards} {split} shards): {', '.join(sorted(unknown)[:5])}"
-        )
-    boxes_of = boxes_by_image.get
-    jobs = {}
-    with _collector_paused():  # a whole split's records are made here
-        for i, name in enumerate(names):
-            if name not in wanted_set:
-                continue
-            records = []
-            for at in order[bounds[i] : bounds[i + 1]]:
-                filename, synset = filenames[at], synset_column[at]
-                boxes = boxes_of(filename)
-                records.append(
-                    RecordSource(
-                        filename,
-                        synset,
-                        label_of[synset],
-                        text_of[synset],
-                        int(offsets[at]),
-                        int(sizes[at]),
-                        tuple(tuple(b) for b in boxes) if boxes else (),
-                    )
-                )
-            path = out_dir / record_format.file_name(name)
-            jobs[name] = ShardJob(name=name, path=path, reader=reader, records=tuple(records))
-    return jobs
+    """The shard jobs of a split (only those named in ``wanted``, default all), by shard name, all
+    made at once (:class:`SplitPlan` makes them one at a time)."""
+    plan = SplitPlan(
+        split, index, synset_table, boxes_by_image, reader, out_dir, num_shards, seed, record_format
+    )
+    wanted = plan.names if wanted is None else list(wanted)
+    plan.check(wanted)
+    wanted_set = set(wanted)
+    return {name: plan.job(name) for name in plan.names if name in wanted_set}
 
 
 def fingerprint(job: ShardJob, archive_version: str) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, as_completed
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,59 +116,75 @@ def publish_companion(companion: Companion, shard_path: Path, data: bytes) -> Co
 
 
 def write_shards(
-    jobs: Sequence[ShardJob],
+    jobs: Iterable[ShardJob],
     record_format: RecordFormat,
     workers: RecordWorkers,
     on_done: Callable[[ShardStats], None] | None = None,
+    space_checked: bool = False,
 ) -> list[ShardStats]:
     """Write many shards in ``record_format`` with the caller's ``workers``; return their stats in job order.
 
     Each worker loads TensorFlow once and writes many shards; the calling process never imports it.
-    ``on_done(stats)`` is called in this process as each shard finishes. On the first failure
-    the shards not yet started are cancelled, those already being written are let finish (and
-    reported to ``on_done``, so their work is kept), and the failure is raised as a
+    ``jobs`` may be made lazily (a :class:`~ilsvrc_assets.shard_plan.SplitPlan`'s, one by one): a
+    few per worker are taken ahead of those being written, never all, so a split's records are
+    not all in memory at once. The free space for all of them is checked first, unless the caller
+    did (``space_checked``). ``on_done(stats)`` is called in this process as each shard finishes.
+    On the first failure no further shard is started, those already being written are let finish
+    (and reported to ``on_done``, so their work is kept), and the failure is raised as a
     :class:`ShardError` naming the shard.
     """
-    if not jobs:
-        return []
-    for folder in sorted({Path(job.path).parent for job in jobs}):
-        here = [job for job in jobs if Path(job.path).parent == folder]
-        fileio.require_free_space(
-            folder,
-            sum(record_format.space_needed(job) for job in here),
-            len(here),
-            f"writing {len(here)} shard{'s' if len(here) > 1 else ''} ({here[0].name} ...)",
-        )
-    results: list[ShardStats | None] = [None] * len(jobs)
+    if not space_checked:
+        jobs = list(jobs)
+        for folder in sorted({Path(job.path).parent for job in jobs}):
+            here = [job for job in jobs if Path(job.path).parent == folder]
+            require_space(
+                folder, sum(record_format.space_needed(job) for job in here), [j.name for j in here]
+            )
+    ahead = 2 * workers.processes + 1
+    upcoming = iter(enumerate(jobs))
+    results: dict[int, ShardStats] = {}
     failure: BaseException | None = None
-    index_of: dict[Future[ShardStats], int] = {}
+    pending: dict[Future[ShardStats], tuple[int, ShardJob]] = {}
     try:
-        for i, job in enumerate(jobs):
-            index_of[workers.submit(write_shard, job, record_format)] = i
-        # as_completed waits on each future once; wait(FIRST_COMPLETED) in a loop would hook
-        # every pending future again on each pass, O(shards^2) work in this process.
-        for future in as_completed(index_of):
-            if future.cancelled():
-                continue
-            job = jobs[index_of[future]]
-            error = future.exception()
-            if error is None:
-                stats = future.result()
-                results[index_of[future]] = stats
-                try:
-                    if on_done is not None:
-                        on_done(stats)
-                except Exception as e:
-                    error = e
-            if error is not None and failure is None:
-                failure = error if isinstance(error, ShardError) else _named(job, error)
-                for other in index_of:
-                    other.cancel()  # only shards not yet started can be cancelled
+        while True:
+            while failure is None and len(pending) < ahead and (nxt := next(upcoming, None)) is not None:
+                pending[workers.submit(write_shard, nxt[1], record_format)] = nxt
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)  # a few futures: cheap to wait on
+            for future in finished:
+                i, job = pending.pop(future)
+                if future.cancelled():
+                    continue
+                error = future.exception()
+                if error is None:
+                    stats = results[i] = future.result()
+                    try:
+                        if on_done is not None:
+                            on_done(stats)
+                    except Exception as e:
+                        error = e
+                if error is not None and failure is None:
+                    failure = error if isinstance(error, ShardError) else _named(job, error)
+                    for other in pending:
+                        other.cancel()  # only shards not yet started can be cancelled
     finally:
-        workers.finish(index_of)
+        workers.finish(pending)
     if failure is not None:
         raise failure
-    return [r for r in results if r is not None]
+    return [results[i] for i in sorted(results)]
+
+
+def require_space(folder: Path, needed: int, names: Sequence[str]) -> None:
+    """Refuse up front (naming what and how much) when ``folder`` has no room for ``needed`` bytes
+    of the shards ``names``."""
+    if names:
+        fileio.require_free_space(
+            folder,
+            needed,
+            len(names),
+            f"writing {len(names)} shard{'s' if len(names) > 1 else ''} ({names[0]} ...)",
+        )
 
 
 def _named(job: ShardJob, error: BaseException) -> ShardError:
@@ -232,7 +248,7 @@ def write_split_shards(
     _, _, num_shards = release.parse_shard_name(wanted[0])
     table = bounding_boxes.read_table(settings.bounding_boxes_parquet)
     index = archives.read_index(settings.image_index(split))
-    jobs = shard_plan.plan_split(
+    plan = shard_plan.SplitPlan(
         split,
         index,
         synsets.read_synsets(settings.synsets_csv),
@@ -240,19 +256,25 @@ def write_split_shards(
         reader,
         folder,
         num_shards,
-        wanted=wanted,
         record_format=record_format,
     )
+    plan.check(wanted)
     # Each format's bookkeeping apart: its shards have the same names as the TFRecords'.
     state = record_format.asset_suffix
-    jobs = {name: replace(job, lock=settings.lock_path(f"{state}/{name}")) for name, job in jobs.items()}
+
+    def job_for(name: str) -> ShardJob:  # made when needed, one shard's records at a time
+        return replace(plan.job(name), lock=settings.lock_path(f"{state}/{name}"))
+
     version = reader.version(ChecksumCache(settings.checksum_cache_json))
     ledger = shard_plan.ShardLedger(settings.state_dir / state)
-    fingerprints = {name: shard_plan.fingerprint(job, version) for name, job in jobs.items()}
-    to_write = []
+    fingerprints: dict[str, str] = {}
+    to_write: list[str] = []
+    space = 0
     converted: set[str] = set()
     for name in wanted:
-        stats = ledger.reusable(jobs[name], fingerprints[name])
+        job = job_for(name)
+        fingerprints[name] = shard_plan.fingerprint(job, version)
+        stats = ledger.reusable(job, fingerprints[name])
         if stats is not None and (again := _companions_again(stats, record_format)) != stats:
             if again is not None:
                 ledger.record(again, fingerprints[name])
@@ -260,7 +282,8 @@ def write_split_shards(
                 log(f"{name}: unchanged, its {', '.join(made)} made again from it")
             stats = again
         if stats is None:
-            to_write.append(jobs[name])
+            to_write.append(name)
+            space += record_format.space_needed(job)
         else:
             converted.update(stats.converted)
             if on_shard:
@@ -270,7 +293,8 @@ def write_split_shards(
         f"{split}: {len(to_write)} of {len(wanted)} shards to write "
         f"({reused} unchanged since an earlier run) with {workers.processes} workers"
     )
-    progress = Progress(f"{split} shards", sum(len(job.records) for job in to_write), "images", log)
+    require_space(folder, space, to_write)
+    progress = Progress(f"{split} shards", sum(plan.count(name) for name in to_write), "images", log)
     written_records = 0
 
     def done(stats: ShardStats) -> None:
@@ -282,11 +306,13 @@ def write_split_shards(
         written_records += stats.records
         progress.update(written_records)
 
-    write_shards(to_write, record_format, workers, on_done=done)
+    write_shards(
+        (job_for(name) for name in to_write), record_format, workers, on_done=done, space_checked=True
+    )
     shown = shard_previews.for_shards(
         split,
-        {name: len(jobs[name].records) for name in wanted},
-        jobs[wanted[0]].path,
+        {name: plan.count(name) for name in wanted},
+        folder / record_format.file_name(wanted[0]),
         sorted(converted),
         index,
         reader,

@@ -19,6 +19,7 @@ from ilsvrc_assets.shard_plan import (
     ShardJob,
     ShardLedger,
     ShardStats,
+    SplitPlan,
     assign_to_shards,
     filename_sort_key,
     fingerprint,
@@ -170,6 +171,18 @@ def test_plan_of_wanted_shards_only() -> None:
     assert _plan(_index(), wanted=wanted) == {name: everything[name] for name in wanted}
     with pytest.raises(ValueError, match=r"not shards of this plan \(4 train shards\): train-00004-of-00004"):
         _plan(_index(), wanted=["train-00004-of-00004", "train-00000-of-00004"])
+
+
+def test_split_plan_makes_each_job_when_asked_as_plan_split_makes_them_all() -> None:
+    plan = SplitPlan(
+        "train", _index(), SYNSET_TABLE, BOXES, ArchiveReader(Path("archive.tar")), Path("out"), 5
+    )
+    everything = _plan(_index(), num_shards=5)
+    assert plan.names == list(everything)
+    assert {name: plan.job(name) for name in reversed(plan.names)} == everything
+    assert [plan.count(name) for name in plan.names] == [len(job.records) for job in everything.values()]
+    with pytest.raises(ValueError, match=r"not shards of this plan \(5 train shards\): train-00005-of-00005"):
+        plan.check(["train-00001-of-00005", "train-00005-of-00005"])
 
 
 def test_planning_leaves_the_garbage_collector_as_it_found_it() -> None:

@@ -243,6 +243,33 @@ def test_write_shards_of_nothing_starts_no_worker() -> None:
     assert repr(workers) == "RecordWorkers(4, not started)"
 
 
+def test_write_shards_takes_lazy_jobs_a_few_ahead_and_returns_them_in_order(archive, tmp_path: Path) -> None:
+    path, sources, _ = archive
+    drawn = 0
+    ahead = []
+
+    def jobs() -> Iterator[ShardJob]:  # as a SplitPlan's are made: one at a time, when asked for
+        nonlocal drawn
+        for i in range(12):
+            drawn += 1
+            yield ShardJob(
+                f"train-{i:05d}-of-00012", tmp_path / f"s{i}", ArchiveReader(path), (sources[i % 4],)
+            )
+
+    done: list[str] = []
+
+    def on_done(stats: ShardStats) -> None:
+        done.append(stats.name)
+        ahead.append(drawn - len(done))
+
+    with RecordWorkers(1) as workers:
+        stats = write_shards(jobs(), TFRECORD, workers, on_done=on_done, space_checked=True)
+    assert [s.name for s in stats] == [f"train-{i:05d}-of-00012" for i in range(12)]
+    assert sorted(done) == [s.name for s in stats] and all(s.records == 1 for s in stats)
+    assert max(ahead) <= 3, ahead  # 2 x workers + 1 taken ahead of what is finished, never all 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"s{i}" for i in range(12))
+
+
 # --- reading damaged shards back -------------------------------------------------------------
 
 
