@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ilsvrc_assets import release
+from ilsvrc_assets import release, shard_plan
 from ilsvrc_assets.shard_plan import (
     CompanionStats,
     RecordSource,
@@ -183,6 +183,40 @@ def test_split_plan_makes_each_job_when_asked_as_plan_split_makes_them_all() -> 
     assert [plan.count(name) for name in plan.names] == [len(job.records) for job in everything.values()]
     with pytest.raises(ValueError, match=r"not shards of this plan \(5 train shards\): train-00005-of-00005"):
         plan.check(["train-00001-of-00005", "train-00005-of-00005"])
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        # The usual names, sorted on whole columns: ties of number broken by the whole name, text
+        # compared by code point (upper before lower, accents after), numbers as numbers.
+        [
+            "a_01.JPEG",
+            "a_1.JPEG",
+            "a_1.png",
+            "a_10.JPEG",
+            "a_9.JPEG",
+            "B_2.JPEG",
+            "é_1.JPEG",
+            "a.b_3.JPEG",
+            "a_1.x_y",
+            "_5.JPEG",
+            "a_2.",
+        ],
+        ["ILSVRC2012_val_00000010.JPEG", "ILSVRC2012_val_00000002.JPEG", "ILSVRC2012_val_00000001.JPEG"],
+        # Names outside the pattern make the planner sort one by one, in the same order.
+        ["a_1.JPEG", "a_2", "a_x.JPEG", "a_1.tar.gz", "a_²1.JPEG", "noscore.JPEG", "a_" + "9" * 25 + ".JPEG"],
+    ],
+)
+def test_plan_orders_any_names_as_filename_sort_key_does(names: list[str]) -> None:
+    index = pd.DataFrame(
+        {"filename": names, "synset": WNIDS[0], "offset": range(len(names)), "size": 1}
+    ).astype({"filename": "string", "synset": "string"})  # as archives.read_index gives them
+    plan = SplitPlan("train", index, SYNSET_TABLE, {}, ArchiveReader(Path("archive.tar")), Path("out"), 2)
+    expected = assign_to_shards(names, 2)
+    # The first two lists take the column path, the last the one-by-one path.
+    assert (shard_plan._sorted_positions(index["filename"]) is None) == ("noscore.JPEG" in names)
+    assert [[r.filename for r in plan.job(name).records] for name in plan.names] == expected
 
 
 def test_planning_leaves_the_garbage_collector_as_it_found_it() -> None:
