@@ -1,0 +1,111 @@
+"""Every output format from one independent stand-in: a copy written here by hand, file by file (not by
+the sample generator), in the extracted-folder layout, built with ``ILSVRC_FORMATS=tfrecord,webdataset,
+imagefolder``, then read by the readers users run: NVIDIA DALI through our index files, the
+``webdataset`` library, and the training tree as ``ImageFolder`` lays it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+import pytest
+
+from ilsvrc_assets import bounding_boxes, formats, image_index, release, shards, synsets, train_tree
+from ilsvrc_assets import settings as settings_module
+from ilsvrc_assets.record_workers import RecordWorkers
+from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.sources import folder
+from ilsvrc_assets_tests.helpers import (
+    TinyImage,
+    make_settings,
+    records_by_dali,
+    records_by_tensorflow,
+    tiny_images,
+    write_folder_copy,
+)
+
+dali = pytest.importorskip("nvidia.dali")
+wds = pytest.importorskip("webdataset")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[TinyImage]]:
+    """One training image per synset (RGB, grayscale, CMYK and PNG) and three validation images,
+    written by hand; every stage and every format built from them."""
+    tmp = tmp_path_factory.mktemp("every-format")
+    shipped = release.validation_synsets()  # a flat val/: its labels are the shipped file's
+    copy = [
+        i if i.split == "train" else replace(i, synset=shipped[release.validation_number(i.filename) - 1])
+        for i in tiny_images(list(release.challenge_synsets()))
+    ]
+    root = write_folder_copy(tmp / "copy", copy)
+    chosen = settings_module.load({"ILSVRC_FORMATS": "tfrecord,webdataset,imagefolder"}).formats
+    settings = make_settings(
+        tmp / "data",
+        root,
+        source="folder",
+        formats=chosen,
+        num_shards={"train": 3, "validation": 2},
+        webdataset_shards={"train": 2, "validation": 1},
+    )
+    source = folder.FolderSource(root)
+    synsets.make_synsets(settings, source)
+    synsets.make_validation_labels(settings, source)
+    image_index.make_train_images(settings, source)
+    image_index.make_validation_images(settings, source)
+    bounding_boxes.make_bounding_boxes(settings, source)
+    with RecordWorkers(2) as workers:
+        for name in settings.formats:
+            if name == "imagefolder":
+                train_tree.make_train_tree(settings, source)
+                continue
+            for split in release.SPLITS:
+                shards.write_split_shards(
+                    settings, split, source, workers, record_format=formats.by_name(name)
+                )
+    return settings, copy
+
+
+@pytest.mark.parametrize("split", release.SPLITS)
+def test_dali_reads_every_record_with_our_index_files(built, split: str) -> None:
+    settings, copy = built
+    paths = [settings.tfrecords_dir / n for n in settings.shard_names(split)]
+    expected = records_by_tensorflow(paths)
+    assert sorted(name for name, *_ in expected) == sorted(i.filename for i in copy if i.split == split)
+    assert records_by_dali(paths) == expected  # count, order, labels, image bytes, decoded sizes
+
+
+@pytest.mark.parametrize("split", release.SPLITS)
+def test_webdataset_reads_every_sample_as_the_tfrecords_hold_it(built, split: str) -> None:
+    settings, copy = built
+    tars = [
+        str(settings.data_dir / "webdataset" / formats.by_name("webdataset").file_name(n))
+        for n in settings.shard_names(split, "webdataset")
+    ]
+    samples = list(wds.WebDataset(tars, shardshuffle=False).to_tuple("__key__", "jpg", "cls", "json"))
+    tfrecords = [settings.tfrecords_dir / n for n in settings.shard_names(split)]
+    records = records_by_tensorflow(tfrecords)  # the same shuffle, cut into other shard counts
+    sorted_wnids = sorted(release.challenge_synsets())
+    synset_of = {i.filename: i.synset for i in copy}
+    assert len(samples) == len(records) == sum(i.split == split for i in copy)
+    for (key, jpg, cls, meta), (filename, label, md5, _shape) in zip(samples, records):
+        assert key + ".JPEG" == filename
+        assert int(cls) == label - 1 == sorted_wnids.index(synset_of[filename])  # 0-based, sorted WNIDs
+        assert json.loads(meta)["wnid"] == synset_of[filename]
+        assert hashlib.md5(jpg).hexdigest() == md5  # the TFRecord's image bytes
+    if split == "train":
+        assert {int(cls) for _, _, cls, _ in samples} == set(range(1000))
+
+
+def test_the_training_tree_has_every_image_once_in_its_synset_folder(built) -> None:
+    settings, copy = built
+    found = sorted(
+        p.relative_to(settings.train_dir).as_posix() for p in settings.train_dir.rglob("*") if p.is_file()
+    )
+    train = [i for i in copy if i.split == "train"]
+    assert found == sorted(f"{i.synset}/{i.filename}" for i in train)
+    for image in train:
+        assert (settings.train_dir / image.synset / image.filename).read_bytes() == image.data
+    assert sorted(p.name for p in settings.train_dir.iterdir()) == sorted(release.challenge_synsets())
