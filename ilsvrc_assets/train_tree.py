@@ -30,11 +30,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ilsvrc_assets import archives, class_folders, fileio, previews, synsets
-from ilsvrc_assets.progress import Progress
+from ilsvrc_assets import archives, class_folders, fileio, synsets
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
-from ilsvrc_assets.validation_tree import TreeStats
+from ilsvrc_assets.validation_tree import TreeStats, make_class_tree
 
 if TYPE_CHECKING:
     from ilsvrc_assets.sources import ImageReader, ImageSource
@@ -266,25 +265,7 @@ def make_train_tree(settings: Settings, source: ImageSource, log: Log = quiet) -
     Needs ``train_images``. Held under the tree's lock: a second run at once would delete this
     one's temporary files.
     """
-    index = archives.read_index(settings.image_index("train"))
-    progress = Progress("train tree", len(index), "images", log)
-    with fileio.exclusive(settings.lock_path("train_tree"), f"train_tree in {settings.data_dir}"):
-        stats = build(
-            source.image_reader("train", log),
-            index,
-            settings.train_dir,
-            lambda done, _total: progress.update(done),
-            threads=settings.workers,
-        )
-    shown = previews.for_validation_tree(
-        settings.train_dir, synsets.read_synsets(settings.synsets_csv), name="train_classes"
-    )
-    previews.write_all(shown, previews.folder_for(settings.data_dir, "train_tree"))
-    return Made(
-        settings.train_dir,
-        stats.metadata(),
-        previews=shown,
-    )
+    return make_class_tree(settings, source, "train", settings.train_dir, build, log, "train_classes")
 
 
 def train_tree_verdict(settings: Settings) -> Verdict:

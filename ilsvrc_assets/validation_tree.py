@@ -201,23 +201,38 @@ def make_validation_tree(settings: Settings, source: ImageSource, log: Log = qui
     Needs ``validation_images``. Held under the tree's lock: a second run at once would delete
     this one's temporary files.
     """
-    index = archives.read_index(settings.image_index("validation"))
-    progress = Progress("validation tree", len(index), "images", log)
-    with fileio.exclusive(settings.lock_path("validation_tree"), f"validation_tree in {settings.data_dir}"):
-        stats = build(
-            source.image_reader("validation", log),
+    return make_class_tree(settings, source, "validation", settings.validation_dir, build, log)
+
+
+def make_class_tree(
+    settings: Settings,
+    source: ImageSource,
+    split: str,
+    dest: Path,
+    build_tree: Callable[..., TreeStats],
+    log: Log = quiet,
+    preview_name: str | None = None,
+) -> Made:
+    """The stage of a class-folder tree of ``split`` (``<split>_tree``: this module's, and
+    ``train_tree``'s): ``build_tree`` writes the split's indexed images into ``dest`` under the
+    stage's lock, with progress; then the tree's previews and metadata."""
+    stage = f"{split}_tree"
+    index = archives.read_index(settings.image_index(split))
+    progress = Progress(f"{split} tree", len(index), "images", log)
+    with fileio.exclusive(settings.lock_path(stage), f"{stage} in {settings.data_dir}"):
+        stats = build_tree(
+            source.image_reader(split, log),
             index,
-            settings.validation_dir,
+            dest,
             lambda done, _total: progress.update(done),
             threads=settings.workers,
         )
-    shown = previews.for_validation_tree(settings.validation_dir, synsets.read_synsets(settings.synsets_csv))
-    previews.write_all(shown, previews.folder_for(settings.data_dir, "validation_tree"))
-    return Made(
-        settings.validation_dir,
-        stats.metadata(),
-        previews=shown,
+    synset_table = synsets.read_synsets(settings.synsets_csv)
+    shown = previews.for_validation_tree(
+        dest, synset_table, **({"name": preview_name} if preview_name else {})
     )
+    previews.write_all(shown, previews.folder_for(settings.data_dir, stage))
+    return Made(dest, stats.metadata(), previews=shown)
 
 
 def validation_tree_verdict(settings: Settings) -> Verdict:
