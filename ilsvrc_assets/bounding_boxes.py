@@ -39,8 +39,9 @@ from ilsvrc_assets.box_rules import (
     table_of_files,
     typed,
 )
-from ilsvrc_assets.box_workers import Helpers, Parsed, gc_paused, parse_batch
+from ilsvrc_assets.box_workers import Helpers, Parsed, parse_batch
 from ilsvrc_assets.box_xml import MAX_XML_BYTES, Annotation, BoundingBoxError, parse_annotation
+from ilsvrc_assets.collector import gc_paused
 from ilsvrc_assets.settings import ENV_BOXES_DIR, Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
-from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 
 from ilsvrc_assets.box_xml import Box, parse_annotation_values
 
@@ -61,7 +59,7 @@ class Helpers:
         try:
             if self.pool is None:
                 # spawn, not fork: forking a process that runs threads (as Dagster does) can
-                # deadlock. gc.disable: see gc_paused.
+                # deadlock. gc.disable: see collector.gc_paused.
                 context = multiprocessing.get_context("spawn")
                 self.pool = ProcessPoolExecutor(self.size, mp_context=context, initializer=gc.disable)
                 # A helper takes about a second to start and import pandas and lxml; batches
@@ -93,21 +91,3 @@ class Helpers:
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for a block, then back as it was.
-
-    Reading an archive allocates tens of millions of short-lived objects (lxml proxies, dicts,
-    tuples) and keeps about a million, none in reference cycles: the collector finds nothing to
-    free but, triggered over and over, costs seconds (measured: 5 s of 23 s on 544,546 files).
-    Reference counting still frees everything as usual.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()

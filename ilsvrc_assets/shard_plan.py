@@ -13,18 +13,17 @@ Nothing here imports TensorFlow or pandas at run time: the jobs travel to worker
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import itertools
 import json
 import random
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ilsvrc_assets import fileio, formats, release
+from ilsvrc_assets.collector import gc_paused
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,10 +116,8 @@ def shuffled_order(
 
     Two images with the same key would make the order depend on the input: ValueError.
     """
-    if key is None and all(isinstance(image, str) for image in images):
-        key = filename_sort_key  # file names, as the plan passes them: no per-image type test
     sort_key = key or _default_key
-    with _collector_paused():
+    with gc_paused():
         keys = [sort_key(image) for image in images]
     order = sorted(range(len(keys)), key=keys.__getitem__)
     for a, b in itertools.pairwise(order):
@@ -130,20 +127,6 @@ def shuffled_order(
             )
     random.Random(seed).shuffle(order)
     return order
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Cyclic garbage collection paused while a split's worth of small objects is made: they hold
-    no cycles, and each collection would scan them all again (more than half of planning 1.28
-    million images)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 # '<prefix>_<number>.<ext>', split as filename_sort_key splits it (ASCII digits, at most 18).
@@ -277,7 +260,7 @@ class SplitPlan:
         offsets, sizes = self._offsets, self._sizes
         label, text, boxes_of = self._label, self._text, self._boxes.get
         records = []
-        with _collector_paused():  # a whole split's records may be made in a row
+        with gc_paused():  # a whole split's records may be made in a row
             for at in self._positions(name):
                 filename, synset = filenames[at], names[codes[at]]
                 boxes = boxes_of(filename)
@@ -296,27 +279,14 @@ class SplitPlan:
         return ShardJob(name=name, path=path, reader=self.reader, records=tuple(records))
 
 
-def plan_split(
-    split: str,
-    index: pd.DataFrame,
-    synset_table: pd.DataFrame,
-    boxes_by_image: Mapping[str, Sequence[Box]],
-    reader: ImageReader,
-    out_dir: Path,
-    num_shards: int,
-    wanted: Iterable[str] | None = None,
-    seed: int = release.SHUFFLE_SEED,
-    record_format: formats.RecordFormat | None = None,
-) -> dict[str, ShardJob]:
+def plan_split(*plan: Any, wanted: Iterable[str] | None = None, **options: Any) -> dict[str, ShardJob]:
     """The shard jobs of a split (only those named in ``wanted``, default all), by shard name, all
-    made at once (:class:`SplitPlan` makes them one at a time)."""
-    plan = SplitPlan(
-        split, index, synset_table, boxes_by_image, reader, out_dir, num_shards, seed, record_format
-    )
-    wanted = plan.names if wanted is None else list(wanted)
-    plan.check(wanted)
+    made at once; ``plan`` and ``options`` are :class:`SplitPlan`'s (which makes them one at a time)."""
+    split_plan = SplitPlan(*plan, **options)
+    wanted = split_plan.names if wanted is None else list(wanted)
+    split_plan.check(wanted)
     wanted_set = set(wanted)
-    return {name: plan.job(name) for name in plan.names if name in wanted_set}
+    return {name: split_plan.job(name) for name in split_plan.names if name in wanted_set}
 
 
 def fingerprint(job: ShardJob, archive_version: str) -> str:
