@@ -155,6 +155,26 @@ def build_all(settings: Settings, instance: DagsterInstance):
         return run_stages(definitions, instance, log_level="WARNING", echo=lambda _m: None)
 
 
+def build_plainly(settings: Settings, source, workers: int = 1) -> None:
+    """Every stage as a plain library function, without the checks (a tiny hand-written copy fails the
+    release's counts): the inputs, then each output of ``settings.formats`` (default the TFRecords)."""
+    from ilsvrc_assets import bounding_boxes, formats, image_index, shards, synsets, train_tree
+    from ilsvrc_assets.record_workers import RecordWorkers
+
+    synsets.make_synsets(settings, source)
+    synsets.make_validation_labels(settings, source)
+    image_index.make_train_images(settings, source)
+    image_index.make_validation_images(settings, source)
+    bounding_boxes.make_bounding_boxes(settings, source)
+    with RecordWorkers(workers) as pool:
+        for name in settings.formats:
+            if name == "imagefolder":
+                train_tree.make_train_tree(settings, source)
+                continue
+            for split in release.SPLITS:
+                shards.write_split_shards(settings, split, source, pool, record_format=formats.by_name(name))
+
+
 def build_in_new_instance(root: Path, local_dir: Path, source: str, **settings: object):
     """All stages from ``local_dir`` read as ``source``, into ``root/data`` with a Dagster instance of
     its own in ``root/dagster_home``: (settings, results, failed)."""

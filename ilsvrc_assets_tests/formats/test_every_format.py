@@ -12,13 +12,13 @@ from dataclasses import replace
 
 import pytest
 
-from ilsvrc_assets import bounding_boxes, formats, image_index, release, shards, synsets, train_tree
+from ilsvrc_assets import formats, release
 from ilsvrc_assets import settings as settings_module
-from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.sources import folder
 from ilsvrc_assets_tests.helpers import (
     TinyImage,
+    build_plainly,
     make_settings,
     records_by_dali,
     records_by_tensorflow,
@@ -50,21 +50,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[Tiny
         num_shards={"train": 3, "validation": 2},
         webdataset_shards={"train": 2, "validation": 1},
     )
-    source = folder.FolderSource(root)
-    synsets.make_synsets(settings, source)
-    synsets.make_validation_labels(settings, source)
-    image_index.make_train_images(settings, source)
-    image_index.make_validation_images(settings, source)
-    bounding_boxes.make_bounding_boxes(settings, source)
-    with RecordWorkers(2) as workers:
-        for name in settings.formats:
-            if name == "imagefolder":
-                train_tree.make_train_tree(settings, source)
-                continue
-            for split in release.SPLITS:
-                shards.write_split_shards(
-                    settings, split, source, workers, record_format=formats.by_name(name)
-                )
+    build_plainly(settings, folder.FolderSource(root), workers=2)
     return settings, copy
 
 

@@ -17,6 +17,7 @@ from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.sample import folder as folder_layout
 from ilsvrc_assets.sources import SourceError, folder
 from ilsvrc_assets_tests.helpers import (
+    build_plainly,
     BOX_KEYS,
     assert_synsets_as_official_but_the_devkit_ids,
     build_in_new_instance,
@@ -169,15 +170,7 @@ def test_a_hand_written_copy_with_a_flat_val_passes_an_independent_check_of_ever
     settings = make_settings(
         tmp_path / "data", root, source="folder", num_shards={"train": 2, "validation": 1}
     )
-    source = folder.FolderSource(root)
-    synsets.make_synsets(settings, source)
-    synsets.make_validation_labels(settings, source)
-    image_index.make_train_images(settings, source)
-    image_index.make_validation_images(settings, source)
-    bounding_boxes.make_bounding_boxes(settings, source)
-    with RecordWorkers(1) as workers:
-        for split in release.SPLITS:
-            shards.write_split_shards(settings, split, source, workers)
+    build_plainly(settings, folder.FolderSource(root))
     check_records(settings.tfrecords_dir, images_)
 
 

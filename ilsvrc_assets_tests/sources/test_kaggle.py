@@ -15,6 +15,7 @@ from ilsvrc_assets import archives, bounding_boxes, fileio, image_index, release
 from ilsvrc_assets.sample import kaggle as kaggle_layout
 from ilsvrc_assets.sources import SourceError, kaggle, trees
 from ilsvrc_assets_tests.helpers import (
+    build_plainly,
     assert_synsets_as_official_but_the_devkit_ids,
     build_in_new_instance,
     check_records,
@@ -124,21 +125,6 @@ def test_the_extracted_folder_reads_as_the_zip(kaggle_copy, tmp_path):
 # --- A copy written by hand ----------------------------------------------------------------------
 
 
-def _build_plainly(settings, source) -> None:
-    """The stages up to the shards, as plain functions (no checks: a tiny copy fails the counts)."""
-    from ilsvrc_assets import shards
-    from ilsvrc_assets.record_workers import RecordWorkers
-
-    synsets.make_synsets(settings, source)
-    synsets.make_validation_labels(settings, source)
-    image_index.make_train_images(settings, source)
-    image_index.make_validation_images(settings, source)
-    bounding_boxes.make_bounding_boxes(settings, source)
-    with RecordWorkers(1) as workers:
-        for split in release.SPLITS:
-            shards.write_split_shards(settings, split, source, workers)
-
-
 def test_a_hand_written_zip_passes_an_independent_check_of_every_record(tmp_path):
     images = tiny_images(list(release.challenge_synsets()))
     # Labels of the three validation images from the CSV's first WNID, not the shipped file.
@@ -147,7 +133,7 @@ def test_a_hand_written_zip_passes_an_independent_check_of_every_record(tmp_path
     settings = make_settings(
         tmp_path / "data", path, source="kaggle", num_shards={"train": 2, "validation": 1}
     )
-    _build_plainly(settings, kaggle.KaggleSource(path))
+    build_plainly(settings, kaggle.KaggleSource(path))
     check_records(settings.tfrecords_dir, images)
     assert list(synsets.read_validation_labels(settings.validation_labels_csv)) == [
         i.synset for i in images if i.split == "validation"
