@@ -35,6 +35,7 @@ Exits 1 if a stage fails (its log is under ``<out>/logs``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ilsvrc_assets import fileio, release, sample
+from ilsvrc_assets import fileio, release, sample, versions
 from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.sources import LocalSource
@@ -208,7 +209,8 @@ def run_index_files(settings: Settings, release_dir: Path) -> float:
     from ilsvrc_assets.formats.tfrecord import INDEX, index_text, read_payload_lengths
     from ilsvrc_assets.shards import publish_companion
 
-    paths = [settings.tfrecords_dir / n for split in release.SPLITS for n in settings.shard_names(split)]
+    written = versions.judged(settings, "tfrecords")  # the version the shard row wrote
+    paths = [written / n for split in release.SPLITS for n in settings.shard_names(split)]
     lengths = [read_payload_lengths(path) for path in paths]
     started = time.perf_counter()
     for path, payloads in zip(paths, lengths, strict=True):
@@ -242,7 +244,7 @@ def run_previews(settings: Settings, release_dir: Path) -> float:
     for split in release.SPLITS:
         previews.for_image_index(index[split], split, synset_table)
         names = settings.shard_names(split)
-        first = settings.tfrecords_dir / names[0]
+        first = versions.judged(settings, "tfrecords") / names[0]
         counts = {name: 0 for name in names}  # the plot's input; its bars' heights do not change its cost
         converted = sorted(release.png_train_files() | release.cmyk_train_files()) if split == "train" else []
         present = [name for name in converted if name in set(index[split]["filename"])]
@@ -250,7 +252,17 @@ def run_previews(settings: Settings, release_dir: Path) -> float:
     previews.for_bounding_boxes(
         table, index["train"], reader["train"], index["validation"], reader["validation"]
     )
-    previews.for_validation_tree(settings.validation_dir, synset_table)
+    previews.for_validation_tree(versions.judged(settings, "validation"), synset_table)
+    return time.perf_counter() - started
+
+
+def run_publish(settings: Settings, release_dir: Path) -> float:
+    """What publishing adds (issue 14): the validation tree and the TFRecords made what readers see,
+    each with its listing (the shards' MD5s from the manifest, every other file hashed: on a first
+    publication, the whole validation tree); returns the seconds of both."""
+    started = time.perf_counter()
+    for output in ("validation_tree", "tfrecords"):
+        versions.make_published(settings, output)
     return time.perf_counter() - started
 
 
@@ -286,7 +298,8 @@ def shard_input(release_dir: Path, data_dir: Path) -> Work:
 
 def shard_files(release_dir: Path, data_dir: Path) -> Work:
     c = counts(release_dir)
-    tfrecords = data_dir / "library" / "tfrecords"
+    library = dataclasses.replace(settings_module.load({}), data_dir=data_dir / "library")
+    tfrecords = versions.judged(library, "tfrecords")  # published, or still the version written
     size = sum(p.stat().st_size for p in tfrecords.iterdir() if p.name.startswith(release.SPLITS))
     return Work(c["train_images"] + c["validation_images"], size)
 
@@ -319,6 +332,7 @@ BOXES_AT_SCALE = "bounding boxes at scale"
 DAGSTER_BUILD = "dagster build (whole graph)"
 PREVIEWS = "previews (pictures)"
 INDEX_FILES = "DALI index files"
+PUBLISH = "publish (tree, shards)"
 WRITE_SHARDS_ONE_WORKER = "write shards (1 worker)"
 WRITE_WEBDATASET = "write webdataset"
 MAIN_COMMAND = "main command, sample"
@@ -363,6 +377,7 @@ STAGES = (
     Stage(WRITE_WEBDATASET, run_webdataset, shard_input),
     Stage("manifest read-back", run_manifest, shard_files),
     Stage(PREVIEWS, run_previews, lambda r, d: Work(0, 0)),
+    Stage(PUBLISH, run_publish, lambda r, d: Work(counts(r)["validation_images"], 0)),
     Stage(DAGSTER_BUILD, None, all_archives),
     Stage(MAIN_COMMAND, None, sample_archives),
 )

@@ -26,6 +26,7 @@ from ilsvrc_assets.defs.manifest import (
     webdataset_manifest,
 )
 from ilsvrc_assets.defs.outputs import FORMAT_ASSETS, unbuilt_assets
+from ilsvrc_assets.defs.published import PUBLISHED, PUBLISHED_CHECKS
 from ilsvrc_assets.defs.record_workers import record_workers_resource
 from ilsvrc_assets.defs.resources import resources_for
 from ilsvrc_assets.defs.schedules import audit_schedule, refresh_sensor
@@ -56,9 +57,10 @@ ASSET_CHECKS = [
     # every_index_matches_its_shard
     dataset_checks,
     webdataset_checks,  # the same but every_index_matches_its_shard, on the WebDataset tars (no DALI index)
+    *PUBLISHED_CHECKS,  # matches_its_listing: what readers see is the published version, complete
 ]
 
-# Everything upstream of the shards: unpartitioned, one run.
+# Everything upstream of the shards, and the validation tree's publication: unpartitioned, one run.
 INPUTS = AssetSelection.groups("archives", "classes", "images", "validation", "boxes")
 JOB_NAMES = {
     "inputs": "prepare_inputs",
@@ -78,6 +80,9 @@ ASSET_JOBS = {
     "validation_webdataset": "write_validation_webdataset",
     "webdataset_manifest": "check_webdataset",
     "train_tree": JOB_NAMES["train_tree"],
+    "published_tfrecords": "publish_tfrecords",
+    "published_webdataset": "publish_webdataset",
+    "published_train_tree": "publish_train_tree",
 }
 
 
@@ -166,6 +171,7 @@ def build_definitions(
             train_webdataset,
             validation_webdataset,
             webdataset_manifest,
+            *PUBLISHED.values(),
         ],
         asset_checks=ASSET_CHECKS,
         jobs=[

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ilsvrc_assets import archives, fileio, formats, release, storage
+from ilsvrc_assets import archives, fileio, formats, release, storage, versions
 from ilsvrc_assets.formats import tfrecord
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.settings import Settings
@@ -375,9 +375,8 @@ def checks_for(record_format: RecordFormat) -> dict[str, str]:
     return checks
 
 
-def manifest_path(settings: Settings, record_format: RecordFormat) -> Path:
-    """``<data>/<format folder>/manifest.json`` (``settings.manifest_json`` for the TFRecords)."""
-    return settings.data_dir / record_format.folder / "manifest.json"
+MANIFEST = "manifest.json"
+"""In the shards' folder: ``<data>/tfrecords/manifest.json`` (``settings.manifest_json``)."""
 
 
 def _shard_names(settings: Settings, record_format: RecordFormat) -> dict[str, list[str]]:
@@ -396,9 +395,10 @@ def make_manifest(
     the previous manifest is not read again), and the files its readers want beside the shards
     (``RecordFormat.dataset_files``, e.g. the WebDataset's ``_info.json``)."""
     record_format = _format(record_format)
-    path = manifest_path(settings, record_format)
+    folder = versions.working(settings, record_format.folder, log)  # the shards not yet published
+    path = folder / MANIFEST
     result = build(
-        settings.data_dir / record_format.folder,
+        folder,
         _shard_names(settings, record_format),
         _expected_images(settings),
         workers=workers,
@@ -431,7 +431,8 @@ def dataset_verdicts(
     record_format: RecordFormat | None = None,
 ) -> dict[str, Verdict]:
     """The checks in ``selected`` (names of :func:`checks_for` the format), judged on the shards of
-    ``record_format`` (default: TFRecord) as they are on disk now.
+    ``record_format`` (default: TFRecord) as they are on disk now: the unpublished version while one
+    is being written, else the published one (:func:`versions.judged`).
 
     ``written``: each shard's size and MD5 when it was written; ``official``: per split, whether
     its archive is the official one; ``hash_shards``: False right after :func:`make_manifest`, whose
@@ -439,13 +440,14 @@ def dataset_verdicts(
     """
     record_format = _format(record_format)
     names = _shard_names(settings, record_format)
+    folder = versions.judged(settings, record_format.folder)
     found = audit(
-        settings.data_dir / record_format.folder,
+        folder,
         names,
         _expected_images(settings),
         written,
         workers=workers,
-        previous=read(manifest_path(settings, record_format)),
+        previous=read(folder / MANIFEST),
         hash_shards=hash_shards,
         progress=reporter("audit: read back", "changed shards", log),
         record_format=record_format,
@@ -475,7 +477,7 @@ def dataset_verdicts(
         "records_parse": lambda: Verdict(record_problems(current, "parse"), "every record parses"),
         "images_decode": lambda: Verdict(record_problems(current, "decode"), "every image decodes as JPEG"),
         "every_index_matches_its_shard": lambda: Verdict(
-            index_problems(current, settings.data_dir / record_format.folder),
+            index_problems(current, folder),
             f"all {total} DALI indexes list their shard's records",
             {"indexes": total},
         ),

@@ -40,6 +40,8 @@ ENV_WEBDATASET_VALIDATION_SHARDS = "ILSVRC_WEBDATASET_VALIDATION_SHARDS"  # defa
 ENV_FORMATS = "ILSVRC_FORMATS"  # what `ilsvrc-assets build` writes: tfrecord,webdataset,imagefolder
 ENV_WORKERS = "ILSVRC_WORKERS"  # processes for shard writing and checking; default: cores
 ENV_PARTITIONS_PER_RUN = "ILSVRC_PARTITIONS_PER_RUN"  # shards per backfill run; default: all in one
+# Published versions of each output kept (the current one included); default 1 (versions.publish).
+ENV_KEEP_VERSIONS = "ILSVRC_KEEP_VERSIONS"
 ENV_DAGSTER_HOME = "DAGSTER_HOME"  # the Dagster instance's folder; the CLI's default ./.dagster_home
 # Dagster's own: events of a partitioned step handed to the event log in batches (the CLI sets it).
 ENV_DAGSTER_EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE"
@@ -92,6 +94,9 @@ class Settings:
     webdataset_shards: Mapping[str, int] = field(
         default_factory=lambda: dict(release.DEFAULT_NUM_WEBDATASET_SHARDS)
     )
+    # Published versions kept of each output, the current one included (older ones are removed when
+    # a new one is published: ilsvrc_assets.versions).
+    keep_versions: int = 1
 
     # Output layout under data_dir, in one place.
     @property
@@ -272,6 +277,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         partitions_per_run=_int_env(environ, ENV_PARTITIONS_PER_RUN, 0) or None,
         boxes_dir=Path(boxes_dir).expanduser().absolute() if boxes_dir else None,
         formats=_formats_env(environ),
+        keep_versions=_int_env(environ, ENV_KEEP_VERSIONS, 1),
         webdataset_shards={
             "train": _int_env(
                 environ, ENV_WEBDATASET_TRAIN_SHARDS, release.DEFAULT_NUM_WEBDATASET_SHARDS["train"]

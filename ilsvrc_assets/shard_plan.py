@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import random
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -332,7 +333,8 @@ class ShardLedger:
             "companions": [
                 {
                     "kind": c.kind,
-                    "path": str(c.path),
+                    # Relative to the shard's version: the entry holds in the next version too.
+                    "path": os.path.relpath(c.path, stats.path.parent.parent),
                     "bytes": c.bytes,
                     "md5": c.md5,
                     "mtime_ns": c.path.stat().st_mtime_ns,
@@ -366,9 +368,10 @@ class ShardLedger:
             md5=entry["md5"],
             converted=tuple(entry.get("converted", ())),
             companions=tuple(
-                CompanionStats(c["kind"], Path(c["path"]), c["bytes"], c["md5"])
+                CompanionStats(c["kind"], path, c["bytes"], c["md5"])
                 for c in entry.get("companions", ())
-                if _stamp(Path(c["path"])) == (c["bytes"], c["mtime_ns"])
+                # (an absolute path, in an entry written before versions, stays as it is)
+                if _stamp(path := job.path.parent.parent / c["path"]) == (c["bytes"], c["mtime_ns"])
             ),
         )
 

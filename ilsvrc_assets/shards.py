@@ -236,10 +236,18 @@ def write_split_shards(
     machines) go ahead in parallel while a second run of the same shard is refused.
     """
     # Imported here, not at the top: the record workers import this module, and need none of these.
-    from ilsvrc_assets import archives, bounding_boxes, previews, shard_plan, shard_previews, synsets
+    from ilsvrc_assets import (
+        archives,
+        bounding_boxes,
+        previews,
+        shard_plan,
+        shard_previews,
+        synsets,
+        versions,
+    )
 
     record_format = record_format or formats.by_name(formats.DEFAULT)
-    folder = settings.data_dir / record_format.folder
+    folder = versions.working(settings, record_format.folder, log)  # published once checked
     wanted = list(settings.shard_names(split, record_format.name) if wanted is None else wanted)
     reader = source.image_reader(split, log)
     for partial in [folder, *(folder.parent / c.folder for c in record_format.companions)]:

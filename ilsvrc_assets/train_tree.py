@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ilsvrc_assets import archives, class_folders, fileio, synsets
+from ilsvrc_assets import archives, class_folders, fileio, synsets, versions
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 from ilsvrc_assets.validation_tree import TreeStats, make_class_tree
@@ -200,7 +200,10 @@ def problems(
     for name, entry in sorted(on_disk.items()):
         is_dir = entry.is_dir(follow_symlinks=False)
         folders += is_dir
-        if not (is_dir and (name in classes or name in runs)) and not fileio.is_temp_path(Path(name)):
+        # The published version's completeness marker sits at the top (ImageFolder reads folders only).
+        if (is_dir and (name in classes or name in runs)) or name in versions.MARKER_FILES:
+            continue
+        if not fileio.is_temp_path(Path(name)):
             found.add("stray", f"{name}/" if is_dir else name)
     for synset in sorted(classes | set(runs)):
         start, end = runs.get(synset, (0, 0))
@@ -265,14 +268,14 @@ def make_train_tree(settings: Settings, source: ImageSource, log: Log = quiet) -
     Needs ``train_images``. Held under the tree's lock: a second run at once would delete this
     one's temporary files.
     """
-    return make_class_tree(settings, source, "train", settings.train_dir, build, log, "train_classes")
+    return make_class_tree(settings, source, "train", build, log, "train_classes")
 
 
 def train_tree_verdict(settings: Settings) -> Verdict:
     """Check ``matches_train_index``: the tree on disk against the training image index."""
     index = archives.read_index(settings.image_index("train"))
     wnids = list(synsets.read_synsets(settings.synsets_csv)["wnid"])
-    found, facts = problems(settings.train_dir, index, wnids)
+    found, facts = problems(versions.judged(settings, "train"), index, wnids)
     return Verdict(
         found,
         f"{facts['images']:,} images in {facts['folders']:,} class folders, as the index lists them",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ilsvrc_assets import archives, class_folders, fileio, previews, release, synsets
+from ilsvrc_assets import archives, class_folders, fileio, previews, release, synsets, versions
 from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
@@ -149,7 +149,7 @@ def scan(dest: Path) -> dict[str, list[str]]:
     for folder in sorted(dest.iterdir()):
         if folder.is_dir():
             tree[folder.name] = sorted(f.name for f in folder.iterdir() if not fileio.is_temp_path(f))
-        elif not fileio.is_temp_path(folder):
+        elif not fileio.is_temp_path(folder) and folder.name not in versions.MARKER_FILES:
             tree.setdefault("", []).append(folder.name)
     return tree
 
@@ -201,25 +201,26 @@ def make_validation_tree(settings: Settings, source: ImageSource, log: Log = qui
     Needs ``validation_images``. Held under the tree's lock: a second run at once would delete
     this one's temporary files.
     """
-    return make_class_tree(settings, source, "validation", settings.validation_dir, build, log)
+    return make_class_tree(settings, source, "validation", build, log)
 
 
 def make_class_tree(
     settings: Settings,
     source: ImageSource,
     split: str,
-    dest: Path,
     build_tree: Callable[..., TreeStats],
     log: Log = quiet,
     preview_name: str | None = None,
 ) -> Made:
     """The stage of a class-folder tree of ``split`` (``<split>_tree``: this module's, and
-    ``train_tree``'s): ``build_tree`` writes the split's indexed images into ``dest`` under the
-    stage's lock, with progress; then the tree's previews and metadata."""
+    ``train_tree``'s): ``build_tree`` writes the split's indexed images into the unpublished version
+    of ``<data>/<split>/`` (:func:`versions.working`) under the stage's lock, with progress; then the
+    tree's previews and metadata. Readers see it once ``published_<split>_tree`` has published it."""
     stage = f"{split}_tree"
     index = archives.read_index(settings.image_index(split))
     progress = Progress(f"{split} tree", len(index), "images", log)
     with fileio.exclusive(settings.lock_path(stage), f"{stage} in {settings.data_dir}"):
+        dest = versions.working(settings, split, log)
         stats = build_tree(
             source.image_reader(split, log),
             index,
@@ -232,12 +233,13 @@ def make_class_tree(
         dest, synset_table, **({"name": preview_name} if preview_name else {})
     )
     previews.write_all(shown, previews.folder_for(settings.data_dir, stage))
-    return Made(dest, stats.metadata(), previews=shown)
+    # Shown as where readers find it once published.
+    return Made(versions.where_published(settings, dest), stats.metadata(), previews=shown)
 
 
 def validation_tree_verdict(settings: Settings) -> Verdict:
     """Check ``matches_validation_label_file``: the tree on disk against the shipped label file."""
-    scanned = scan(settings.validation_dir)
+    scanned = scan(versions.judged(settings, "validation"))
     return Verdict(
         problems(scanned),
         "50,000 images in 1,000 folders, as the label file says",

@@ -130,11 +130,15 @@ ALL_CHECKS = {
     "dataset_manifest:records_parse",
     "dataset_manifest:images_decode",
     "dataset_manifest:every_index_matches_its_shard",
+    "published_validation_tree:matches_its_listing",
+    "published_tfrecords:matches_its_listing",
 }
 # The checks of the formats not built by default (defs/outputs.FORMAT_ASSETS: the training tree, the
 # WebDataset tars, which have no DALI index), in the code location but built only when ILSVRC_FORMATS asks.
 OPT_IN_CHECKS = {
     "train_tree:matches_train_index",
+    "published_train_tree:matches_its_listing",
+    "published_webdataset:matches_its_listing",
     *(
         check.replace("dataset_manifest:", "webdataset_manifest:")
         for check in ALL_CHECKS
@@ -157,8 +161,9 @@ def build_all(settings: Settings, instance: DagsterInstance):
 
 def build_plainly(settings: Settings, source, workers: int = 1) -> None:
     """Every stage as a plain library function, without the checks (a tiny hand-written copy fails the
-    release's counts): the inputs, then each output of ``settings.formats`` (default the TFRecords)."""
-    from ilsvrc_assets import bounding_boxes, formats, image_index, shards, synsets, train_tree
+    release's counts): the inputs, then each output of ``settings.formats`` (default the TFRecords),
+    each published (``versions.make_published``) where readers look."""
+    from ilsvrc_assets import bounding_boxes, formats, image_index, shards, synsets, train_tree, versions
     from ilsvrc_assets.record_workers import RecordWorkers
 
     synsets.make_synsets(settings, source)
@@ -173,6 +178,10 @@ def build_plainly(settings: Settings, source, workers: int = 1) -> None:
                 continue
             for split in release.SPLITS:
                 shards.write_split_shards(settings, split, source, pool, record_format=formats.by_name(name))
+    for name in settings.formats:
+        versions.make_published(
+            settings, "train_tree" if name == "imagefolder" else formats.by_name(name).folder
+        )
 
 
 def build_in_new_instance(root: Path, local_dir: Path, source: str, **settings: object):
@@ -288,10 +297,27 @@ def _wait_group_gone(pgid: int, timeout: float = 30) -> None:
 
 
 def final_files(folder: Path) -> dict[str, Path]:
-    """Every file under ``folder`` by relative path, temp files excluded."""
+    """Every file under ``folder`` by relative path, temp files and a published version's completeness
+    marker (``versions.MARKER_FILES``) excluded."""
+    from ilsvrc_assets import versions
+
     return {
-        str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file() and not fileio.is_temp_path(p)
+        str(p.relative_to(folder)): p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not fileio.is_temp_path(p)
+        and not (p.parent == folder and p.name in versions.MARKER_FILES)
     }
+
+
+def discard_unpublished(settings: Settings, output: str) -> None:
+    """Remove the unpublished version of ``output`` a test's runs started (if any)."""
+    from ilsvrc_assets import versions
+
+    staged = versions.staging_version(settings, versions.OUTPUTS[output])
+    if staged is not None:
+        (staged.parent / versions.STAGING).unlink()
+        shutil.rmtree(staged)
 
 
 def temp_files(folder: Path) -> list[Path]:
@@ -479,8 +505,15 @@ def golden_values() -> dict:
 
 
 def tree_digest(folder: Path) -> tuple[str, int]:
-    """(one MD5 over every file's relative path and MD5, in sorted order; the number of files)."""
-    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    """(one MD5 over every file's relative path and MD5, in sorted order; the number of files); the
+    completeness marker of a published version left out."""
+    from ilsvrc_assets import versions
+
+    paths = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not (p.parent == folder and p.name in versions.MARKER_FILES)
+    )
     lines = "".join(f"{p.relative_to(folder).as_posix()}\t{fileio.md5_file(p)}\n" for p in paths)
     return hashlib.md5(lines.encode()).hexdigest(), len(paths)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ilsvrc_assets import benchmark
+from ilsvrc_assets import benchmark, versions
 
 pytestmark = pytest.mark.long(seconds=450)  # conftest: the long files start first
 
@@ -62,9 +62,14 @@ def test_benchmark_runs_every_stage_and_prints_a_row_each(tmp_path: Path) -> Non
     with tarfile.open(boxes / "ILSVRC2012_bbox_train_v2.tar.gz") as tar:
         assert sum(member.name.endswith(".xml") for member in tar) == 3000
     # Each library stage wrote its outputs where the next one reads them, and Dagster built its own.
-    assert (out / "library" / "tfrecords" / "manifest.json").is_file()
-    assert sorted(p.name for p in (out / "library" / "one-worker" / "tfrecords").iterdir()) == sorted(
-        p.name for p in (out / "library" / "tfrecords").iterdir() if p.name != "manifest.json"
+    assert (out / "library" / "tfrecords" / "manifest.json").is_file()  # published by its row
+    one_worker = (
+        out / "library" / "one-worker" / versions.VERSIONS / "tfrecords" / versions.STAGING / "tfrecords"
+    )
+    assert sorted(p.name for p in one_worker.iterdir()) == sorted(
+        p.name
+        for p in (out / "library" / "tfrecords").iterdir()
+        if p.name not in ("manifest.json", *versions.MARKER_FILES)
     )
     assert (out / "dagster" / "data" / "tfrecords" / "manifest.json").is_file()
 

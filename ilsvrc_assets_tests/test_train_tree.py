@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ilsvrc_assets import archives, fileio, images, release, synsets, train_tree
+from ilsvrc_assets import archives, fileio, images, release, synsets, train_tree, versions
 from ilsvrc_assets.sources import from_settings
 from ilsvrc_assets_tests.helpers import differing, final_files, kill_when, make_settings, temp_files
 
@@ -62,6 +62,7 @@ def built(built_sample_graph, tmp_path_factory):
     shutil.copyfile(reference.synsets_csv, settings.synsets_csv)
     shutil.copyfile(reference.image_index("train"), settings.image_index("train"))
     made = train_tree.make_train_tree(settings, from_settings(settings))
+    versions.make_published(settings, "train_tree")  # what readers see: <data>/train
     return settings, reference, made
 
 
@@ -163,7 +164,7 @@ def test_killed_run_is_continued_by_the_next_leaving_no_temporary_file(built, tm
     settings.index_dir.mkdir(parents=True)
     shutil.copyfile(done.synsets_csv, settings.synsets_csv)
     shutil.copyfile(done.image_index("train"), settings.image_index("train"))
-    tree = settings.train_dir
+    tree = versions.working(settings, "train")  # the unpublished version the killed run writes
     env = {
         **os.environ,
         "ILSVRC_SOURCE": "sample",
@@ -210,7 +211,8 @@ def test_killed_run_is_continued_by_the_next_leaving_no_temporary_file(built, tm
     assert temp_files(settings.data_dir) == []
     assert sorted(final_files(tree)) == sorted(final_files(done.train_dir))
     assert differing(tree, done.train_dir) == []
-    assert train_tree.train_tree_verdict(settings).passed
+    assert train_tree.train_tree_verdict(settings).passed  # judged on the version written
+    assert not settings.train_dir.exists()  # not published: readers see nothing yet
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from dagster import (
     multi_asset_check,
 )
 
-from ilsvrc_assets import formats, manifest, release, shard_plan
+from ilsvrc_assets import formats, manifest, release, shard_plan, versions
 from ilsvrc_assets.defs.archives import is_official
 from ilsvrc_assets.defs.metadata import check_result, metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
@@ -58,10 +58,11 @@ def manifest_asset(name: str, record_format: formats.RecordFormat, description: 
     def _manifest(
         context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
     ) -> MaterializeResult:
-        made = manifest.make_manifest(ilsvrc.settings(), record_workers, context.log.info, record_format)
-        return MaterializeResult(
-            metadata={"path": MetadataValue.path(str(made.path)), **metadata(made.facts)}
-        )
+        settings = ilsvrc.settings()
+        made = manifest.make_manifest(settings, record_workers, context.log.info, record_format)
+        # Where readers find it once published (it is written into the unpublished version).
+        where = versions.where_published(settings, made.path)
+        return MaterializeResult(metadata={"path": MetadataValue.path(str(where)), **metadata(made.facts)})
 
     return _manifest
 

@@ -13,9 +13,15 @@ from ilsvrc_assets.settings import FORMATS, Settings
 # the whole training set again, comes after the manifests). A partitioned asset is built as one run of
 # all its partitions.
 FORMAT_ASSETS: dict[str, tuple[str, ...]] = {
-    "tfrecord": ("train_shards", "validation_shards", "dataset_manifest"),
-    "webdataset": ("train_webdataset", "validation_webdataset", "webdataset_manifest"),
-    "imagefolder": ("train_tree",),  # the training ImageFolder tree, <data>/train/<wnid>/ (about 140 GB)
+    "tfrecord": ("train_shards", "validation_shards", "dataset_manifest", "published_tfrecords"),
+    "webdataset": (
+        "train_webdataset",
+        "validation_webdataset",
+        "webdataset_manifest",
+        "published_webdataset",
+    ),
+    # the training ImageFolder tree, <data>/train/<wnid>/ (about 140 GB)
+    "imagefolder": ("train_tree", "published_train_tree"),
 }
 assert set(FORMAT_ASSETS) == set(FORMATS), "every value of ILSVRC_FORMATS needs its assets here"
 assert all(FORMAT_ASSETS.values()), "every value of ILSVRC_FORMATS needs an asset that writes it"

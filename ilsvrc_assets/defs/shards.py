@@ -20,7 +20,7 @@ from dagster import (
     asset,
 )
 
-from ilsvrc_assets import formats, shards
+from ilsvrc_assets import formats, shards, versions
 from ilsvrc_assets.defs.metadata import metadata, preview_metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.record_workers import RecordWorkers
@@ -132,10 +132,15 @@ def shards_asset(
         require_upstream_checks_passed(context, upstream_checks(ilsvrc.image_source(), split))
         record_workers.start()  # they load TensorFlow while the shards are planned
 
+        settings = ilsvrc.settings()
+
+        def published(path) -> MetadataValue:  # where readers will find it (versions.where_published)
+            return MetadataValue.path(str(versions.where_published(settings, path)))
+
         def record(stats: ShardStats, reused: bool) -> None:
             context.add_asset_metadata(
                 {
-                    "path": MetadataValue.path(str(stats.path)),
+                    "path": published(stats.path),
                     "records": MetadataValue.int(stats.records),
                     "bytes": MetadataValue.int(stats.bytes),
                     "md5": stats.md5,
@@ -146,7 +151,7 @@ def shards_asset(
                         f"{c.kind}_{key}": value
                         for c in stats.companions
                         for key, value in (
-                            ("path", MetadataValue.path(str(c.path))),
+                            ("path", published(c.path)),
                             ("bytes", MetadataValue.int(c.bytes)),
                             ("md5", c.md5),
                         )
@@ -168,8 +173,6 @@ def shards_asset(
         # The pictures go on one partition's materialisation: metadata of the result itself would be
         # copied onto every partition's.
         context.add_asset_metadata(preview_metadata(made.previews), partition_key=context.partition_keys[-1])
-        return MaterializeResult(
-            metadata={"folder": MetadataValue.path(str(made.path)), **metadata(made.facts)}
-        )
+        return MaterializeResult(metadata={"folder": published(made.path), **metadata(made.facts)})
 
     return _shards

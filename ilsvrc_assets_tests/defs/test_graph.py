@@ -11,12 +11,12 @@ import pytest
 from dagster import AssetKey, DagsterRunStatus
 from PIL import Image
 
-from ilsvrc_assets import archives, release, shard_plan, synsets
-from ilsvrc_assets.definitions import JOB_NAMES
+from ilsvrc_assets import archives, release, shard_plan, synsets, versions
 from ilsvrc_assets.bounding_boxes import boxes_by_image, read_table
+from ilsvrc_assets.definitions import JOB_NAMES
 from ilsvrc_assets.formats.tfrecord import INDEX
 from ilsvrc_assets.sources.official import ArchiveReader
-from ilsvrc_assets_tests.helpers import ALL_CHECKS, build_all, evaluations, run_job
+from ilsvrc_assets_tests.helpers import ALL_CHECKS, build_all, discard_unpublished, evaluations, run_job
 
 pytestmark = pytest.mark.long(seconds=300)  # conftest: the long files start first
 
@@ -42,8 +42,8 @@ def test_history_is_kept_in_the_instance(built):
     materialized = instance.get_materialized_partitions(AssetKey("train_shards"))
     assert materialized == set(settings.shard_names("train"))
     # The build's own runs (other tests may add runs to this shared instance): inputs, train
-    # shards, validation shards, manifest; each one kept, with its outcome.
-    assert len(results) == 4
+    # shards, validation shards, manifest, publication; each one kept, with its outcome.
+    assert len(results) == 5
     for result in results:
         run = instance.get_run_by_id(result.run_id)
         assert run is not None and run.status == DagsterRunStatus.SUCCESS, result.run_id
@@ -200,7 +200,9 @@ def test_second_build_reuses_what_is_done(built_graph_copy):
     tree_meta = results2[0].asset_materializations_for_node("validation_tree")[0].metadata
     assert tree_meta["written"].value == 0 and tree_meta["already_in_place"].value == 50000
     after = {
-        p.name: p.stat().st_mtime_ns for p in settings.tfrecords_dir.iterdir() if p.name != "manifest.json"
+        p.name: p.stat().st_mtime_ns
+        for p in settings.tfrecords_dir.iterdir()
+        if p.name not in ("manifest.json", *versions.MARKER_FILES)  # written again by the publication
     }
     assert all(before[n] == m for n, m in after.items())
 
@@ -225,22 +227,33 @@ def test_audit_fails_when_a_validation_image_is_moved(built_graph_copy):
         check = found["validation_tree:matches_validation_label_file"]
         assert not check.passed
         assert f"missing: {labels[0]}/{source.name}" in check.description
-        assert all(e.passed for n, e in found.items() if n != "validation_tree:matches_validation_label_file")
+        # What readers see is no longer what was published: the listing's check says so too.
+        listed = found["published_validation_tree:matches_its_listing"]
+        assert f"missing: validation/{labels[0]}/{source.name}" in listed.description
+        assert f"not in the listing: validation/{labels[-1]}/{source.name}" in listed.description
+        failing = {
+            "validation_tree:matches_validation_label_file",
+            "published_validation_tree:matches_its_listing",
+        }
+        assert all(e.passed for n, e in found.items() if n not in failing)
     finally:
         wrong.rename(source)
 
 
 @pytest.fixture
 def restore_shards(built):
-    """Put the shards back as built, after a test that damages them."""
+    """Put the published shards back as built, after a test that damages them, and drop the version
+    its runs started (``check_dataset`` writes the manifest into a new, unpublished version)."""
     import shutil
 
     settings = built[0]
+    published = settings.tfrecords_dir.resolve()
     backup = settings.data_dir.parent / "tfrecords-backup"
-    shutil.copytree(settings.tfrecords_dir, backup, dirs_exist_ok=True)
+    shutil.copytree(published, backup, dirs_exist_ok=True)
     yield settings.tfrecords_dir
-    shutil.rmtree(settings.tfrecords_dir)
-    shutil.copytree(backup, settings.tfrecords_dir)
+    shutil.rmtree(published)
+    shutil.copytree(backup, published)
+    discard_unpublished(settings, "tfrecords")
 
 
 def _rewrite_shard(path, keep_or_replace):

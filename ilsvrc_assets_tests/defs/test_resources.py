@@ -36,6 +36,7 @@ def every_setting_changed(root: Path) -> dict[str, str]:
         settings_module.ENV_FORMATS: "webdataset",
         settings_module.ENV_WEBDATASET_TRAIN_SHARDS: "8",
         settings_module.ENV_WEBDATASET_VALIDATION_SHARDS: "2",
+        settings_module.ENV_KEEP_VERSIONS: "3",
     }
 
 

@@ -9,10 +9,13 @@ import shutil
 import pytest
 from dagster import DagsterInstance
 
-from ilsvrc_assets import archives
+from ilsvrc_assets import archives, versions
 from ilsvrc_assets.cli import _check_steps, _stages
 from ilsvrc_assets.definitions import JOB_NAMES, build_definitions
 from ilsvrc_assets_tests.helpers import evaluations, make_settings, materialized, run_job
+
+PUBLISH = "publish_train_tree"
+LISTED = "published_train_tree:matches_its_listing"
 
 CHECK = "train_tree:matches_train_index"
 
@@ -31,10 +34,13 @@ def test_built_and_audited_only_when_asked(sample_release, tmp_path, asked):
     assert "train_tree" in in_location  # either way: the UI can materialise it
     jobs = [job for job, _ in _stages(definitions)]
     if asked:
-        assert jobs[-2:] == [JOB_NAMES["manifest"], JOB_NAMES["train_tree"]]
+        assert jobs[-4:] == [JOB_NAMES["manifest"], "publish_tfrecords", JOB_NAMES["train_tree"], PUBLISH]
         assert CHECK in _audited(definitions)
     else:
-        assert JOB_NAMES["train_tree"] not in jobs and jobs[-1] == JOB_NAMES["manifest"]
+        assert JOB_NAMES["train_tree"] not in jobs and jobs[-2:] == [
+            JOB_NAMES["manifest"],
+            "publish_tfrecords",
+        ]
         assert CHECK not in _audited(
             definitions
         ) and "validation_tree:matches_validation_label_file" in _audited(definitions)
@@ -56,7 +62,12 @@ def test_its_job_writes_the_tree_and_its_check_passes_then_a_rerun_writes_what_i
         assert evaluations(first)[CHECK].passed
         metadata = first.asset_materializations_for_node("train_tree")[0].metadata
         assert metadata["written"].value == metadata["images"].value == images
-        shutil.rmtree(settings.train_dir / min(p.name for p in settings.train_dir.iterdir()))
+        assert not settings.train_dir.exists()  # written and checked, not yet what readers see
+        published = run_job(settings, instance, PUBLISH)
+        assert published.success and evaluations(published)[LISTED].passed
+        assert settings.train_dir.is_symlink()
+        shutil.rmtree(settings.train_dir / min(p.name for p in settings.train_dir.iterdir() if p.is_dir()))
+        assert not versions.published_verdict(settings, "train_tree").passed  # what the audit would say
         again = run_job(settings, instance, JOB_NAMES["train_tree"])
         assert again.success and evaluations(again)[CHECK].passed
         metadata = again.asset_materializations_for_node("train_tree")[0].metadata

@@ -345,6 +345,15 @@ def test_shard_backfill_through_the_daemon_keeps_its_history_in_postgres(
                 instance=instance, raise_on_error=False, run_config=QUIET
             )
             assert manifest.success, [e.message for e in manifest.all_events if e.is_failure]
+            # Three runs wrote into one unpublished version; it is published once, checked.
+            assert not settings.tfrecords_dir.exists()
+            published = definitions.resolve_job_def("publish_tfrecords").execute_in_process(
+                instance=instance, raise_on_error=False, run_config=QUIET
+            )
+            assert published.success, [e.message for e in published.all_events if e.is_failure]
+            assert sorted(p.name for p in settings.tfrecords_dir.glob("*-of-*")) == sorted(
+                name for names in partitions.values() for name in names
+            )
         finally:
             if daemon is not None:
                 daemon.stop()

@@ -15,10 +15,17 @@ import time
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from ilsvrc_assets import fileio
+from ilsvrc_assets import fileio, versions
 from ilsvrc_assets.cli import EXIT_BUSY, failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
-from ilsvrc_assets_tests.helpers import build_env, kill_when, make_settings, run_job, temp_files
+from ilsvrc_assets_tests.helpers import (
+    build_env,
+    discard_unpublished,
+    kill_when,
+    make_settings,
+    run_job,
+    temp_files,
+)
 
 pytestmark = pytest.mark.long(seconds=90)  # conftest: the long files start first
 
@@ -58,8 +65,10 @@ def test_main_command_twice_at_once_the_second_is_refused_naming_the_first(sampl
 def test_a_run_of_a_shard_another_run_is_writing_is_refused_and_nothing_is_lost(built_graph_copy):
     settings, instance = built_graph_copy
     name = settings.shard_names("validation")[2]
-    shard = settings.tfrecords_dir / name
-    original = shard.read_bytes()
+    published = settings.tfrecords_dir / name
+    original = published.read_bytes()
+    written = versions.working(settings, "tfrecords")  # the version the runs write (not published)
+    shard = written / name
     lock = settings.lock_path(f"shards/{name}")
     shard.unlink()
     try:
@@ -68,14 +77,14 @@ def test_a_run_of_a_shard_another_run_is_writing_is_refused_and_nothing_is_lost(
             assert not result.success
             message = _step_failure(result)
             assert f"{name}: shard {name} is in use by another run (pid {os.getpid()}" in message
-            assert not shard.exists() and temp_files(settings.tfrecords_dir) == []
+            assert not shard.exists() and temp_files(written) == []
         # Once the other run is done, the same run goes through.
         result = run_job(settings, instance, JOB_NAMES["validation"], tags={"dagster/partition": name})
         assert result.success
+        assert shard.read_bytes() == original
     finally:
-        if not shard.exists() or shard.read_bytes() != original:
-            shard.write_bytes(original)
-    assert shard.read_bytes() == original
+        discard_unpublished(settings, "tfrecords")
+    assert published.read_bytes() == original  # readers saw none of it
 
 
 RUN_SHARDS = textwrap.dedent(
@@ -106,8 +115,9 @@ def test_two_runs_of_the_same_partitions_at_once_never_corrupt_a_shard(built_gra
     settings, instance = built_graph_copy
     names = settings.shard_names("validation")
     originals = {name: (settings.tfrecords_dir / name).read_bytes() for name in names}
+    written = versions.working(settings, "tfrecords")  # the version the runs write (not published)
     for name in names:
-        (settings.tfrecords_dir / name).unlink()
+        (written / name).unlink()
     try:
         args = [
             str(settings.data_dir),
@@ -132,18 +142,17 @@ def test_two_runs_of_the_same_partitions_at_once_never_corrupt_a_shard(built_gra
             assert run.returncode == 0 or "is in use by another run" in output, output[-3000:]
         # Whatever happened, a shard on disk is a whole, correct shard, and nothing temporary is left.
         for name in names:
-            shard = settings.tfrecords_dir / name
+            shard = written / name
             assert not shard.exists() or shard.read_bytes() == originals[name], name
-        assert temp_files(settings.tfrecords_dir) == []
+        assert temp_files(written) == []
         # And a run afterwards completes the range.
         tags = {ASSET_PARTITION_RANGE_START_TAG: names[0], ASSET_PARTITION_RANGE_END_TAG: names[-1]}
         assert run_job(settings, instance, JOB_NAMES["validation"], tags=tags).success
+        for name in names:
+            assert (written / name).read_bytes() == originals[name]
     finally:
-        for name, data in originals.items():
-            shard = settings.tfrecords_dir / name
-            if not shard.exists() or shard.read_bytes() != data:
-                shard.write_bytes(data)
-    for name in names:
+        discard_unpublished(settings, "tfrecords")
+    for name in names:  # readers saw none of it
         assert (settings.tfrecords_dir / name).read_bytes() == originals[name]
 
 

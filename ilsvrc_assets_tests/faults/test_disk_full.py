@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from ilsvrc_assets import archives, bounding_boxes, fileio, shard_plan, shards, synsets
-from ilsvrc_assets.formats.tfrecord import FORMAT as TFRECORD
-from ilsvrc_assets.record_workers import RecordWorkers
+from ilsvrc_assets import archives, bounding_boxes, fileio, shard_plan, shards, synsets, versions
 from ilsvrc_assets.cli import failure_message
 from ilsvrc_assets.definitions import JOB_NAMES
+from ilsvrc_assets.formats.tfrecord import FORMAT as TFRECORD
+from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.sources.official import ArchiveReader
 from ilsvrc_assets_tests.helpers import (
     TEST_SHARDS,
@@ -69,16 +69,17 @@ def test_validation_tree_on_a_full_disk_says_how_much_it_needs_then_finishes(
         message = failure_message(failure.step_failure_data)
         assert failure.step_key == "validation_tree"
         assert "the validation tree (50,000 images to write) needs about" in message
-        assert str(settings.validation_dir) in message and "free up" in message
+        written = versions.judged(settings, "validation")  # the version being written
+        assert str(written) in message and "free up" in message
         # Refused before writing anything: no image, no temporary file.
-        assert not settings.validation_dir.exists() or final_files(settings.validation_dir) == {}
+        assert not written.exists() or final_files(written) == {}
         assert temp_files(small_disk.path) == []
 
         small_disk.resize(400 * MB)  # space freed
         again = run_job(settings, instance, JOB_NAMES["inputs"], ["validation_tree"])
         assert again.success
         assert evaluations(again)["validation_tree:matches_validation_label_file"].passed
-    assert differing(settings.validation_dir, reference.validation_dir) == []
+    assert differing(written, reference.validation_dir) == []
 
 
 def _validation_job(reference, out_dir: Path, name: str) -> shard_plan.ShardJob:

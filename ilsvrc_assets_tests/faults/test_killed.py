@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ilsvrc_assets import download, release
+from ilsvrc_assets import download, release, versions
 from ilsvrc_assets_tests.helpers import (
     build_env,
     differing,
@@ -43,7 +43,8 @@ def test_build_killed_in_the_validation_tree_and_in_a_shard_range_then_finished(
     reference = built_sample_graph[0]
     settings = make_settings(tmp_path / "data", None, source="sample", sample_dir=sample_release)
     env = build_env(settings, tmp_path / "dagster_home")
-    tree, tfrecords = settings.validation_dir, settings.tfrecords_dir
+    # Where the build writes: the versions it publishes once checked (made here, continued by the build).
+    tree, tfrecords = versions.working(settings, "validation"), versions.working(settings, "tfrecords")
 
     # 1. Killed while the validation tree is being written.
     log = tmp_path / "build-1.log"
@@ -57,6 +58,7 @@ def test_build_killed_in_the_validation_tree_and_in_a_shard_range_then_finished(
     assert 0 < len(written) < release.NUM_VALIDATION_IMAGES, "the kill did not land inside the tree step"
     # Whatever is under a final name is complete: the same bytes as the clean build's.
     assert differing(tree, reference.validation_dir, sorted(written)) == []
+    assert not settings.validation_dir.exists()  # readers see nothing of it
 
     # 2. Run again, killed inside the validation shard range (some shards written, not all).
     log = tmp_path / "build-2.log"
@@ -72,8 +74,12 @@ def test_build_killed_in_the_validation_tree_and_in_a_shard_range_then_finished(
     assert 0 < len(present) < len(shards), f"the kill did not land inside the shard range: {present}"
     assert differing(tfrecords, reference.tfrecords_dir, present) == []
     # A shard's index is published before the shard: each shard present has its whole index.
-    index_dir, reference_index_dir = (s.data_dir / "tfrecords-index" for s in (settings, reference))
+    index_dir, reference_index_dir = (
+        tfrecords.parent / "tfrecords-index",
+        reference.data_dir / "tfrecords-index",
+    )
     assert differing(index_dir, reference_index_dir, [f"{name}.idx" for name in present]) == []
+    assert not settings.tfrecords_dir.exists()  # nor of the shards
 
     # 3. Run again to the end: everything as a clean run left it, and no temporary file anywhere.
     log = tmp_path / "build-3.log"
@@ -86,6 +92,10 @@ def test_build_killed_in_the_validation_tree_and_in_a_shard_range_then_finished(
     )
     assert finished.returncode == 0, log.read_text()[-4000:]
     assert "every check passed" in log.read_text()
+    # What readers see from now on (the build published new versions, made from those written).
+    tree, tfrecords, index_dir = (
+        settings.data_dir / f for f in ("validation", "tfrecords", "tfrecords-index")
+    )
     all_shards = settings.shard_names("train") + shards
     assert sorted(final_files(tfrecords)) == sorted([*all_shards, "manifest.json"])
     assert differing(tfrecords, reference.tfrecords_dir, all_shards) == []

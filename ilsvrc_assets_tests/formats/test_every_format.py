@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 
-from ilsvrc_assets import formats, release
+from ilsvrc_assets import formats, release, versions
 from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.sources import folder
@@ -87,11 +87,14 @@ def test_webdataset_reads_every_sample_as_the_tfrecords_hold_it(built, split: st
 
 def test_the_training_tree_has_every_image_once_in_its_synset_folder(built) -> None:
     settings, copy = built
+    tree = settings.train_dir
     found = sorted(
-        p.relative_to(settings.train_dir).as_posix() for p in settings.train_dir.rglob("*") if p.is_file()
+        p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file() and p.parent != tree
     )
+    # At the top, only the published version's completeness marker (ImageFolder reads folders only).
+    assert sorted(p.name for p in tree.iterdir() if not p.is_dir()) == sorted(versions.MARKER_FILES)
     train = [i for i in copy if i.split == "train"]
     assert found == sorted(f"{i.synset}/{i.filename}" for i in train)
     for image in train:
         assert (settings.train_dir / image.synset / image.filename).read_bytes() == image.data
-    assert sorted(p.name for p in settings.train_dir.iterdir()) == sorted(release.challenge_synsets())
+    assert sorted(p.name for p in tree.iterdir() if p.is_dir()) == sorted(release.challenge_synsets())

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ilsvrc_assets import formats, images, manifest, shard_previews, shards
+from ilsvrc_assets import formats, images, manifest, shard_previews, shards, versions
 from ilsvrc_assets import settings as settings_module
 from ilsvrc_assets.definitions import build_definitions, job_for
 from ilsvrc_assets.defs.manifest import written_shards
@@ -38,7 +38,14 @@ from ilsvrc_assets.shard_plan import RecordSource, ShardJob
 from ilsvrc_assets.shards import ShardError, write_shard
 from ilsvrc_assets.sources import from_settings
 from ilsvrc_assets.sources.official import ArchiveReader
-from ilsvrc_assets_tests.helpers import evaluations, gray_jpeg, rgb_jpeg, run_job, temp_files
+from ilsvrc_assets_tests.helpers import (
+    discard_unpublished,
+    evaluations,
+    gray_jpeg,
+    rgb_jpeg,
+    run_job,
+    temp_files,
+)
 
 pytestmark = pytest.mark.long(seconds=250)  # conftest: the long files start first
 
@@ -236,12 +243,12 @@ def built(built_graph_copy, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     base, instance = built_graph_copy
     data_dir = tmp_path_factory.mktemp("wds") / "data"
     # What the webdataset assets read (the tables, indexes, ledgers); the TFRecords to compare with,
-    # linked; not the validation tree nor the previews.
+    # linked; not the validation tree, the previews nor the published versions.
     shutil.copytree(
         base.data_dir,
         data_dir,
         ignore=lambda folder, names: (
-            {"validation", "previews", "tfrecords"} & set(names)
+            {"validation", "previews", "tfrecords", "tfrecords-index", versions.VERSIONS} & set(names)
             if Path(folder) == base.data_dir
             else {"locks"} & set(names)
         ),
@@ -290,6 +297,7 @@ def test_the_build_materialises_the_tars_and_their_checks_pass(built: Built) -> 
         [
             INFO_JSON,
             "manifest.json",
+            *versions.MARKER_FILES,  # published: built.folder is what readers see
             *(p.name for split in ("train", "validation") for p in built.tars(split)),
         ]
     )
@@ -340,16 +348,20 @@ def test_a_second_write_gives_the_same_bytes_and_unchanged_tars_are_not_rewritte
     settings, tars = built.settings, built.tars("train")
     names = settings.shard_names("train", "webdataset")
     before = {p.name: p.read_bytes() for p in tars}
-    again = shards.write_split_shards(
-        settings, "train", from_settings(settings), built.workers, record_format=FORMAT
-    )
-    assert again.facts["shards_written"] == 0  # the ledger: nothing changed
-    # Forgotten by the ledger: written again, later, to the same bytes.
-    (settings.state_dir / "webdataset" / f"{names[1]}.json").unlink()
-    rewritten = shards.write_split_shards(
-        settings, "train", from_settings(settings), built.workers, wanted=names, record_format=FORMAT
-    )
-    assert rewritten.facts["shards_written"] == 1
+    try:
+        again = shards.write_split_shards(
+            settings, "train", from_settings(settings), built.workers, record_format=FORMAT
+        )
+        assert again.facts["shards_written"] == 0  # the ledger: nothing changed
+        # Forgotten by the ledger: written again (into the new, unpublished version), to the same bytes.
+        (settings.state_dir / "webdataset" / f"{names[1]}.json").unlink()
+        rewritten = shards.write_split_shards(
+            settings, "train", from_settings(settings), built.workers, wanted=names, record_format=FORMAT
+        )
+        assert rewritten.facts["shards_written"] == 1
+        assert {p.name: p.read_bytes() for p in rewritten.path.glob("*train*")} == before
+    finally:
+        discard_unpublished(settings, "webdataset")
     assert {p.name: p.read_bytes() for p in tars} == before
     # The TFRecords' ledger is their own: the same shard names, untouched.
     assert all((settings.state_dir / "shards" / f"{n}.json").is_file() for n in settings.shard_names("train"))
@@ -480,22 +492,27 @@ def test_ilsvrc_formats_chooses_what_the_build_writes(tmp_path: Path) -> None:
         "write_train_shards",
         "write_validation_shards",
         "check_dataset",
+        "publish_tfrecords",
     ]
     stages = _stages(build_definitions(load({**small, "ILSVRC_FORMATS": "tfrecord,webdataset"})))
-    assert [job for job, _ in stages][4:] == [
+    assert [job for job, _ in stages][5:] == [
         "write_train_webdataset",
         "write_validation_webdataset",
         "check_webdataset",
+        "publish_webdataset",
     ]
-    assert stages[4][1]["dagster/asset_partition_range_end"] == "train-00002-of-00003"
+    assert stages[5][1]["dagster/asset_partition_range_end"] == "train-00002-of-00003"
     # The training ImageFolder tree comes last, after the manifests, whatever the order named.
     every = _stages(build_definitions(load({**small, "ILSVRC_FORMATS": "imagefolder,webdataset"})))
     assert [job for job, _ in every][3:] == [
         "check_dataset",
+        "publish_tfrecords",
         "write_train_webdataset",
         "write_validation_webdataset",
         "check_webdataset",
+        "publish_webdataset",
         "write_train_tree",
+        "publish_train_tree",
     ]
 
 

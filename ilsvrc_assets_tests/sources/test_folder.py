@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from ilsvrc_assets import archives, bounding_boxes, fileio, image_index, release, shards, synsets
+from ilsvrc_assets import archives, bounding_boxes, fileio, image_index, release, shards, synsets, versions
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.sample import folder as folder_layout
 from ilsvrc_assets.sources import SourceError, folder
 from ilsvrc_assets_tests.helpers import (
-    build_plainly,
     BOX_KEYS,
     assert_synsets_as_official_but_the_devkit_ids,
     build_in_new_instance,
+    build_plainly,
     check_records,
     evaluations,
     golden_values,
@@ -84,7 +84,9 @@ def with_boxes(folder_build, sample_release, tmp_path_factory):
     settings, _, _ = folder_build
     data = tmp_path_factory.mktemp("folder-boxes") / "data"
     shutil.copytree(
-        settings.data_dir, data, ignore=shutil.ignore_patterns("tfrecords", ".state", "validation")
+        settings.data_dir,
+        data,
+        ignore=shutil.ignore_patterns("tfrecords*", ".state", "validation", versions.VERSIONS),
     )
     boxed = make_settings(data, settings.local_dir, source="folder", boxes_dir=sample_release)
     source = folder.FolderSource(settings.local_dir, sample_release)
@@ -93,6 +95,7 @@ def with_boxes(folder_build, sample_release, tmp_path_factory):
     with RecordWorkers(2) as workers:
         for split in release.SPLITS:
             shards.write_split_shards(boxed, split, source, workers)
+    versions.make_published(boxed, "tfrecords")
     return boxed
 
 
@@ -219,5 +222,7 @@ def test_a_truncated_image_fails_its_shard_naming_the_file_and_leaves_no_shard(t
         pytest.raises(Exception, match=rf"{root / 'train'} member {tiny[0].filename}"),
     ):
         shards.write_split_shards(settings, "train", source, workers)
-    assert not (settings.tfrecords_dir / settings.shard_names("train")[0]).exists()
-    assert temp_files(settings.tfrecords_dir) == []
+    written = versions.judged(settings, "tfrecords")  # the version the stage wrote into
+    assert written.is_dir() and not (written / settings.shard_names("train")[0]).exists()
+    assert temp_files(written) == []
+    assert not settings.tfrecords_dir.exists()  # nothing published

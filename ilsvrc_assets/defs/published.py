@@ -1,0 +1,116 @@
+"""``published_validation_tree``, ``published_tfrecords``, ``published_webdataset``, ``published_train_tree``:
+make a written and checked version of an output what readers see, in one step.
+
+The work is in :mod:`ilsvrc_assets.versions` (``make_published`` and the check's verdict). Each asset
+is downstream of the blocking checks that judge the version being written; it refuses to publish
+unless each of them passed after the latest materialisation of the asset it checks, so a failed,
+killed or blocked build, or partitions written since the checks, never change what readers see.
+"""
+
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    Failure,
+    MaterializeResult,
+    asset,
+    asset_check,
+)
+
+from ilsvrc_assets import formats, manifest, versions
+from ilsvrc_assets.defs.metadata import check_result, materialized
+from ilsvrc_assets.defs.resources import IlsvrcResource
+from ilsvrc_assets.defs.shards import require_upstream_checks_passed
+
+
+def _checks(asset_name: str, names) -> list[AssetCheckKey]:
+    return [AssetCheckKey(AssetKey(asset_name), name) for name in names]
+
+
+# Output -> (the asset whose checks judge its staged version, the asset's group, those checks).
+GATES: dict[str, tuple[str, str, list[AssetCheckKey]]] = {
+    "validation_tree": (
+        "validation_tree",
+        "validation",
+        _checks("validation_tree", ["matches_validation_label_file"]),
+    ),
+    "train_tree": ("train_tree", "imagefolder", _checks("train_tree", ["matches_train_index"])),
+    "tfrecords": (
+        "dataset_manifest",
+        "tfrecords",
+        _checks("dataset_manifest", manifest.checks_for(formats.by_name("tfrecord"))),
+    ),
+    "webdataset": (
+        "webdataset_manifest",
+        "webdataset",
+        _checks("webdataset_manifest", manifest.checks_for(formats.by_name("webdataset"))),
+    ),
+}
+assert set(GATES) == set(versions.OUTPUTS), "every published output needs its gate here"
+
+
+def require_checks_since_materialised(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> None:
+    """Raise a Failure unless every check of ``keys`` passed (:func:`require_upstream_checks_passed`)
+    and was evaluated after the latest materialisation of the asset it checks: a check that judged an
+    earlier version proves nothing about the one being published."""
+    require_upstream_checks_passed(context, keys)
+    latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    stale = []
+    for key in keys:
+        made = context.instance.get_latest_materialization_event(key.asset_key)
+        record = latest[key]
+        evaluated = record.event.timestamp if record.event else record.create_timestamp
+        if made is not None and evaluated < made.timestamp:
+            stale.append(f"{key.asset_key.to_user_string()}:{key.name}")
+    if stale:
+        raise Failure(
+            description=f"Not published: {', '.join(stale)} judged an earlier materialisation; "
+            "materialise the asset again (its checks run with it), then publish."
+        )
+
+
+def published_asset(name: str) -> AssetsDefinition:
+    """The asset that publishes output ``name`` (a key of :data:`versions.OUTPUTS`)."""
+    output = versions.OUTPUTS[name]
+    upstream, group, gate = GATES[name]
+    folders = ", ".join(f"`<data>/{f}/`" for f in output.folders)
+
+    @asset(
+        name=output.asset,
+        group_name=group,
+        deps=[upstream],
+        kinds={"folder"},
+        description=f"What readers see at {folders}: the version `{upstream}` wrote, published once its "
+        f"blocking checks passed on it. Its completeness marker, `{output.folders[0]}/{versions.MARKER}` "
+        f"with `{versions.LISTING}` (every file, size and MD5), is written last; then one rename of a "
+        "symbolic link makes it visible. Until then readers see the previous version, unchanged.",
+    )
+    def _published(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
+        require_checks_since_materialised(context, gate)
+        return materialized(versions.make_published(ilsvrc.settings(), name, context.log.info))
+
+    return _published
+
+
+def listing_check(asset_def: AssetsDefinition, name: str) -> AssetChecksDefinition:
+    """The check that what readers see of output ``name`` is its published listing."""
+
+    @asset_check(
+        asset=asset_def,
+        name="matches_its_listing",
+        blocking=True,  # nothing is downstream, but an audit that finds damage must fail its run
+        description="Readers' folders are the links to the published version, which holds exactly the "
+        f"files its `{versions.LISTING}` lists, at the sizes listed (the shards' MD5s are compared by "
+        "the manifests' checks, which hash every shard).",
+    )
+    def _matches(ilsvrc: IlsvrcResource) -> AssetCheckResult:
+        return check_result(versions.published_verdict(ilsvrc.settings(), name))
+
+    return _matches
+
+
+PUBLISHED = {name: published_asset(name) for name in versions.OUTPUTS}
+PUBLISHED_CHECKS = [listing_check(asset_def, name) for name, asset_def in PUBLISHED.items()]
