@@ -200,3 +200,17 @@ def test_never_published_is_a_problem(settings):
     assert versions.published_problems(settings, "validation_tree")[0].startswith(
         "validation_tree: never published"
     )
+
+
+def test_the_readme_marker_example_runs_and_fails_on_a_changed_file(settings, monkeypatch):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (example,) = [b.split("```")[0] for b in readme.split("```python\n")[1:] if "_published.json" in b]
+    shards = versions.working(settings, "tfrecords")
+    write(shards, {"train-00000-of-00001": b"records", "validation-00000-of-00001": b"more records"})
+    write(versions.working(settings, "tfrecords-index"), {"train-00000-of-00001.idx": b"0 7\n"})
+    versions.publish(settings, "tfrecords")
+    monkeypatch.chdir(settings.data_dir.parent)  # the example's paths: data/...
+    exec(compile(example, "README.md", "exec"), {})  # noqa: S102 - the README's own example
+    (settings.data_dir / "tfrecords" / "train-00000-of-00001").write_bytes(b"cut")
+    with pytest.raises(AssertionError):
+        exec(compile(example, "README.md", "exec"), {})  # noqa: S102
