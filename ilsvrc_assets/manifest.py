@@ -395,20 +395,21 @@ def make_manifest(
     the previous manifest is not read again), and the files its readers want beside the shards
     (``RecordFormat.dataset_files``, e.g. the WebDataset's ``_info.json``)."""
     record_format = _format(record_format)
-    folder = versions.working(settings, record_format.folder, log)  # the shards not yet published
-    path = folder / MANIFEST
-    result = build(
-        folder,
-        _shard_names(settings, record_format),
-        _expected_images(settings),
-        workers=workers,
-        previous=read(path),
-        progress=reporter("manifest: read back", "shards", log),
-        record_format=record_format,
-    )
-    write(result, path)
-    for name, text in record_format.dataset_files(result).items():
-        storage.write_text(path.parent / name, text)
+    # The shards not yet published (not publishable while this writes beside them).
+    with versions.writing(settings, record_format.folder, log) as folder:
+        path = folder / MANIFEST
+        result = build(
+            folder,
+            _shard_names(settings, record_format),
+            _expected_images(settings),
+            workers=workers,
+            previous=read(path),
+            progress=reporter("manifest: read back", "shards", log),
+            record_format=record_format,
+        )
+        write(result, path)
+        for name, text in record_format.dataset_files(result).items():
+            storage.write_text(path.parent / name, text)
     splits = result["splits"]
     return Made(
         path,

@@ -236,18 +236,31 @@ def write_split_shards(
     machines) go ahead in parallel while a second run of the same shard is refused.
     """
     # Imported here, not at the top: the record workers import this module, and need none of these.
-    from ilsvrc_assets import (
-        archives,
-        bounding_boxes,
-        previews,
-        shard_plan,
-        shard_previews,
-        synsets,
-        versions,
-    )
+    from ilsvrc_assets import versions
 
     record_format = record_format or formats.by_name(formats.DEFAULT)
-    folder = versions.working(settings, record_format.folder, log)  # published once checked
+    # Into the unpublished version (published once checked; not publishable while this writes).
+    with versions.writing(settings, record_format.folder, log) as folder:
+        return _write_split_shards(
+            settings, split, source, workers, wanted, on_shard, log, record_format, folder
+        )
+
+
+def _write_split_shards(
+    settings: Settings,
+    split: str,
+    source: ImageSource,
+    workers: RecordWorkers,
+    wanted: Sequence[str] | None,
+    on_shard: Callable[[ShardStats, bool], None] | None,
+    log: Log,
+    record_format: RecordFormat,
+    folder: Path,
+) -> Made:
+    """:func:`write_split_shards` into ``folder``."""
+    # Imported here, not at the top: the record workers import this module, and need none of these.
+    from ilsvrc_assets import archives, bounding_boxes, previews, shard_plan, shard_previews, synsets
+
     wanted = list(settings.shard_names(split, record_format.name) if wanted is None else wanted)
     reader = source.image_reader(split, log)
     for partial in [folder, *(folder.parent / c.folder for c in record_format.companions)]:

@@ -219,8 +219,10 @@ def make_class_tree(
     stage = f"{split}_tree"
     index = archives.read_index(settings.image_index(split))
     progress = Progress(f"{split} tree", len(index), "images", log)
-    with fileio.exclusive(settings.lock_path(stage), f"{stage} in {settings.data_dir}"):
-        dest = versions.working(settings, split, log)
+    with (
+        fileio.exclusive(settings.lock_path(stage), f"{stage} in {settings.data_dir}"),
+        versions.writing(settings, split, log) as dest,
+    ):
         stats = build_tree(
             source.image_reader(split, log),
             index,

@@ -122,16 +122,48 @@ def staging_version(settings: Settings, output: Output) -> Path | None:
 
 
 @contextlib.contextmanager
-def _locked(settings: Settings, output: Output) -> Iterator[None]:
-    """Wait for, then hold, the lock on ``output``'s versions (making or publishing one: short)."""
-    path = settings.lock_path(f"versions-{output.name}")
+def _flock(settings: Settings, name: str, operation: int) -> Iterator[None]:
+    """Hold ``flock(operation)`` on the lock file ``name`` for the block (released by the kernel if
+    the holder dies); with ``LOCK_NB``, BlockingIOError when it is held."""
+    path = settings.lock_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, operation)
         yield
     finally:
         os.close(fd)
+
+
+def _locked(settings: Settings, output: Output) -> contextlib.AbstractContextManager[None]:
+    """Wait for, then hold, the lock on ``output``'s versions (making or publishing one: short)."""
+    return _flock(settings, f"versions-{output.name}", fcntl.LOCK_EX)
+
+
+@contextlib.contextmanager
+def writing(settings: Settings, folder: str, log: Log = quiet) -> Iterator[Path]:
+    """:func:`working`, held for the block: while any run writes an output's unpublished version, that
+    version cannot be published (:func:`publish` refuses, naming why), so no write lands in a version
+    after readers see it. Runs writing the same version (shard batches) do not wait for each other."""
+    # Shared: waits only for a publication in progress.
+    with _flock(settings, f"versions-{output_of(folder).name}-writers", fcntl.LOCK_SH):
+        yield working(settings, folder, log)
+
+
+@contextlib.contextmanager
+def _no_writers(settings: Settings, output: Output) -> Iterator[None]:
+    """Hold off :func:`writing` for the block; raise :class:`fileio.BusyError` if a run is writing."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(
+                _flock(settings, f"versions-{output.name}-writers", fcntl.LOCK_EX | fcntl.LOCK_NB)
+            )
+        except BlockingIOError:
+            raise fileio.BusyError(
+                f"{output.name}: a run is writing its unpublished version ({', '.join(output.folders)}); "
+                "publish once it has ended and the checks have judged what it wrote"
+            ) from None
+        yield
 
 
 def working(settings: Settings, folder: str, log: Log = quiet) -> Path:
@@ -251,7 +283,7 @@ def publish(
     """
     output = OUTPUTS[name]
     root = _root(settings, output)
-    with _locked(settings, output):
+    with _no_writers(settings, output), _locked(settings, output):
         staged = staging_version(settings, output)
         if staged is None:
             current = published_version(settings, output)
@@ -526,12 +558,36 @@ def _known(settings: Settings, output: Output) -> dict[str, tuple[int, int, str]
     }
 
 
+def _changed_since_read(settings: Settings, output: Output, known: Known) -> list[str]:
+    """The staged shards that are not as the manifest read them (written again since: its checks did
+    not judge them)."""
+    staged = staging_version(settings, output)
+    changed = []
+    for path, (nbytes, mtime_ns, _) in sorted(known.items()):
+        try:
+            st = os.stat(staged / path)  # type: ignore[operator]
+        except FileNotFoundError:
+            changed.append(f"{path} (gone)")
+            continue
+        if (st.st_size, st.st_mtime_ns) != (nbytes, mtime_ns):
+            changed.append(path)
+    return changed
+
+
 def make_published(settings: Settings, name: str, log: Log = quiet) -> Made:
     """Stages ``published_validation_tree``, ``published_tfrecords``, ...: publish output ``name``
     (:func:`publish`), keeping ``settings.keep_versions`` versions. The caller has made sure its
-    blocking checks passed on the staging version."""
+    blocking checks passed on the staging version; refused if a shard was written since the manifest
+    read it (the checks judged the manifest's reading)."""
     output = OUTPUTS[name]
-    done = publish(settings, name, _known(settings, output), settings.keep_versions, log)
+    known = _known(settings, output)
+    if changed := _changed_since_read(settings, output, known):
+        raise ValueError(
+            f"{output.name}: {len(changed)} file(s) written since the manifest read them, e.g. "
+            f"{', '.join(changed[:3])}; materialise the manifest again (its checks run with it), "
+            "then publish"
+        )
+    done = publish(settings, name, known, settings.keep_versions, log)
     return Made(settings.data_dir / output.folders[0], done.metadata())
 
 

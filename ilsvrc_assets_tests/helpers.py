@@ -258,6 +258,19 @@ def start_build(env: dict[str, str], log: Path) -> subprocess.Popen:
     )
 
 
+def build_to_the_end(env: dict[str, str], log: Path) -> None:
+    """``ilsvrc-assets build`` run to its end; fail (with the end of its log) unless every check passed."""
+    finished = subprocess.run(
+        [sys.executable, "-m", "ilsvrc_assets.cli", "build", "--log-level", "WARNING"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        timeout=600,
+    )
+    assert finished.returncode == 0, log.read_text()[-4000:]
+    assert "every check passed" in log.read_text()
+
+
 def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: float, log: Path) -> None:
     """SIGKILL the process group of ``process`` as soon as ``ready()``; fail if it never is."""
     deadline = time.monotonic() + timeout

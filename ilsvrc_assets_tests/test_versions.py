@@ -214,3 +214,34 @@ def test_the_readme_marker_example_runs_and_fails_on_a_changed_file(settings, mo
     (settings.data_dir / "tfrecords" / "train-00000-of-00001").write_bytes(b"cut")
     with pytest.raises(AssertionError):
         exec(compile(example, "README.md", "exec"), {})  # noqa: S102
+
+
+def test_no_publication_while_a_run_writes_the_version(settings):
+    with versions.writing(settings, "validation") as staged:
+        write(staged, FIRST)
+        with pytest.raises(
+            fileio.BusyError, match="validation_tree: a run is writing its unpublished version"
+        ):
+            versions.publish(settings, "validation_tree")
+        # Another run writing the same version (another batch of shards) does not wait.
+        with versions.writing(settings, "validation") as same:
+            assert same == staged
+    assert versions.publish(settings, "validation_tree").version == 1
+
+
+def test_shards_written_after_the_manifest_read_them_are_not_published(settings):
+    from ilsvrc_assets import manifest
+
+    staged = versions.working(settings, "tfrecords")
+    write(staged, {"train-00000-of-00001": b"records"})
+    st = (staged / "train-00000-of-00001").stat()
+    shard = {"name": "train-00000-of-00001", "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": "0" * 32}
+    read = {"format": manifest.FORMAT, "splits": {"train": {"shards": [shard]}}}
+    (staged / manifest.MANIFEST).write_text(json.dumps(read))
+    write(staged, {"train-00000-of-00001": b"written again since"})
+    with pytest.raises(
+        ValueError,
+        match="tfrecords: 1 file.* written since the manifest read them, e.g. tfrecords/train-00000",
+    ):
+        versions.make_published(settings, "tfrecords")
+    assert not (settings.data_dir / "tfrecords").exists()

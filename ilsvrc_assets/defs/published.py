@@ -23,7 +23,7 @@ from dagster import (
 from ilsvrc_assets import formats, manifest, versions
 from ilsvrc_assets.defs.metadata import check_result, materialized
 from ilsvrc_assets.defs.resources import IlsvrcResource
-from ilsvrc_assets.defs.shards import require_upstream_checks_passed
+from ilsvrc_assets.defs.shards import latest_check_executions, require_upstream_checks_passed
 
 
 def _checks(asset_name: str, names) -> list[AssetCheckKey]:
@@ -57,7 +57,7 @@ def require_checks_since_materialised(context: AssetExecutionContext, keys: list
     and was evaluated after the latest materialisation of the asset it checks: a check that judged an
     earlier version proves nothing about the one being published."""
     require_upstream_checks_passed(context, keys)
-    latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    latest = latest_check_executions(context, keys)
     stale = []
     for key in keys:
         made = context.instance.get_latest_materialization_event(key.asset_key)

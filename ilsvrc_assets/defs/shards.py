@@ -6,6 +6,8 @@ one step that writes its shards with a pool of worker processes, rather than one
 per shard. A backfill is one such run, or runs of ``ILSVRC_PARTITIONS_PER_RUN`` shards when set.
 """
 
+import time
+
 from dagster import (
     AssetCheckKey,
     AssetExecutionContext,
@@ -54,12 +56,40 @@ def upstream_checks(source: ImageSource, split: str) -> list[AssetCheckKey]:
     ]
 
 
-def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> None:
-    """Raise a Failure naming every upstream blocking check whose latest evaluation did not pass
-    (a warning, e.g. "no boxes in this source", blocks nothing)."""
+# How long a run waits for upstream checks that another run in progress is evaluating (a backfill
+# launches a run once its parents are materialised, which can be before their checks have run).
+CHECK_WAIT_SECONDS = 1800
+
+
+def latest_check_executions(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> dict:
+    """The latest execution of each check of ``keys``, once none is still being evaluated by another
+    run in progress (waited for up to :data:`CHECK_WAIT_SECONDS`)."""
     from ilsvrc_assets.defs.dagster_internals import AssetCheckExecutionRecordStatus
 
-    latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    deadline = time.monotonic() + CHECK_WAIT_SECONDS
+    while True:
+        latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+        pending = sorted(
+            f"{key.asset_key.to_user_string()}:{key.name}"
+            for key, record in latest.items()
+            if record.status == AssetCheckExecutionRecordStatus.PLANNED
+            and record.run_id != context.run_id
+            and (run := context.instance.get_run_by_id(record.run_id)) is not None
+            and not run.is_finished
+        )
+        if not pending or time.monotonic() > deadline:
+            return latest
+        context.log.info(f"waiting for {', '.join(pending)}, being evaluated by another run")
+        time.sleep(2)
+
+
+def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> None:
+    """Raise a Failure naming every upstream blocking check whose latest evaluation did not pass
+    (a warning, e.g. "no boxes in this source", blocks nothing); one another run is evaluating now is
+    waited for."""
+    from ilsvrc_assets.defs.dagster_internals import AssetCheckExecutionRecordStatus
+
+    latest = latest_check_executions(context, keys)
     blocked = []
     for key in keys:
         record = latest.get(key)

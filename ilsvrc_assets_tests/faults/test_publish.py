@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +16,7 @@ from ilsvrc_assets import fileio, release, versions
 from ilsvrc_assets_tests.helpers import (
     build_all,
     build_env,
+    build_to_the_end,
     kill_when,
     make_settings,
     rewrite_tar,
@@ -120,17 +119,7 @@ def test_a_refresh_killed_at_several_points_shows_readers_one_version_or_the_oth
         "ILSVRC_WORKERS": "1",  # shards one after another: a wide window for the kill
     }
 
-    def build(log: Path) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "ilsvrc_assets.cli", "build", "--log-level", "WARNING"],
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            timeout=600,
-        )
-        assert done.returncode == 0, log.read_text()[-4000:]
-
-    build(tmp_path / "first.log")
+    build_to_the_end(env, tmp_path / "first.log")
     old = seen_by_readers(settings.data_dir)
 
     # The refresh: a new validation archive (its MD5SUMS line updated) where the old one was.
@@ -167,7 +156,7 @@ def test_a_refresh_killed_at_several_points_shows_readers_one_version_or_the_oth
         kill_when(start_build(env, log), ready, timeout=300, log=log)
         observed.append((moment, seen_by_readers(settings.data_dir)))
 
-    build(tmp_path / "last.log")
+    build_to_the_end(env, tmp_path / "last.log")
     new = seen_by_readers(settings.data_dir)
     for folder in READERS:
         assert new[folder] != old[folder], f"{folder}: the refresh changed nothing"
