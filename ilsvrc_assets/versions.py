@@ -66,6 +66,7 @@ class Output:
 
     name: str
     folders: tuple[str, ...]  # the first holds the completeness marker
+    record_format: str | None = None  # the record format whose shards these are (their manifest's MD5s)
 
     @property
     def asset(self) -> str:
@@ -79,7 +80,7 @@ def _outputs() -> dict[str, Output]:
     found = [Output("validation_tree", ("validation",)), Output("train_tree", ("train",))]
     for record_format in map(formats.by_name, formats.FORMATS):
         folders = (record_format.folder, *(c.folder for c in record_format.companions))
-        found.append(Output(record_format.folder, folders))
+        found.append(Output(record_format.folder, folders, record_format.name))
     return {output.name: output for output in found}
 
 
@@ -540,11 +541,10 @@ def _known(settings: Settings, output: Output) -> dict[str, tuple[int, int, str]
     by ``dataset_manifest``), so that publishing 146 GB of shards does not read them again."""
     from ilsvrc_assets import formats, manifest
 
-    by_folder = {f.folder: f for f in map(formats.by_name, formats.FORMATS)}
     staged = staging_version(settings, output)
-    if output.name not in by_folder or staged is None:
+    if output.record_format is None or staged is None:
         return {}
-    record_format = by_folder[output.name]
+    record_format = formats.by_name(output.record_format)
     found = manifest.read(staged / output.name / manifest.MANIFEST) or {}
     return {
         f"{output.name}/{record_format.file_name(shard['name'])}": (

@@ -12,7 +12,6 @@ from dagster import (
     AssetCheckResult,
     AssetChecksDefinition,
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
     Failure,
     MaterializeResult,
@@ -20,34 +19,28 @@ from dagster import (
     asset_check,
 )
 
-from ilsvrc_assets import formats, manifest, versions
+from ilsvrc_assets import versions
+from ilsvrc_assets.defs.manifest import dataset_checks, webdataset_checks
 from ilsvrc_assets.defs.metadata import check_result, materialized
 from ilsvrc_assets.defs.resources import IlsvrcResource
-from ilsvrc_assets.defs.shards import latest_check_executions, require_upstream_checks_passed
+from ilsvrc_assets.defs.shards import require_upstream_checks_passed
+from ilsvrc_assets.defs.train_tree import matches_train_index
+from ilsvrc_assets.defs.validation_tree import matches_validation_label_file
 
 
-def _checks(asset_name: str, names) -> list[AssetCheckKey]:
-    return [AssetCheckKey(AssetKey(asset_name), name) for name in names]
+def _gate(group: str, checks: AssetChecksDefinition) -> tuple[str, str, list[AssetCheckKey]]:
+    """(the asset ``checks`` judge, ``group``, their keys in order of name)."""
+    keys = sorted(checks.check_keys, key=lambda key: key.name)
+    (asset_key,) = {key.asset_key for key in keys}
+    return asset_key.to_user_string(), group, keys
 
 
-# Output -> (the asset whose checks judge its staged version, the asset's group, those checks).
+# Output -> (the asset whose checks judge its staged version, the publishing asset's group, those checks).
 GATES: dict[str, tuple[str, str, list[AssetCheckKey]]] = {
-    "validation_tree": (
-        "validation_tree",
-        "validation",
-        _checks("validation_tree", ["matches_validation_label_file"]),
-    ),
-    "train_tree": ("train_tree", "imagefolder", _checks("train_tree", ["matches_train_index"])),
-    "tfrecords": (
-        "dataset_manifest",
-        "tfrecords",
-        _checks("dataset_manifest", manifest.checks_for(formats.by_name("tfrecord"))),
-    ),
-    "webdataset": (
-        "webdataset_manifest",
-        "webdataset",
-        _checks("webdataset_manifest", manifest.checks_for(formats.by_name("webdataset"))),
-    ),
+    "validation_tree": _gate("validation", matches_validation_label_file),
+    "train_tree": _gate("imagefolder", matches_train_index),
+    "tfrecords": _gate("tfrecords", dataset_checks),
+    "webdataset": _gate("webdataset", webdataset_checks),
 }
 assert set(GATES) == set(versions.OUTPUTS), "every published output needs its gate here"
 
@@ -56,8 +49,7 @@ def require_checks_since_materialised(context: AssetExecutionContext, keys: list
     """Raise a Failure unless every check of ``keys`` passed (:func:`require_upstream_checks_passed`)
     and was evaluated after the latest materialisation of the asset it checks: a check that judged an
     earlier version proves nothing about the one being published."""
-    require_upstream_checks_passed(context, keys)
-    latest = latest_check_executions(context, keys)
+    latest = require_upstream_checks_passed(context, keys)
     stale = []
     for key in keys:
         made = context.instance.get_latest_materialization_event(key.asset_key)

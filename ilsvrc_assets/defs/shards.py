@@ -83,10 +83,10 @@ def latest_check_executions(context: AssetExecutionContext, keys: list[AssetChec
         time.sleep(2)
 
 
-def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> None:
+def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[AssetCheckKey]) -> dict:
     """Raise a Failure naming every upstream blocking check whose latest evaluation did not pass
     (a warning, e.g. "no boxes in this source", blocks nothing); one another run is evaluating now is
-    waited for."""
+    waited for. Returns the latest executions judged (:func:`latest_check_executions`)."""
     from ilsvrc_assets.defs.dagster_internals import AssetCheckExecutionRecordStatus
 
     latest = latest_check_executions(context, keys)
@@ -112,6 +112,7 @@ def require_upstream_checks_passed(context: AssetExecutionContext, keys: list[As
             + "; ".join(blocked)
             + ". Fix the input and materialise again."
         )
+    return latest
 
 
 def shard_partitions(
