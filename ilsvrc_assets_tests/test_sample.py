@@ -7,6 +7,7 @@ The default sample is generated once per module (about 10 s); the caching tests 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -532,7 +533,73 @@ def test_spec_is_validated(tmp_path: Path) -> None:
         sample.write_release(tmp_path, SampleSpec(image_size=(4, 8)))
     with pytest.raises(ValueError, match="train_images_per_synset"):
         sample.write_release(tmp_path, SampleSpec(train_images_per_synset=(3, 2)))
+    # 1,000 synsets of 6 to 12 images: 5 at each bound, the other 990 between (7 to 11 each).
+    with pytest.raises(ValueError, match=r"train_images_total=11001: need 7020 to 10980"):
+        sample.write_release(tmp_path, SampleSpec(train_images_per_synset=(6, 12), train_images_total=11_001))
+    with pytest.raises(ValueError, match="train_fraction"):
+        sample.write_release(tmp_path, SampleSpec(train_fraction=0))
+    with pytest.raises(ValueError, match="train_bbox_files=5000: more than the 4000 training images"):
+        sample.write_release(tmp_path, SampleSpec(train_images_per_synset=(4, 4), train_bbox_files=5_000))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_opt_in_fields_at_their_defaults_leave_sample_json_as_before() -> None:
+    # SAMPLE.json's spec is what is_complete compares: a default spec's must not gain keys.
+    assert set(DEFAULT.as_json()) == {"seed", "train_images_per_synset", "image_size", "jpeg_quality"}
+    half = sample.full_count_spec(0.5).as_json()
+    assert half["train_images_total"] == release.NUM_TRAIN_IMAGES and half["train_fraction"] == 0.5
+    assert half["train_bbox_files"] == 272_273  # half of the release's 544,546
+
+
+def test_full_count_spec_has_the_release_counts() -> None:
+    """The counts of the full-count stand-in, from its plan's per-synset counts (no image made)."""
+    from ilsvrc_assets.sample.plan import _exact_train_counts
+
+    spec = sample.full_count_spec()
+    assert spec.train_bbox_files == release.NUM_TRAIN_BBOX_FILES == sample.FULL_SCALE_TRAIN_BBOX_FILES
+    synsets = release.challenge_synsets()
+    counts = _exact_train_counts(spec, synsets)
+    assert list(counts) == list(synsets)
+    assert sum(counts.values()) == release.NUM_TRAIN_IMAGES == 1_281_167
+    assert min(counts.values()) == 732 and max(counts.values()) == 1300
+    assert Counter(counts.values())[732] == Counter(counts.values())[1300] == 5  # a handful at each bound
+    assert _exact_train_counts(spec, synsets) == counts  # deterministic
+    # Half of each synset's images, rounded up.
+    half = sample.full_count_spec(0.5)
+    assert sum(-(-n // 2) for n in _exact_train_counts(half, synsets).values()) == 640_844
+
+
+def test_a_total_is_met_exactly_and_a_fraction_keeps_a_subset_of_the_same_files() -> None:
+    """The full-count machinery on a release of 9,000 images (the same code path, in a second)."""
+    from ilsvrc_assets.sample.plan import _plan_train, _plan_train_boxes
+
+    spec = SampleSpec(
+        seed=3, train_images_per_synset=(6, 12), train_images_total=9_000, train_bbox_files=4_000
+    )
+    half = dataclasses.replace(spec, train_fraction=0.5, train_bbox_files=2_000)
+    order, train = _plan_train(spec)
+    half_order, half_train = _plan_train(half)
+    sizes = Counter(len(images) for images in train.values())
+    assert sum(len(images) for images in train.values()) == 9_000
+    assert min(sizes) == 6 and max(sizes) == 12 and sizes[6] == sizes[12] == 5
+    assert half_order == order
+    bad = release.png_train_files() | release.cmyk_train_files()
+    for wnid, images in train.items():
+        names = [image.filename for image in images]
+        kept = [image.filename for image in half_train[wnid]]
+        assert len(kept) == -(-len(names) // 2), wnid
+        assert kept == [name for name in names if name in set(kept)], "a subset, in the same member order"
+        assert bad & set(names) <= set(kept), "the PNG and CMYK files stay"
+        full_images = {image.filename: image for image in images}
+        assert all(full_images[image.filename] == image for image in half_train[wnid]), "the same pictures"
+    for plan_spec, (synset_order, images), files in (
+        (spec, (order, train), 4_000),
+        (half, (half_order, half_train), 2_000),
+    ):
+        annotations, _ = _plan_train_boxes(plan_spec, synset_order, images)
+        assert len(annotations) == files
+        names = {image.filename for group in images.values() for image in group}
+        assert {f"{a.stem}.JPEG" for a in annotations} <= names
 
 
 def test_images_encoded_on_several_cores_are_the_bytes_of_one() -> None:

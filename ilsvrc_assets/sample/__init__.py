@@ -40,7 +40,7 @@ from pathlib import Path
 from ilsvrc_assets import fileio, release
 from ilsvrc_assets.sample.plan import ODDITIES, _box, _Image, _inside, _Object, _plan, reference_kept_boxes
 from ilsvrc_assets.sample.render import DEMO_EVAL, DEVKIT_README, _meta_mat, _xml, encoded_batches
-from ilsvrc_assets.sample.spec import SAMPLE_VERSION, SampleSpec
+from ilsvrc_assets.sample.spec import SAMPLE_VERSION, SampleSpec, full_count_spec
 from ilsvrc_assets.sample.tars import TAR_FORMAT, TAR_MTIME, _add, _add_dir, _tar_writer, _Written
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "SampleSpec",
     "describe",
     "ensure_sample",
+    "full_count_spec",
     "is_complete",
     "reference_kept_boxes",
     "write_release",

@@ -10,12 +10,13 @@ counts which of an XML's boxes the reference table keeps. Nothing here writes by
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ilsvrc_assets import release
-from ilsvrc_assets.sample.spec import SampleSpec
+from ilsvrc_assets.sample.spec import SYNSETS_AT_EACH_BOUND, SampleSpec
 
 TRAIN_NUMBER_RANGE = (1, 60_000)  # file numbers n of <wnid>_<n>.JPEG are drawn from here
 TRAIN_ANNOTATED_FRACTION = 0.6  # share of training images with a bounding-box XML
@@ -65,7 +66,7 @@ _ASSIGNED_ODDITIES = (
 CMYK_ANNOTATED = 3  # CMYK files that get a bounding-box XML
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a full-count plan holds 1,281,167
 class _Image:
     filename: str
     width: int
@@ -74,13 +75,13 @@ class _Image:
     look: int  # 64 random bits that choose the colours and pattern
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Object:
     name: str
     box: tuple[str, str, str, str]  # xmin, ymin, xmax, ymax exactly as written
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Annotation:
     folder: str
     stem: str  # the XML file's stem, = the image's (the reference takes the name from here)
@@ -138,10 +139,13 @@ def _plan_train(spec: SampleSpec) -> tuple[list[str], dict[str, list[_Image]]]:
             wnid, _, number = name.removesuffix(".JPEG").rpartition("_")
             special.setdefault(wnid, {})[int(number)] = kind
     lo, hi = spec.train_images_per_synset
+    exact = _exact_train_counts(spec, synsets) if spec.train_images_total is not None else None
     train: dict[str, list[_Image]] = {}
+    kept: set[str] = set()  # with train_fraction < 1, the images left in the plan at the end
     for wnid in synsets:
         fixed = special.get(wnid, {})
-        count = max(rng.randint(lo, hi), len(fixed))  # the bad files count towards the synset
+        drawn_count = exact[wnid] if exact is not None else rng.randint(lo, hi)
+        count = max(drawn_count, len(fixed))  # the bad files count towards the synset
         pool = range(TRAIN_NUMBER_RANGE[0], TRAIN_NUMBER_RANGE[1] + 1)
         drawn = [n for n in rng.sample(pool, count + len(fixed)) if n not in fixed]
         numbers = list(fixed) + drawn[: count - len(fixed)]
@@ -153,6 +157,8 @@ def _plan_train(spec: SampleSpec) -> tuple[list[str], dict[str, list[_Image]]]:
             )
         rng.shuffle(images)  # tar member order is not sorted in the release either
         train[wnid] = images
+        # The first numbers drawn (the bad files among them) are those kept of a fraction.
+        kept.update(f"{wnid}_{n}.JPEG" for n in numbers[: math.ceil(count * spec.train_fraction)])
     # About 1% grayscale JPEGs, chosen among the ordinary ones.
     ordinary = [(w, i) for w in synsets for i, image in enumerate(train[w]) if image.kind == "rgb"]
     wanted = max(MIN_TRAIN_GRAYSCALE, round(TRAIN_GRAYSCALE_FRACTION * len(ordinary)))
@@ -161,7 +167,37 @@ def _plan_train(spec: SampleSpec) -> tuple[list[str], dict[str, list[_Image]]]:
         train[wnid][i] = _Image(image.filename, image.width, image.height, "gray", image.look)
     order = list(synsets)
     rng.shuffle(order)
+    if spec.train_fraction < 1:  # a subset of the plan at 1.0: the same images, kinds and order
+        train = {
+            wnid: [image for image in images if image.filename in kept] for wnid, images in train.items()
+        }
     return order, train
+
+
+def _exact_train_counts(spec: SampleSpec, synsets: Sequence[str]) -> dict[str, int]:
+    """Per-synset counts within ``train_images_per_synset`` adding up to ``train_images_total``.
+
+    A few synsets (:data:`SYNSETS_AT_EACH_BOUND` each) get exactly the least and the most; the others
+    are drawn strictly between, then each moved the same share of its distance to the bound the sum
+    has to go towards (the rounding's remainder one image each, to synsets drawn at random).
+    """
+    rng = _rng(spec, "train_counts")
+    lo, hi = spec.train_images_per_synset
+    ends = rng.sample(list(synsets), 2 * SYNSETS_AT_EACH_BOUND)
+    counts = {wnid: lo for wnid in ends[:SYNSETS_AT_EACH_BOUND]}
+    counts.update({wnid: hi for wnid in ends[SYNSETS_AT_EACH_BOUND:]})
+    others = [wnid for wnid in synsets if wnid not in counts]
+    drawn = {wnid: rng.randint(lo + 1, hi - 1) for wnid in others}
+    gap = spec.train_images_total - sum(counts.values()) - sum(drawn.values())
+    bound, sign = (hi - 1, 1) if gap > 0 else (lo + 1, -1)
+    room = {wnid: abs(bound - drawn[wnid]) for wnid in others}
+    total_room = sum(room.values())  # at least |gap|: SampleSpec.validate
+    moved = {wnid: room[wnid] * abs(gap) // total_room if gap else 0 for wnid in others}
+    remainder = abs(gap) - sum(moved.values())  # fewer than the synsets not yet at the bound
+    for wnid in rng.sample([w for w in others if moved[w] < room[w]], remainder):
+        moved[wnid] += 1
+    counts.update({wnid: drawn[wnid] + sign * moved[wnid] for wnid in others})
+    return {wnid: counts[wnid] for wnid in synsets}
 
 
 def _plan_validation(spec: SampleSpec) -> tuple[list[_Image], list[int], list[tuple[_Object, ...]]]:
@@ -251,9 +287,16 @@ def _plan_train_boxes(
         candidates = sorted(i.filename for i in train[wnid] if i.filename not in chosen)
         for name in rng.sample(candidates, min(times, len(candidates))):
             chosen[name] = f"text_label:{label}"
-    # About 60% of all training images in all, the rest drawn at random.
+    # About 60% of all training images in all (or as many as the spec says), the rest drawn at random.
     rest = sorted(n for n in by_name if n not in chosen)
-    extra = max(0, round(TRAIN_ANNOTATED_FRACTION * len(by_name)) - len(chosen))
+    wanted = spec.train_bbox_files
+    if wanted is None:
+        wanted = round(TRAIN_ANNOTATED_FRACTION * len(by_name))
+    elif wanted > len(by_name):
+        raise ValueError(
+            f"SampleSpec.train_bbox_files={wanted}: more than the {len(by_name)} training images"
+        )
+    extra = max(0, wanted - len(chosen))
     picked = rng.sample(rest, min(extra, len(rest)))
     # The first few picks get the oddities, ODDITY_REPEATS of each; the rest are ordinary.
     assigned = [o for o in _ASSIGNED_ODDITIES for _ in range(ODDITY_REPEATS)]
