@@ -3,6 +3,9 @@
     python -m ilsvrc_assets.benchmark                       realistic training images (~90 KB), 4 per synset
     python -m ilsvrc_assets.benchmark --tiny --train-per-synset 1 --train-shards 4 --validation-shards 2 \
         --boxes-at-scale 3000 --second-scale 2 --no-main-command   (what CI runs: a smoke test)
+    python -m ilsvrc_assets.benchmark --full-count --out /tmp/bench-full
+        the release's real counts with tiny images (``sample.full_count_spec``: 1,281,167 training
+        images, about 2 GB; written once, reused from --out), then half of each synset's images
 
 Writes a stand-in release (``sample.write_release``) into ``<out>/release``, then runs, each in a
 fresh process of its own:
@@ -21,11 +24,18 @@ fresh process of its own:
   and Dagster history under ``<out>/dagster``);
 - ``main command, sample``: ``ilsvrc-assets build`` as a new user runs it, on the default sample,
   generation included, with the default settings;
+- ``TFDS imagenet2012 builder``: the peer, TensorFlow Datasets' builder on the same two image
+  archives (its own TFRecords only), when ``tensorflow_datasets`` is installed (the ``bench``
+  extra); like the Dagster rows, timed as a whole command;
 
 and prints, per stage: seconds, images/s, MB/s of the input it had to read, the peak RSS of the
 stage's largest process (the stage's process or one of its workers; from ``wait4``) and the ratio
 of its time to the copy's; then the ratios the targets are stated in. Then it runs the stages
-again at a second scale (twice the training images) and prints each stage's peak RSS at both.
+again at a second scale (twice the training images; with ``--full-count``, half of them) and prints
+each stage's peak RSS at both. ``--full-count`` leaves out the rows that make no sense there (the
+box archive at scale, which that release has already; the one-worker shard row; the main command
+on the default sample) and prints the targets of the real counts: the whole graph against TFDS,
+every process under 1 GiB, the training index under 8 s.
 A library stage's seconds are measured inside its process around the stage function (no
 interpreter start or imports); the Dagster rows are whole commands. The archives were just
 written, so they are usually in the page cache: the numbers show CPU cost more than disk speed.
@@ -266,6 +276,40 @@ def run_publish(settings: Settings, release_dir: Path) -> float:
     return time.perf_counter() - started
 
 
+def tfds_installed() -> bool:
+    """Whether TensorFlow Datasets can be imported here (the ``bench`` extra): the TFDS row's condition."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow_datasets") is not None
+
+
+def run_tfds(settings: Settings, release_dir: Path) -> None:
+    """The peer: TensorFlow Datasets' ``imagenet2012`` builder on the same two image archives.
+
+    It reads ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar`` from its manual folder
+    (symbolic links here; a missing test archive only drops the test split, with a warning), takes
+    the validation labels from a list it ships and writes its own TFRecords: no tree, no boxes, no
+    checks. Offline: TFDS 4.9 fetches nothing from its bucket unless asked, and manual files have no
+    checksums to look up. Its data and download folders are new for each run, so it never reuses
+    an earlier preparation.
+    """
+    import tensorflow_datasets as tfds
+
+    root = settings.data_dir / "tfds"
+    shutil.rmtree(root, ignore_errors=True)
+    manual = root / "manual"
+    manual.mkdir(parents=True)
+    for archive in (release.IMG_TRAIN, release.IMG_VAL):
+        (manual / archive.name).symlink_to(release_dir / archive.name)
+    builder = tfds.builder("imagenet2012", data_dir=str(root / "data"))
+    builder.download_and_prepare(
+        download_dir=str(root / "downloads"),
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)),
+    )
+    splits = builder.info.splits
+    print(f"TFDS wrote {splits['train'].num_examples:,} + {splits['validation'].num_examples:,} examples")
+
+
 # --- What each stage reads, for images/s and MB/s -------------------------------------------------
 
 
@@ -326,6 +370,8 @@ class Stage:
     # None: a command of its own (Dagster). Returns None, or the seconds of its work proper.
     run: Callable[[Settings, Path], float | None] | None
     reads: Callable[[Path, Path], Work]  # (release dir, benchmark dir) -> what the stage had to read
+    # Timed as a whole command (interpreter start and imports included), as the Dagster rows are.
+    whole_command: bool = False
 
 
 BOXES_AT_SCALE = "bounding boxes at scale"
@@ -336,7 +382,9 @@ PUBLISH = "publish (tree, shards)"
 WRITE_SHARDS_ONE_WORKER = "write shards (1 worker)"
 WRITE_WEBDATASET = "write webdataset"
 MAIN_COMMAND = "main command, sample"
-OPTIONAL = (BOXES_AT_SCALE, MAIN_COMMAND)  # run when asked for (the realistic run asks)
+TFDS = "TFDS imagenet2012 builder"
+OPTIONAL = (BOXES_AT_SCALE, MAIN_COMMAND, TFDS)  # run when asked for (the realistic run asks), at one scale
+PEERS = ("copy archives", "copy archives + fsync", "tar x (validation archive)", TFDS)  # not ours
 
 STAGES = (
     Stage("copy archives", run_copy, all_archives),
@@ -380,6 +428,7 @@ STAGES = (
     Stage(PUBLISH, run_publish, lambda r, d: Work(counts(r)["validation_images"], 0)),
     Stage(DAGSTER_BUILD, None, all_archives),
     Stage(MAIN_COMMAND, None, sample_archives),
+    Stage(TFDS, run_tfds, shard_input, whole_command=True),  # last: a peer's failure stops nothing of ours
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -468,9 +517,9 @@ def run_stage(stage: Stage, out: Path, release_dir: Path, env: dict[str, str]) -
         result_file = log.with_suffix(".json")
         command = [sys.executable, "-m", "ilsvrc_assets.benchmark", "--stage", stage.name]
         command += ["--release", str(release_dir), "--result", str(result_file)]
-        code, _, rss = run_child(command, dict(env, ILSVRC_DATA_DIR=str(out / "library")), log)
+        code, wall, rss = run_child(command, dict(env, ILSVRC_DATA_DIR=str(out / "library")), log)
         measured = json.loads(result_file.read_text()) if code == 0 else {}
-        seconds = measured.get("seconds", float("nan"))
+        seconds = wall if stage.whole_command else measured.get("seconds", float("nan"))
         rss = measured.get("peak_rss_mb", rss)
     work = stage.reads(release_dir, out) if code == 0 else None
     if code != 0:
@@ -523,6 +572,7 @@ def comparisons(results: list[Result], workers: int) -> str:
             ratio(WRITE_WEBDATASET, "write shards", "write webdataset / write shards (TFRecord)"),
             ratio(DAGSTER_BUILD, "copy archives", "whole graph / copy archives"),
             ratio(PREVIEWS, DAGSTER_BUILD, "previews / whole graph"),
+            ratio(DAGSTER_BUILD, TFDS, "whole graph / TFDS"),
             index_share(seconds),
         ]
     )
@@ -571,10 +621,10 @@ def cpu_scaling(workers: int, work: int = 40_000_000) -> float:
     return seconds[0] / seconds[1]
 
 
-def memory_at_two_scales(first: list[Result], second: list[Result], scales: tuple[int, int]) -> str:
-    """Peak RSS of each stage at both scales, side by side."""
+def memory_at_two_scales(first: list[Result], second: list[Result], labels: tuple[str, str]) -> str:
+    """Peak RSS of each stage at both scales (named by ``labels``), side by side."""
     at_second = {r.stage.name: r for r in second}
-    header = f"{'peak RSS MB':<28} {f'{scales[0]}/synset':>12} {f'{scales[1]}/synset':>12} {'ratio':>7}"
+    header = f"{'peak RSS MB':<28} {labels[0]:>12} {labels[1]:>12} {'ratio':>7}"
     lines = [header, "-" * len(header)]
     for r in first:
         other = at_second.get(r.stage.name)
@@ -587,12 +637,140 @@ def memory_at_two_scales(first: list[Result], second: list[Result], scales: tupl
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+GIB_MB = 2**30 / 1e6  # 1 GiB in the table's MB (1,074)
+
+
+def _ours(results: list[Result]) -> list[Result]:
+    """The rows of this project's own stages that ran (not the copies, tar x or TFDS)."""
+    return [r for r in results if r.ok and r.stage.name not in PEERS]
+
+
+def largest_process(results: list[Result]) -> str:
+    """The largest process among this project's stages, against 1 GiB."""
+    ours = _ours(results)
+    if not ours:
+        return "  largest process: -"
+    largest = max(ours, key=lambda r: r.peak_rss_mb)
+    over = [f"{r.stage.name} {r.peak_rss_mb:,.0f} MB" for r in ours if r.peak_rss_mb >= GIB_MB]
+    verdict = "met" if not over else f"not met: {'; '.join(over)}"
+    return (
+        f"  largest process: {largest.peak_rss_mb:,.0f} MB ({largest.stage.name}); "
+        f"target every process under 1 GiB ({GIB_MB:,.0f} MB): {verdict}"
+    )
+
+
+def full_count_targets(results: list[Result]) -> str:
+    """The targets of the real counts (issue 13) that one run judges: the whole graph against TFDS,
+    every process under 1 GiB, the training index under 8 s."""
+    ok = {r.stage.name: r for r in results if r.ok}
+    lines = ["", "targets at full count:"]
+    graph, peer = ok.get(DAGSTER_BUILD), ok.get(TFDS)
+    if graph and peer:
+        ratio = graph.seconds / peer.seconds
+        lines.append(
+            f"  whole graph / TFDS: {ratio:.2f}x ({graph.seconds:.1f} s against {peer.seconds:.1f} s); "
+            f"target at most 0.5x: {'met' if ratio <= 0.5 else 'not met'}"
+        )
+    else:
+        lines.append("  whole graph / TFDS: - (a row did not run)")
+    lines.append(largest_process(results))
+    index = ok.get("train index")
+    if index and index.work:
+        lines.append(
+            f"  training index of {index.work.images:,} members: {index.seconds:.2f} s "
+            f"({index.work.images / index.seconds:,.0f} members/s); "
+            f"target under 8 s: {'met' if index.seconds < 8 else 'not met'}"
+        )
+    else:
+        lines.append("  training index: - (the row did not run)")
+    return "\n".join(lines)
+
+
+def peak_at_both_scales(first: list[Result], second: list[Result], labels: tuple[str, str]) -> str:
+    """The largest process of this project's stages at each scale: the target is the same peak."""
+    peaks = [max((r.peak_rss_mb for r in _ours(results)), default=0.0) for results in (first, second)]
+    if not all(peaks):
+        return "  largest process at both scales: -"
+    return (
+        f"  largest process: {peaks[0]:,.0f} MB at {labels[0]}, {peaks[1]:,.0f} MB at {labels[1]} "
+        f"({peaks[1] / peaks[0]:.2f}x; target the same)"
+    )
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One stand-in release the stages run on: its name in the tables, its spec and its folder
+    (``release/`` and every stage's outputs and logs under it)."""
+
+    label: str
+    spec: sample.SampleSpec
+    folder: Path
+
+
+def scales(args: argparse.Namespace, out: Path) -> list[Scale]:
+    """The release of the first run, and the second scale's (to compare peak memory), if any."""
+    if args.full_count:
+        return [
+            Scale("full counts", sample.full_count_spec(), out),
+            Scale("half counts", sample.full_count_spec(0.5), out / "half"),
+        ]
+
+    def per_synset(n: int) -> sample.SampleSpec:
+        return sample.SampleSpec(
+            train_images_per_synset=(n, n), photo_train_size=PHOTO_SIZE if args.realistic else None
+        )
+
+    first = Scale(f"{args.train_per_synset}/synset", per_synset(args.train_per_synset), out)
+    if not args.second_scale:
+        return [first]
+    second = Scale(
+        f"{args.second_scale}/synset", per_synset(args.second_scale), out / f"scale-{args.second_scale}"
+    )
+    return [first, second]
+
+
+# Rows that make no sense at the real counts, and why.
+FULL_COUNT_SKIPS = {
+    BOXES_AT_SCALE: "the full-count release's training box archive has the release's "
+    f"{sample.FULL_SCALE_TRAIN_BBOX_FILES:,} files: the bounding boxes row is that measure",
+    WRITE_SHARDS_ONE_WORKER: "the workers' scaling is measured on the realistic stand-in; here it would "
+    "add minutes for no new figure; without it the index files' share is not computed",
+    MAIN_COMMAND: "it times the default sample, not this release",
+}
+
+
+def plan_stages(args: argparse.Namespace, tfds_present: bool) -> tuple[list[Stage], dict[str, str]]:
+    """The stages of the first scale, in order, and those left out with why."""
+    skipped: dict[str, str] = {}
+    if args.full_count:
+        skipped.update(FULL_COUNT_SKIPS)
+    else:
+        if not args.boxes_at_scale:
+            skipped[BOXES_AT_SCALE] = "--boxes-at-scale 0"
+        if not args.main_command:
+            skipped[MAIN_COMMAND] = "--no-main-command"
+    if not args.tfds:
+        skipped[TFDS] = "not asked for (--tfds; the default with --realistic and --full-count)"
+    elif not tfds_present:
+        skipped[TFDS] = "tensorflow_datasets is not installed (pip install -e '.[bench]')"
+    return [stage for stage in STAGES if stage.name not in skipped], skipped
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the options left unset filled in (they depend on --realistic and
+    --full-count); as given when it asks for one stage in a child process (``--stage``)."""
     parser = argparse.ArgumentParser(
         prog="python -m ilsvrc_assets.benchmark", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--train-per-synset", type=int, default=4, help="training images per synset (default 4)"
+        "--full-count",
+        action="store_true",
+        help="the release's real counts with tiny images (1,281,167 training images in 1,000 synsets, "
+        "50,000 validation, 544,546 training box files; about 2 GB, written once into --out), then "
+        "again at half of them to compare peak memory; without the rows that make no sense there",
+    )
+    parser.add_argument(
+        "--train-per-synset", type=int, help="training images per synset (default 4; not with --full-count)"
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
@@ -628,6 +806,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also time the main command on the default sample, generation included "
         "(default: with --realistic)",
     )
+    parser.add_argument(
+        "--tfds",
+        action=argparse.BooleanOptionalAction,
+        help="also time TensorFlow Datasets' imagenet2012 builder on the same archives, in a process of "
+        "its own, when tensorflow_datasets is installed (the bench extra) "
+        "(default: with --realistic or --full-count)",
+    )
     parser.add_argument("--out", type=Path, help="working folder (default: a new temporary folder)")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary working folder (--out is always kept)"
@@ -637,15 +822,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.stage:
+        resolve_defaults(parser, args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.stage:
         return child_main(args.stage, args.release, args.result)
-    if args.boxes_at_scale is None:
-        args.boxes_at_scale = sample.FULL_SCALE_TRAIN_BBOX_FILES if args.realistic else 0
-    if args.second_scale is None:
-        args.second_scale = 2 * args.train_per_synset if args.realistic else 0
-    if args.main_command is None:
-        args.main_command = args.realistic
-
     out = (args.out or Path(tempfile.mkdtemp(prefix="ilsvrc-benchmark-"))).absolute()
     keep = args.keep or args.out is not None  # a folder the user named is never deleted
     try:
@@ -655,6 +840,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark: kept {out}")
         else:
             shutil.rmtree(out, ignore_errors=True)
+
+
+def resolve_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fill in the options left unset, which depend on --realistic and --full-count."""
+    if args.full_count:
+        given = [
+            "--" + name.replace("_", "-")
+            for name in ("train_per_synset", "boxes_at_scale", "second_scale", "main_command")
+            if getattr(args, name) is not None
+        ]
+        if given:
+            parser.error(f"--full-count sets the counts and the rows itself: not with {', '.join(given)}")
+        args.boxes_at_scale, args.second_scale, args.main_command = 0, 0, False
+    if args.train_per_synset is None:
+        args.train_per_synset = 4
+    if args.boxes_at_scale is None:
+        args.boxes_at_scale = sample.FULL_SCALE_TRAIN_BBOX_FILES if args.realistic else 0
+    if args.second_scale is None:
+        args.second_scale = 2 * args.train_per_synset if args.realistic else 0
+    if args.main_command is None:
+        args.main_command = args.realistic
+    if args.tfds is None:
+        args.tfds = args.realistic or args.full_count
 
 
 def write_boxes_at_scale(release_dir: Path, files: int) -> None:
@@ -672,32 +880,28 @@ def write_boxes_at_scale(release_dir: Path, files: int) -> None:
     )
 
 
-def run_scale(
-    args: argparse.Namespace, out: Path, train_per_synset: int, stages: list[Stage]
-) -> tuple[list[Result], bool]:
-    """Write (or reuse) the stand-in release under ``out`` and run ``stages`` on it."""
-    spec = sample.SampleSpec(
-        train_images_per_synset=(train_per_synset, train_per_synset),
-        photo_train_size=PHOTO_SIZE if args.realistic else None,
-    )
+def run_scale(args: argparse.Namespace, scale: Scale, stages: list[Stage]) -> tuple[list[Result], bool]:
+    """Write (or reuse) the scale's stand-in release and run ``stages`` on it; False if one of this
+    project's stages failed (the later ones need its outputs; TFDS's failure stops nothing)."""
+    out = scale.folder
     release_dir = out / "release"
     for stale in ("library", "dagster", "logs", "main-command"):  # from an earlier run in the same --out
         shutil.rmtree(out / stale, ignore_errors=True)
     (out / "logs").mkdir(parents=True)
-    if sample.is_complete(release_dir, spec):
+    if sample.is_complete(release_dir, scale.spec):
         print(f"benchmark: reusing the release in {release_dir}")
     else:
         started = time.perf_counter()
-        sample.write_release(release_dir, spec)
+        sample.write_release(release_dir, scale.spec, progress=lambda line: print(line, flush=True))
         print(f"benchmark: wrote the release in {time.perf_counter() - started:.1f} s to {release_dir}")
     if any(stage.name == BOXES_AT_SCALE for stage in stages):
         write_boxes_at_scale(release_dir, args.boxes_at_scale)
     c = counts(release_dir)
     total = archive_bytes(release_dir, *release.ARCHIVES)
     print(
-        f"benchmark: {c['train_images']:,} train + {c['validation_images']:,} validation images, "
-        f"{total / 1e6:,.0f} MB in five archives "
-        f"(~{archive_bytes(release_dir, release.IMG_TRAIN) / c['train_images'] / 1e3:.0f} KB per train image); "
+        f"benchmark: {scale.label}: {c['train_images']:,} train + {c['validation_images']:,} validation images, "
+        f"{c['train_bbox_files']:,} training box files, {total / 1e6:,.0f} MB in five archives "
+        f"(~{archive_bytes(release_dir, release.IMG_TRAIN) / c['train_images'] / 1e3:.1f} KB per train image); "
         f"{args.workers} workers, {args.train_shards}/{args.validation_shards} shards; "
         f"{os.cpu_count()} cores",
         flush=True,
@@ -716,33 +920,41 @@ def run_scale(
         os.sync()
         result = run_stage(stage, out, release_dir, env)
         results.append(result)
-        if not result.ok:
-            return results, False  # the later stages need this one's outputs
+        if not result.ok and stage.name != TFDS:
+            return results, False
     return results, True
 
 
 def benchmark(args: argparse.Namespace, out: Path) -> int:
-    skipped = {BOXES_AT_SCALE: not args.boxes_at_scale, MAIN_COMMAND: not args.main_command}
-    stages = [stage for stage in STAGES if not skipped.get(stage.name)]
-    results, ok = run_scale(args, out, args.train_per_synset, stages)
+    stages, skipped = plan_stages(args, tfds_installed())
+    for name, why in skipped.items():
+        print(f"benchmark: not run: {name} ({why})")
+    first, *second = scales(args, out)
+    results, ok = run_scale(args, first, stages)
     print()
     print(table(results))
     print(comparisons(results, args.workers))
-    if args.workers > 1:
+    if args.workers > 1 and WRITE_SHARDS_ONE_WORKER not in skipped:
         print(
             f"  this machine, pure computation, {args.workers} processes / 1: "
             f"{cpu_scaling(args.workers):.2f}x (the ceiling of the workers' ratio)"
         )
-    if ok and args.second_scale:
-        print(f"\nbenchmark: the same stages with {args.second_scale} training images per synset", flush=True)
+    if args.full_count:
+        print(full_count_targets(results))
+    everything = list(results)
+    if ok and second:
         again = [stage for stage in stages if stage.name not in OPTIONAL]
-        second, ok = run_scale(args, out / f"scale-{args.second_scale}", args.second_scale, again)
+        print(f"\nbenchmark: the same stages with the release at {second[0].label}", flush=True)
+        more, ok = run_scale(args, second[0], again)
+        everything += more
+        labels = (first.label, second[0].label)
         print()
-        print(table(second))
+        print(table(more))
         print()
-        print(memory_at_two_scales(results, second, (args.train_per_synset, args.second_scale)))
+        print(memory_at_two_scales(results, more, labels))
+        print(peak_at_both_scales(results, more, labels))
     print(f"\ncores: {os.cpu_count()}")
-    return 0 if ok else 1
+    return 0 if ok and all(r.ok for r in everything) else 1
 
 
 if __name__ == "__main__":
