@@ -455,8 +455,19 @@ def child_main(stage_name: str, release_dir: Path, result_file: Path) -> int:
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * (
         1 if sys.platform == "darwin" else 1024
     )
-    peak = max(own * 1024 if own is not None else 0, workers)
-    result_file.write_text(json.dumps({"seconds": seconds, "peak_rss_mb": peak / 1e6}))
+    own_bytes = own * 1024 if own is not None else 0
+    peak = max(own_bytes, workers)
+    # Both, for the log: which of the stage's processes was the largest.
+    result_file.write_text(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mb": peak / 1e6,
+                "stage_process_peak_rss_mb": own_bytes / 1e6,
+                "largest_child_peak_rss_mb": workers / 1e6,
+            }
+        )
+    )
     return 0
 
 
