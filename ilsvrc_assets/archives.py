@@ -9,6 +9,7 @@ extracted to disk first, and nothing but headers is read to build the index.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import posixpath
@@ -34,7 +35,9 @@ class ChecksumCache:
     """MD5s already computed, keyed by file path, size and modification time.
 
     Hashing the 148 GB train archive takes minutes; a second run whose archives have not
-    changed (same size, same mtime) reuses the digest instead.
+    changed (same size, same mtime) reuses the digest instead. The archives' steps run at the same
+    time, each in a process of its own, so :meth:`put` reads, adds and writes under an ``flock``
+    (``<cache>.lock``): no process's entry is lost to another's write.
     """
 
     def __init__(self, path: Path):
@@ -58,9 +61,15 @@ class ChecksumCache:
         return None
 
     def put(self, file: Path, md5: str) -> None:
-        entries = self._load()
-        entries[str(file.absolute())] = {**self._stamp(file), "md5": md5}
-        fileio.atomic_write_text(self.path, json.dumps(entries, indent=1, sort_keys=True))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a small write: wait for it
+            entries = self._load()
+            entries[str(file.absolute())] = {**self._stamp(file), "md5": md5}
+            fileio.atomic_write_text(self.path, json.dumps(entries, indent=1, sort_keys=True))
+        finally:
+            os.close(lock)  # releases the lock
 
 
 def md5_of(file: Path, cache: ChecksumCache | None = None) -> tuple[str, bool]:

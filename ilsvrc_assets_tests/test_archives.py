@@ -1,5 +1,8 @@
+import concurrent.futures
 import io
+import multiprocessing
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -118,6 +121,24 @@ def test_checksum_cache_reuses_only_unchanged_files(tmp_path):
     assert archives.md5_of(file, cache) == (digest, True)
     file.write_bytes(b"abcd")
     assert archives.md5_of(file, cache)[1] is False
+
+
+def _put_many(cache_path: Path, files: list[Path]) -> None:
+    cache = ChecksumCache(cache_path)
+    for file in files:
+        cache.put(file, "0" * 32)
+
+
+def test_checksum_cache_keeps_every_entry_when_processes_write_at_once(tmp_path):
+    # prepare_inputs computes the archives' MD5s in several processes at once.
+    files = [tmp_path / f"{n}.tar" for n in range(80)]
+    for file in files:
+        file.write_bytes(b"x")
+    path = tmp_path / "state" / "checksums.json"
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(4, mp_context=context) as pool:
+        list(pool.map(_put_many, [path] * 4, [files[n::4] for n in range(4)]))
+    assert all(ChecksumCache(path).get(file) == "0" * 32 for file in files)
 
 
 def test_checksum_problem_says_what_to_do():
