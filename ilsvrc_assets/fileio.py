@@ -145,6 +145,26 @@ def remove_stale_temp_files(folder: str | os.PathLike[str]) -> int:
     return removed
 
 
+class HashedWriter:
+    """A binary file being written, with the size and MD5 of the bytes written through it, so that a
+    writer knows its file's checksum without reading the file again."""
+
+    def __init__(self, file: IO[bytes]):
+        self.file = file
+        self.bytes = 0
+        self._md5 = hashlib.md5()
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self._md5.update(data)
+        self.bytes += len(data)
+
+    @property
+    def md5(self) -> str:
+        """The hex MD5 of everything written so far."""
+        return self._md5.hexdigest()
+
+
 def md5_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
     """Hex MD5 of a file, read in chunks (never the whole file in memory)."""
     digest = hashlib.md5()

@@ -1,4 +1,4 @@
-"""The dataset manifest: every shard read back, summarised in one JSON file, for each record format.
+"""The dataset manifest: every shard summarised in one JSON file, for each record format.
 
 ``<data>/tfrecords/manifest.json`` (the TFRecords, read back with TensorFlow; likewise
 ``<data>/webdataset/manifest.json`` for the WebDataset tars, beside the ``_info.json`` made from it)
@@ -8,8 +8,11 @@ as JPEG) and, for the TFRecords, the MD5 its DALI index must have (that of the i
 read, ``index_md5``). The asset checks on the manifest judge those findings against the image
 indexes, the index files and the release facts.
 
-Reading a shard back is the expensive part; a shard whose size and modification time are those
-recorded in the previous manifest is not read again.
+The summary of a shard is what the checks of its records found while it was written (the shard
+ledger keeps it, ``shard_plan.ShardLedger.verified``) while the file is as written (its size and
+modification time those recorded); no shard is read again for it. A shard written before the
+writers checked their records, or changed since, is read back; so is a shard whose size and
+modification time are not those of the previous manifest's entry.
 
 :func:`audit` judges the shards as they are on disk now, whatever an earlier run wrote into
 ``manifest.json``: every shard is hashed and compared with the size and MD5 recorded when it was
@@ -27,10 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ilsvrc_assets import archives, fileio, formats, release, storage, versions
+from ilsvrc_assets import archives, fileio, formats, release, shard_plan, storage, versions
 from ilsvrc_assets.formats import tfrecord
 from ilsvrc_assets.progress import reporter
 from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.shard_scan import ALL, SAMPLE
 from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 
 if TYPE_CHECKING:
@@ -56,18 +60,23 @@ def build(
     previous: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
     record_format: RecordFormat | None = None,
+    verified: Callable[[str, Path], dict | None] | None = None,
+    decode: str = ALL,
 ) -> dict:
-    """Read back every shard (reusing unchanged entries of ``previous``) with the caller's record
-    ``workers``, and summarise them. The shards are in ``record_format`` (default: TFRecord)."""
+    """Summarise every shard: what its writer's checks found (``verified(name, path)``: None when
+    the file is not as written), else the unchanged entry of ``previous``, else read back with the
+    caller's record ``workers``. The shards are in ``record_format`` (default: TFRecord)."""
     record_format = _format(record_format)
     old = _entries_by_name(previous)
 
     def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
+        if verified is not None and (found := verified(name, folder / record_format.file_name(name))):
+            return {**found, "name": name, "missing": False, "checked": "while written"}
         entry = old.get(name)
         same = entry and "index_md5" in entry and (entry.get("bytes"), entry.get("mtime_ns")) == stamp
         return entry if same else None
 
-    entries, _ = _read_back(folder, shard_names, workers, reusable, progress, record_format)
+    entries, _ = _read_back(folder, shard_names, workers, reusable, progress, record_format, decode)
     return _summary(shard_names, entries, expected_images, record_format)
 
 
@@ -88,8 +97,10 @@ def _read_back(
     reusable: Callable[[str, tuple[int, int]], dict | None],
     progress: Callable[[int, int], None] | None,
     record_format: RecordFormat,
+    decode: str,
 ) -> tuple[dict[str, dict], list[str]]:
-    """An entry per shard: missing, reused (``reusable(name, (size, mtime_ns))``) or read back now.
+    """An entry per shard: missing, reused (``reusable(name, (size, mtime_ns))``) or read back now,
+    decoding the images the decode policy ``decode`` names.
 
     Returns the entries by shard name and the names of the shards read back.
     """
@@ -109,7 +120,7 @@ def _read_back(
                 to_scan[name] = path
     shard_of = {path.name: name for name, path in to_scan.items()}
     total = len(to_scan)
-    scans = scan_shards(list(to_scan.values()), workers=workers, record_format=record_format)
+    scans = scan_shards(list(to_scan.values()), workers=workers, decode=decode, record_format=record_format)
     for done, scan in enumerate(scans, start=1):
         entry = asdict(scan)
         entry["name"] = shard_of[scan.name]  # the shard (partition) name; the file's is scan.name
@@ -117,6 +128,7 @@ def _read_back(
         stamp = _stamp(folder / scan.name)
         entry["mtime_ns"] = stamp[1] if stamp else None
         entry["missing"] = False
+        entry["checked"] = "read back"
         entries[entry["name"]] = entry
         if progress:
             progress(done, total)
@@ -176,21 +188,23 @@ def audit(
     written: Mapping[str, Written],
     workers: RecordWorkers,
     previous: dict | None = None,
-    hash_shards: bool = True,
+    read_back: bool = True,
     progress: Callable[[int, int], None] | None = None,
     record_format: RecordFormat | None = None,
+    decode: str = ALL,
 ) -> Audit:
     """Judge every shard on disk against ``written`` and summarise the shards as they are now.
 
-    Every shard present is hashed (``hash_shards``; when False, the MD5s of ``previous`` are taken
-    for shards whose size and modification time it recorded, as when ``previous`` was built a
-    moment ago). A shard is a problem when it is missing, when nothing was recorded for it, or
-    when its size or MD5 differs from ``written``. The entries of ``previous`` are reused for
-    shards whose MD5 and size are the ones it read; every other shard present is read back again,
-    with the caller's record ``workers``. The shards are in ``record_format`` (default: TFRecord).
+    With ``read_back`` (the audit), every shard present is read back with the caller's record
+    ``workers`` (hashed, every record parsed, the images the decode policy ``decode`` names decoded).
+    Without (right after :func:`build`, in the same run), the entries of ``previous`` are taken for
+    the shards whose size and modification time they recorded; any other shard present is hashed,
+    and read back if its MD5 is not the one ``previous`` recorded. A shard is a problem when it is
+    missing, when nothing was recorded for it, or when its size or MD5 differs from ``written``.
+    The shards are in ``record_format`` (default: TFRecord).
     """
     record_format = _format(record_format)
-    old = _entries_by_name(previous)
+    old = {} if read_back else _entries_by_name(previous)
     path_of = {
         name: folder / record_format.file_name(name) for names in shard_names.values() for name in names
     }
@@ -199,15 +213,31 @@ def audit(
     to_hash = []
     for name, path in present:
         entry = old.get(name)
-        if not hash_shards and entry and (entry.get("bytes"), entry.get("mtime_ns")) == _stamp(path):
+        if entry and (entry.get("bytes"), entry.get("mtime_ns")) == _stamp(path):
             md5s[name] = entry["md5"]
-        else:
+        elif not read_back:  # read back, each shard is hashed as it is read
             to_hash.append((name, path))
     # As many threads as record workers (the cores the deployment gives): hashlib releases the GIL.
     with ThreadPoolExecutor(max_workers=workers.processes) as pool:
         for (name, _), digest in zip(to_hash, pool.map(lambda item: _md5_if_present(item[1]), to_hash)):
             if digest is not None:
                 md5s[name] = digest
+
+    def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
+        entry = old.get(name)
+        if (
+            entry
+            and entry.get("md5") == md5s.get(name)
+            and entry.get("bytes") == stamp[0]
+            and "index_md5" in entry
+        ):
+            return entry
+        return None
+
+    entries, reread = _read_back(folder, shard_names, workers, reusable, progress, record_format, decode)
+    for name in reread:
+        if not entries[name].get("missing"):
+            md5s[name] = entries[name]["md5"]
 
     problems = []
     for split, names in shard_names.items():
@@ -232,24 +262,11 @@ def audit(
                 problems.append(
                     f"{file}: MD5 {md5s[name]} on disk, {record.md5} when written (altered since); {redo}"
                 )
-
-    def reusable(name: str, stamp: tuple[int, int]) -> dict | None:
-        entry = old.get(name)
-        if (
-            entry
-            and entry.get("md5") == md5s.get(name)
-            and entry.get("bytes") == stamp[0]
-            and "index_md5" in entry
-        ):
-            return entry
-        return None
-
-    entries, read_back = _read_back(folder, shard_names, workers, reusable, progress, record_format)
     return Audit(
         manifest=_summary(shard_names, entries, expected_images, record_format),
         shard_problems=_limited(problems, 10),
-        read_back=read_back,
-        hashed=len(to_hash),
+        read_back=reread,
+        hashed=len(reread) if read_back else len(to_hash),
     )
 
 
@@ -388,13 +405,23 @@ def _expected_images(settings: Settings) -> dict[str, int]:
 
 
 def make_manifest(
-    settings: Settings, workers: RecordWorkers, log: Log = quiet, record_format: RecordFormat | None = None
+    settings: Settings,
+    workers: RecordWorkers,
+    log: Log = quiet,
+    record_format: RecordFormat | None = None,
+    decode: str = ALL,
 ) -> Made:
     """Stages ``dataset_manifest`` and ``webdataset_manifest``: every shard of ``record_format``
-    (default: TFRecord) read back into ``<data>/<its folder>/manifest.json`` (a shard unchanged since
-    the previous manifest is not read again), and the files its readers want beside the shards
-    (``RecordFormat.dataset_files``, e.g. the WebDataset's ``_info.json``)."""
+    (default: TFRecord) summarised into ``<data>/<its folder>/manifest.json``, and the files its
+    readers want beside the shards (``RecordFormat.dataset_files``, e.g. the WebDataset's
+    ``_info.json``).
+
+    A shard's summary is what its writer's checks found (the shard ledger), while the file is as
+    written; only a shard written before the writers checked, or changed since, is read back
+    (decoding the images the decode policy ``decode`` names).
+    """
     record_format = _format(record_format)
+    ledger = shard_plan.ShardLedger(settings.state_dir / record_format.asset_suffix)
     # The shards not yet published (not publishable while this writes beside them).
     with versions.writing(settings, record_format.folder, log) as folder:
         path = folder / MANIFEST
@@ -406,6 +433,8 @@ def make_manifest(
             previous=read(path),
             progress=reporter("manifest: read back", "shards", log),
             record_format=record_format,
+            verified=ledger.verified,
+            decode=decode,
         )
         write(result, path)
         for name, text in record_format.dataset_files(result).items():
@@ -427,7 +456,7 @@ def dataset_verdicts(
     written: Mapping[str, Written],
     official: Mapping[str, bool],
     selected: Collection[str] = tuple(CHECKS),
-    hash_shards: bool = True,
+    read_back: bool = True,
     log: Log = quiet,
     record_format: RecordFormat | None = None,
 ) -> dict[str, Verdict]:
@@ -436,12 +465,16 @@ def dataset_verdicts(
     is being written, else the published one (:func:`versions.judged`).
 
     ``written``: each shard's size and MD5 when it was written; ``official``: per split, whether
-    its archive is the official one; ``hash_shards``: False right after :func:`make_manifest`, whose
-    MD5s are then fresh.
+    its archive is the official one; ``read_back``: False right after :func:`make_manifest` (in the
+    build), whose summaries are then fresh: the shards' presence and sizes are judged against what
+    their writers recorded, nothing is read. True (the audit): every shard is read back, hashed,
+    every record parsed, and the fixed sample of images decoded (every image if the archives are not
+    all the official ones, or ``settings.audit_decode_all``).
     """
     record_format = _format(record_format)
     names = _shard_names(settings, record_format)
     folder = versions.judged(settings, record_format.folder)
+    decode = SAMPLE if all(official.get(split) for split in names) and not settings.audit_decode_all else ALL
     found = audit(
         folder,
         names,
@@ -449,11 +482,12 @@ def dataset_verdicts(
         written,
         workers=workers,
         previous=read(folder / MANIFEST),
-        hash_shards=hash_shards,
-        progress=reporter("audit: read back", "changed shards", log),
+        read_back=read_back,
+        progress=reporter("audit: read back", "shards", log),
         record_format=record_format,
+        decode=decode,
     )
-    if found.read_back:
+    if found.read_back and not read_back:
         log(
             f"{len(found.read_back)} shards differ from what manifest.json read and were read back "
             f"again: {', '.join(found.read_back[:10])}"

@@ -69,6 +69,13 @@ MD5SUMS = "MD5SUMS"  # beside the archives (md5sum format): the MD5s a stand-in 
 ARCHIVES_BY_KEY: dict[str, Archive] = {a.key: a for a in ARCHIVES}
 ARCHIVES_BY_NAME: dict[str, Archive] = {a.name: a for a in ARCHIVES}
 
+
+def is_official_md5(digest: str) -> bool:
+    """Whether ``digest`` is the official MD5 of one of the release's image archives: bytes that are
+    then the official bytes, whose images are known to decode (the exceptions are re-encoded)."""
+    return digest in (IMG_TRAIN.md5, IMG_VAL.md5)
+
+
 # Members of the devkit archive that the preparation reads.
 DEVKIT_META_MAT = "ILSVRC2012_devkit_t12/data/meta.mat"
 DEVKIT_VALIDATION_GROUND_TRUTH = "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt"

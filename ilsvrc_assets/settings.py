@@ -42,6 +42,8 @@ ENV_WORKERS = "ILSVRC_WORKERS"  # processes for shard writing and checking; defa
 ENV_PARTITIONS_PER_RUN = "ILSVRC_PARTITIONS_PER_RUN"  # shards per backfill run; default: all in one
 # Published versions of each output kept (the current one included); default 1 (versions.publish).
 ENV_KEEP_VERSIONS = "ILSVRC_KEEP_VERSIONS"
+# 1: the audit decodes every image it reads back, not only the fixed sample (manifest.dataset_verdicts).
+ENV_AUDIT_DECODE_ALL = "ILSVRC_AUDIT_DECODE_ALL"
 ENV_DAGSTER_HOME = "DAGSTER_HOME"  # the Dagster instance's folder; the CLI's default ./.dagster_home
 # Dagster's own: events of a partitioned step handed to the event log in batches (the CLI sets it).
 ENV_DAGSTER_EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE"
@@ -97,6 +99,9 @@ class Settings:
     # Published versions kept of each output, the current one included (older ones are removed when
     # a new one is published: ilsvrc_assets.versions).
     keep_versions: int = 1
+    # Whether the audit decodes every image of the shards it reads back (otherwise the fixed sample,
+    # when the archives are the official ones: shard_scan.SAMPLE).
+    audit_decode_all: bool = False
 
     # Output layout under data_dir, in one place.
     @property
@@ -166,6 +171,15 @@ class Settings:
         """The shards of ``split`` in ``record_format`` (a name of ``formats.FORMATS``), in order."""
         counts = {"tfrecord": self.num_shards, "webdataset": self.webdataset_shards}[record_format]
         return release.shard_names(split, counts[split])
+
+
+def _flag_env(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{name}={environ[name]!r}: expected 1 or 0 (true or false)")
 
 
 def _int_env(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -278,6 +292,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         boxes_dir=Path(boxes_dir).expanduser().absolute() if boxes_dir else None,
         formats=_formats_env(environ),
         keep_versions=_int_env(environ, ENV_KEEP_VERSIONS, 1),
+        audit_decode_all=_flag_env(environ, ENV_AUDIT_DECODE_ALL),
         webdataset_shards={
             "train": _int_env(
                 environ, ENV_WEBDATASET_TRAIN_SHARDS, release.DEFAULT_NUM_WEBDATASET_SHARDS["train"]

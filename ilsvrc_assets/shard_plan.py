@@ -13,6 +13,7 @@ Nothing here imports TensorFlow or pandas at run time: the jobs travel to worker
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -29,6 +30,7 @@ from ilsvrc_assets.collector import gc_paused
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ilsvrc_assets.shard_scan import ShardScan
     from ilsvrc_assets.sources import ImageReader
 
 Box = tuple[float, float, float, float]  # xmin, ymin, xmax, ymax, normalised to [0, 1]
@@ -61,6 +63,10 @@ class ShardJob:
     records: tuple[RecordSource, ...]
     # Held while the shard is written, so two runs never write the same shard at once.
     lock: Path | None = None
+    # Which images the writer decodes (``shard_scan.ALL``, ``SAMPLE`` or ``NONE``); whatever this
+    # says, each record is parsed, each re-encoded image decoded and every other image compared
+    # with the archive's bytes.
+    decode: str = "all"
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,8 @@ class ShardStats:
     md5: str
     converted: tuple[str, ...]  # file names re-encoded to RGB JPEG (PNG, CMYK)
     companions: tuple[CompanionStats, ...] = ()  # in the order of the format's companions
+    # What the checks of its records found while it was written (None: written before they were).
+    verified: ShardScan | None = None
 
 
 def filename_sort_key(filename: str) -> tuple[str, int, str]:
@@ -342,6 +350,8 @@ class ShardLedger:
                 for c in stats.companions
             ],
         }
+        if stats.verified is not None:
+            entry["verified"] = verified_entry(stats.verified)
         fileio.atomic_write_text(self._entry_path(stats.name), json.dumps(entry, indent=1))
 
     def reusable(self, job: ShardJob, fingerprint: str) -> ShardStats | None:
@@ -373,7 +383,35 @@ class ShardLedger:
                 # (an absolute path, in an entry written before versions, stays as it is)
                 if _stamp(path := job.path.parent.parent / c["path"]) == (c["bytes"], c["mtime_ns"])
             ),
+            verified=scan_of(entry["verified"]) if "verified" in entry else None,
         )
+
+    def verified(self, name: str, path: Path) -> dict | None:
+        """What the checks found when the shard ``name`` was written (:func:`verified_entry`), if the
+        file at ``path`` is still as written (its size and modification time those recorded)."""
+        entry = self.get(name)
+        if not entry or "verified" not in entry or entry.get("mtime_ns") is None:
+            return None
+        if _stamp(path) != (entry["bytes"], entry["mtime_ns"]):
+            return None
+        return {**entry["verified"], "mtime_ns": entry["mtime_ns"]}
+
+
+def verified_entry(scan: ShardScan) -> dict:
+    """A :class:`~ilsvrc_assets.shard_scan.ShardScan` as JSON data (labels as strings, in label order)."""
+    entry = dataclasses.asdict(scan)
+    entry["labels"] = {str(k): v for k, v in sorted(scan.labels.items())}
+    return entry
+
+
+def scan_of(entry: dict) -> ShardScan:
+    """The :class:`~ilsvrc_assets.shard_scan.ShardScan` of a :func:`verified_entry`."""
+    from ilsvrc_assets.shard_scan import ShardScan  # which imports this module
+
+    fields = {f.name for f in dataclasses.fields(ShardScan)}
+    scan = ShardScan(**{k: v for k, v in entry.items() if k in fields})
+    scan.labels = {int(k): v for k, v in entry.get("labels", {}).items()}
+    return scan
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -7,6 +7,12 @@ than failing on the first bad record. It parses and decodes in batches (``tf.io.
 record at a time only for a batch that fails, since each TensorFlow call from Python costs far
 more than the work. :func:`scan_shards` does it for many shards in the caller's record workers.
 
+The same checks run while a shard is written (``shards.write_shard``): :class:`RecordCheck` takes
+the records one at a time, from the writer as it writes them or from the file as it is read
+back, and says what it found as a :class:`ShardScan`. Which images are decoded is a policy
+(:data:`ALL`, :data:`SAMPLE`, :data:`NONE`); the writer also decodes every image it re-encoded
+and compares every other image's bytes with the archive's (their CRC-32, taken as they were read).
+
 TensorFlow is imported only inside the functions that read records, which run in the workers.
 """
 
@@ -15,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import zlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
@@ -61,6 +68,34 @@ class ShardScan:
     # The MD5 of the DALI index of the records read (``formats.tfrecord.index_text``): what the shard's
     # index file must hold.
     index_md5: str = ""
+    decoded: int = 0  # images decoded (all, the sample, or none: the decode policy)
+    compared: int = 0  # images whose bytes were compared with the archive's (while writing)
+
+
+ALL = "all"
+"""Decode policy: every image is decoded."""
+SAMPLE = "sample"
+"""Decode policy: the fixed sample of :func:`in_decode_sample` (and, while writing, every image re-encoded)."""
+NONE = "none"
+"""Decode policy: no image is decoded (the headers are still checked)."""
+DECODE_POLICIES = (ALL, SAMPLE, NONE)
+
+DECODE_SAMPLE_ONE_IN = 64
+"""The sample decoded under :data:`SAMPLE`: the images whose file name's CRC-32 is a multiple of 64
+(one in 64, about 20,000 of the training images; the same images in every run)."""
+
+
+def in_decode_sample(filename: str) -> bool:
+    """Whether the image called ``filename`` (e.g. ``n01440764_10026.JPEG``) is in the fixed decode sample."""
+    return zlib.crc32(filename.encode()) % DECODE_SAMPLE_ONE_IN == 0
+
+
+def decode_policy(decode: bool | str) -> str:
+    """A decode policy from a policy or a bool (True: :data:`ALL`, False: :data:`NONE`)."""
+    policy = {True: ALL, False: NONE}.get(decode, decode) if isinstance(decode, bool) else decode
+    if policy not in DECODE_POLICIES:
+        raise ValueError(f"decode policy {decode!r}: expected one of {', '.join(DECODE_POLICIES)}")
+    return policy
 
 
 # Records are checked in batches: one TensorFlow call per batch instead of one per record, since
@@ -77,6 +112,7 @@ class _Checks:
     decode_batch: Any  # JPEG bytes [N] -> decoded shapes [N, 3] at ratio 8 (compiled)
     parse_one: Any  # raw record -> parse_single_example (eager: rare, and its errors read better)
     decode_one: Any  # (JPEG bytes, ratio) -> decoded shape (eager)
+    parse_all: Any  # raw records [N] -> every feature; the box lists as "<key>#values", "<key>#lengths"
 
 
 @functools.cache
@@ -101,7 +137,19 @@ def _tf_checks() -> _Checks:
     def parse_one(record: bytes) -> Any:
         return tf.io.parse_single_example(record, spec)
 
-    return _Checks(parse_batch, decode_batch, parse_one, shape_at)
+    @tf.function(input_signature=many)
+    def parse_all(records: Any) -> Any:
+        parsed = tf.io.parse_example(records, spec)
+        found = {}
+        for key, value in parsed.items():
+            if isinstance(value, tf.SparseTensor):
+                ragged = tf.RaggedTensor.from_sparse(value)
+                found[f"{key}#values"], found[f"{key}#lengths"] = ragged.flat_values, ragged.row_lengths()
+            else:
+                found[key] = value
+        return found
+
+    return _Checks(parse_batch, decode_batch, parse_one, shape_at, parse_all)
 
 
 def _first_line(error: BaseException) -> str:
@@ -145,10 +193,121 @@ class _Checked:
     format_issues: list[str] = field(default_factory=list)
     image_issue: str | None = None
     to_decode: tuple[bytes, int, tuple[int, int, int]] | None = None  # JPEG, ratio, expected shape
+    compared: bool = False  # its image bytes were compared with the archive's
 
 
-def _check_batch(raws: list[bytes], first_index: int, decode: bool) -> list[_Checked]:
-    """Format and image checks of consecutive records (synset consistency is left to the caller)."""
+_KEYS = frozenset(release.FEATURE_KEYS)
+_BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("xmin", "ymin", "xmax", "ymax"))
+
+
+@dataclass
+class _Batch:
+    """What the checks found in a batch of records that have no problem (:func:`_check_fast`)."""
+
+    labels: dict[int, int]
+    named: set[tuple[str, int, str]]  # (synset, label, text) of its records
+    decoded: int
+    compared: int
+
+
+def _check_fast(
+    raws: Sequence[bytes], policy: str, forced: Sequence[bool], crcs: Sequence[int | None]
+) -> _Batch | None:
+    """The checks of :func:`_check_batch` on a batch, on arrays of every feature (one parse for the
+    batch) rather than record by record; None as soon as any record may have a problem (the batch
+    is then checked record by record, which says what the problem is). Synset consistency with
+    other batches is left to the caller."""
+    import numpy as np
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    checks = _tf_checks()
+    try:
+        if any(set(tf.train.Example.FromString(raw).features.feature) != _KEYS for raw in raws):
+            return None
+        out = {key: value.numpy() for key, value in checks.parse_all(list(raws)).items()}
+    except (DecodeError, tf.errors.OpError, UnicodeDecodeError):
+        return None
+    label, height, width = out["image/class/label"][:, 0], out["image/height"], out["image/width"]
+    box_count = out["image/object/bbox/label#lengths"]
+    box_values = [out[f"{key}#values"] for key in _BOX_KEYS]
+    if not (
+        np.all(out["image/colorspace"] == b"RGB")
+        and np.all(out["image/format"] == b"JPEG")
+        and np.all(out["image/channels"] == 3)
+        and np.all(height > 0)
+        and np.all(width > 0)
+        and np.all((label >= 1) & (label <= release.NUM_SYNSETS))
+        and all(out["image/filename"])
+        and all(np.array_equal(out[f"{key}#lengths"], box_count) for key in _BOX_KEYS)
+        and all(np.all((v >= 0.0) & (v <= 1.0)) for v in box_values)  # also false for NaN
+        and np.array_equal(out["image/object/bbox/label#values"], np.repeat(label, box_count))
+    ):
+        return None
+    try:
+        named = {
+            (synset.decode(), int(number), text.decode("utf-8"))
+            for synset, number, text in zip(out["image/class/synset"], label, out["image/class/text"])
+        }
+    except UnicodeDecodeError:
+        return None
+    if any(not release.is_wnid(synset) or not text for synset, _, text in named):
+        return None
+    to_decode: list[tuple[bytes, int, tuple[int, int, int]]] = []
+    compared = 0
+    for i, encoded in enumerate(out["image/encoded"]):
+        try:
+            info = images.probe(encoded, "image/encoded")
+        except images.ImageError:
+            return None
+        if (
+            info.format != "JPEG"
+            or info.needs_conversion
+            or (info.height, info.width) != (height[i], width[i])
+        ):
+            return None
+        if crcs[i] is not None:
+            compared += 1
+            if zlib.crc32(encoded) != crcs[i]:
+                return None
+        filename = out["image/filename"][i].decode("utf-8", "replace")
+        if policy == ALL or forced[i] or (policy == SAMPLE and in_decode_sample(filename)):
+            ratio = 8 if min(info.height, info.width) >= 8 else 1
+            to_decode.append(
+                (encoded, ratio, (math.ceil(info.height / ratio), math.ceil(info.width / ratio), 3))
+            )
+    batched = [item for item in to_decode if item[1] == 8]
+    try:
+        shapes = (
+            [
+                tuple(int(x) for x in shape)
+                for shape in checks.decode_batch([e for e, _, _ in batched]).numpy()
+            ]
+            if batched
+            else []
+        )
+        shapes += [tuple(int(x) for x in checks.decode_one(e, r).numpy()) for e, r, _ in to_decode if r != 8]
+    except (tf.errors.OpError, UnicodeDecodeError):
+        return None
+    expected = [item[2] for item in batched] + [item[2] for item in to_decode if item[1] != 8]
+    if shapes != expected:
+        return None
+    numbers, counts = np.unique(label, return_counts=True)
+    return _Batch(dict(zip(numbers.tolist(), counts.tolist())), named, len(to_decode), compared)
+
+
+def _check_batch(
+    raws: Sequence[bytes],
+    first_index: int,
+    policy: str,
+    forced: Sequence[bool] | None = None,
+    crcs: Sequence[int | None] | None = None,
+) -> list[_Checked]:
+    """Format and image checks of consecutive records (synset consistency is left to the caller).
+
+    An image is decoded when the ``policy`` says so, or when ``forced`` (per record) does;
+    ``crcs`` (per record, None for none) are the CRC-32s its image bytes must have.
+    """
     import tensorflow as tf
     from google.protobuf.message import DecodeError
 
@@ -167,12 +326,23 @@ def _check_batch(raws: list[bytes], first_index: int, decode: bool) -> list[_Che
         filename = _bytes_value(feature, "image/filename")
         name = filename.decode("utf-8", "replace") if filename is not None else "no filename"
         record = _Checked(f"record {index} ({name})", example, _format_issues(feature))
+        decode = policy == ALL or (forced is not None and forced[offset])
+        decode = decode or (policy == SAMPLE and in_decode_sample(name))
         record.image_issue, record.to_decode = _image_issue(feature, decode)
+        if crcs is not None and crcs[offset] is not None:
+            record.compared = True
+            encoded = _bytes_value(feature, "image/encoded") or b""
+            if (crc := zlib.crc32(encoded)) != crcs[offset]:
+                record.image_issue = (
+                    f"image/encoded is not the image's bytes in the archive (CRC-32 {crc:08x}, "
+                    f"{crcs[offset]:08x} as read)"
+                )
+                record.to_decode = None
         checked.append(record)
 
     # The model zoo's parse; per record only if the batch fails.
     try:
-        checks.parse_batch(raws)
+        checks.parse_batch(list(raws))
     except (tf.errors.OpError, UnicodeDecodeError):
         for raw, record in zip(raws, checked):
             if record.example is None:
@@ -182,23 +352,22 @@ def _check_batch(raws: list[bytes], first_index: int, decode: bool) -> list[_Che
             except (tf.errors.OpError, UnicodeDecodeError) as e:  # TF may fail to decode its own message
                 record.format_issues.insert(0, f"parse_single_example fails: {_first_line(e)}")
 
-    if decode:
-        pending = [r for r in checked if r.to_decode is not None]
-        batched = [r for r in pending if r.to_decode[1] == 8]
+    pending = [r for r in checked if r.to_decode is not None]
+    batched = [r for r in pending if r.to_decode[1] == 8]
+    try:
+        shapes = checks.decode_batch([r.to_decode[0] for r in batched]).numpy() if batched else []
+        _compare_shapes(batched, shapes)
+        single = [r for r in pending if r.to_decode[1] != 8]
+    except (tf.errors.OpError, UnicodeDecodeError):
+        single = pending
+    for record in single:
+        data, ratio, _ = record.to_decode
         try:
-            shapes = checks.decode_batch([r.to_decode[0] for r in batched]).numpy() if batched else []
-            _compare_shapes(batched, shapes)
-            single = [r for r in pending if r.to_decode[1] != 8]
-        except (tf.errors.OpError, UnicodeDecodeError):
-            single = pending
-        for record in single:
-            data, ratio, _ = record.to_decode
-            try:
-                shape = checks.decode_one(data, ratio).numpy()
-            except (tf.errors.OpError, UnicodeDecodeError) as e:  # TF may fail to decode its own message
-                record.image_issue = f"tf.io.decode_jpeg fails: {_first_line(e)}"
-                continue
-            _compare_shapes([record], [shape])
+            shape = checks.decode_one(data, ratio).numpy()
+        except (tf.errors.OpError, UnicodeDecodeError) as e:  # TF may fail to decode its own message
+            record.image_issue = f"tf.io.decode_jpeg fails: {_first_line(e)}"
+            continue
+        _compare_shapes([record], [shape])
     return checked
 
 
@@ -210,73 +379,154 @@ def _compare_shapes(records: list[_Checked], shapes: Any) -> None:
             record.image_issue = f"decoded at 1/{ratio} scale to {actual}, expected {expected}"
 
 
-def scan_shard(path: Path, decode: bool = True) -> ShardScan:
-    """Read a TFRecord shard back and check every record; see :class:`ShardScan` for what is counted.
+class Findings:
+    """What the checks of one shard found so far, kept as a :class:`ShardScan`: counts, labels, and
+    the first :data:`MAX_PROBLEMS` problems (each naming the shard), the rest counted."""
 
-    Each record is parsed with the model zoo's spec (:func:`feature_spec`), and its raw
-    ``tf.train.Example`` is checked for exactly the 15 keys and consistent values. The image
-    header is checked to be an RGB or grayscale JPEG of the recorded size; with ``decode`` it is
-    also decoded with ``tf.io.decode_jpeg(channels=3)`` at 1/8 scale (which still entropy-decodes
-    every block, so damaged data is found). A corrupt or truncated file is reported in the
-    result, not raised; a missing file raises FileNotFoundError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: shard not found")
-    scan = ShardScan(name=path.name, records=0, bytes=path.stat().st_size, md5=fileio.md5_file(path))
-    extra_problems = 0
-    synset_of_label: dict[int, str] = {}
-    seen: dict[str, tuple[int, str]] = {}  # synset -> (label, text) where first seen
+    def __init__(self, name: str):
+        self.scan = ShardScan(name=name, records=0, bytes=0, md5="")
+        self._more = 0
+        self._labels: dict[int, tuple[str, str]] = {}  # label -> what the first record of it said
 
-    def problem(text: str) -> None:
-        nonlocal extra_problems
-        if len(scan.problems) < MAX_PROBLEMS:
-            scan.problems.append(f"{scan.name}: {text}")
+    def problem(self, text: str) -> None:
+        if len(self.scan.problems) < MAX_PROBLEMS:
+            self.scan.problems.append(f"{self.scan.name}: {text}")
         else:
-            extra_problems += 1
+            self._more += 1
 
-    consumed = 0  # bytes of the complete records read, framing included
-    lengths: list[int] = []  # of each record read, for its index
-    for raws, error in _record_batches(path, BATCH):
-        consumed += sum(_FRAMING + len(raw) for raw in raws)
-        lengths.extend(len(raw) for raw in raws)
-        for record in _check_batch(raws, scan.records, decode):
+    def same_synset(self, label: int, named: tuple[str, str], where: str) -> None:
+        """Note that ``where`` says ``label`` is ``named``; a problem if an earlier record said otherwise."""
+        first = self._labels.setdefault(label, named)
+        if first != named:
+            self.scan.synsets_ok = False
+            self.problem(f"{where}: label {label} is {named} here but {first} earlier")
+
+    def finish(self, size: int, md5: str, index_md5: str = "") -> ShardScan:
+        """The findings, for a file of ``size`` bytes with that MD5 (and DALI index MD5)."""
+        scan = self.scan
+        scan.bytes, scan.md5, scan.index_md5 = size, md5, index_md5
+        if self._more:
+            scan.problems.append(f"{scan.name}: ... and {self._more} more problems")
+            self._more = 0
+        return scan
+
+
+class RecordCheck:
+    """The checks of :func:`scan_shard` on a TFRecord shard's records, given one at a time (by its
+    writer as it writes them, or by :func:`scan_shard` as it reads them), in batches of :data:`BATCH`.
+
+    ``add(raw, crc, decode)``: the record's serialized ``tf.train.Example``, the CRC-32 its image
+    must have (None: not compared) and whether its image must be decoded whatever the policy (a
+    re-encoded image). Runs in a record worker (TensorFlow parses and decodes).
+    """
+
+    def __init__(self, name: str, policy: str = ALL):
+        self.policy = decode_policy(policy)
+        self.found = Findings(name)
+        self._seen: dict[str, tuple[int, str]] = {}  # synset -> (label, text) where first seen
+        self._synset_of_label: dict[int, str] = {}
+        self._raws: list[bytes] = []
+        self._crcs: list[int | None] = []
+        self._forced: list[bool] = []
+        self.lengths: list[int] = []  # of each record, for the DALI index
+
+    def add(self, raw: bytes, crc: int | None = None, decode: bool = False) -> None:
+        self._raws.append(raw)
+        self._crcs.append(crc)
+        self._forced.append(decode)
+        self.lengths.append(len(raw))
+        if len(self._raws) == BATCH:
+            self._check()
+
+    def _consistent(self, named: set[tuple[str, int, str]]) -> bool:
+        """Whether each (synset, label, text) agrees with those seen before in the shard (and with each
+        other); if so, they are now seen."""
+        seen, of_label = dict(self._seen), dict(self._synset_of_label)
+        for synset, label, text in named:
+            if seen.setdefault(synset, (label, text)) != (label, text):
+                return False
+            if of_label.setdefault(label, synset) != synset:
+                return False
+        self._seen, self._synset_of_label = seen, of_label
+        return True
+
+    def damaged(self, text: str) -> None:
+        """The rest of the file cannot be read (``text`` says why): one more record in error."""
+        self._check()
+        self.found.scan.parse_errors += 1
+        self.found.problem(f"record {self.found.scan.records} and after: unreadable, {text}")
+
+    def finish(self, size: int, md5: str) -> ShardScan:
+        """What the checks found, for a file of ``size`` bytes with that MD5."""
+        self._check()
+        return self.found.finish(size, md5, hashlib.md5(index_text(self.lengths)).hexdigest())
+
+    def _check(self) -> None:
+        scan, found = self.found.scan, self.found
+        if not self._raws:
+            return
+        fast = _check_fast(self._raws, self.policy, self._forced, self._crcs)
+        if fast is not None and self._consistent(fast.named):
+            for label, count in fast.labels.items():
+                scan.labels[label] = scan.labels.get(label, 0) + count
+            scan.decoded += fast.decoded
+            scan.compared += fast.compared
+            scan.records += len(self._raws)
+            self._raws, self._crcs, self._forced = [], [], []
+            return
+        for record in _check_batch(self._raws, scan.records, self.policy, self._forced, self._crcs):
             if record.format_issues:
                 scan.parse_errors += 1
-                problem(f"{record.where}: {'; '.join(record.format_issues)}")
+                found.problem(f"{record.where}: {'; '.join(record.format_issues)}")
             if record.example is not None:
                 feature = record.example.features.feature
                 labels = _int_values(feature, "image/class/label")
                 label = labels[0] if labels is not None and len(labels) == 1 else None
                 if label is not None:
                     scan.labels[label] = scan.labels.get(label, 0) + 1
-                if synset_issue := _synset_issue(feature, label, seen, synset_of_label):
+                if synset_issue := _synset_issue(feature, label, self._seen, self._synset_of_label):
                     scan.synsets_ok = False
-                    problem(f"{record.where}: {synset_issue}")
+                    found.problem(f"{record.where}: {synset_issue}")
             if record.image_issue:
                 scan.decode_errors += 1
-                problem(f"{record.where}: {record.image_issue}")
-        scan.records += len(raws)
+                found.problem(f"{record.where}: {record.image_issue}")
+            scan.decoded += record.to_decode is not None
+            scan.compared += record.compared
+        scan.records += len(self._raws)
+        self._raws, self._crcs, self._forced = [], [], []
+
+
+def scan_shard(path: Path, decode: bool | str = ALL) -> ShardScan:
+    """Read a TFRecord shard back and check every record; see :class:`ShardScan` for what is counted.
+
+    Each record is parsed with the model zoo's spec (:func:`feature_spec`), and its raw
+    ``tf.train.Example`` is checked for exactly the 15 keys and consistent values. The image
+    header is checked to be an RGB or grayscale JPEG of the recorded size; the images the decode
+    policy ``decode`` names (True: all, False: none, or :data:`SAMPLE`) are also decoded with
+    ``tf.io.decode_jpeg(channels=3)`` at 1/8 scale (which still entropy-decodes every block, so
+    damaged data is found). A corrupt or truncated file is reported in the result, not raised; a
+    missing file raises FileNotFoundError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: shard not found")
+    size, md5 = path.stat().st_size, fileio.md5_file(path)
+    check = RecordCheck(path.name, decode_policy(decode))
+    consumed = 0  # bytes of the complete records read, framing included
+    for raws, error in _record_batches(path, BATCH):
+        consumed += sum(_FRAMING + len(raw) for raw in raws)
+        for raw in raws:
+            check.add(raw)
         if error is not None:
             # What follows the damage cannot be read; it counts as one more record in error.
-            scan.parse_errors += 1
-            problem(
-                f"record {scan.records} and after: unreadable, the file is corrupt or truncated ({error})"
-            )
+            check.damaged(f"the file is corrupt or truncated ({error})")
             break
     else:
-        if consumed != scan.bytes:
+        if consumed != size:
             # TFRecordDataset ends silently when the file stops inside a record's 12-byte header,
             # so a cut there would go unnoticed without comparing sizes.
-            scan.parse_errors += 1
-            problem(
-                f"record {scan.records} and after: unreadable, the file is truncated "
-                f"({scan.bytes - consumed} bytes after the last complete record)"
-            )
-    if extra_problems:
-        scan.problems.append(f"{scan.name}: ... and {extra_problems} more problems")
-    scan.index_md5 = hashlib.md5(index_text(lengths)).hexdigest()
-    return scan
+            check.damaged(f"the file is truncated ({size - consumed} bytes after the last complete record)")
+    return check.finish(size, md5)
 
 
 def _bytes_value(feature: Any, key: str) -> bytes | None:
@@ -407,7 +657,7 @@ def _image_issue(
 def scan_shards(
     paths: Sequence[Path],
     workers: RecordWorkers,
-    decode: bool = True,
+    decode: bool | str = ALL,
     record_format: RecordFormat | None = None,
 ) -> Iterator[ShardScan]:
     """:func:`scan_shard` (or ``record_format.scan``) for many shards in the caller's ``workers``,

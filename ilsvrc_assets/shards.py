@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import replace
@@ -24,6 +25,7 @@ from ilsvrc_assets.progress import Progress
 from ilsvrc_assets.record_workers import RecordWorkers, failure_text
 from ilsvrc_assets.settings import Settings
 from ilsvrc_assets.shard_plan import CompanionStats, RecordSource, ShardJob, ShardStats
+from ilsvrc_assets.shard_scan import ALL, SAMPLE
 from ilsvrc_assets.stage import Log, Made, quiet
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ def _write_shard(job: ShardJob, record_format: RecordFormat) -> ShardStats:
     path.parent.mkdir(parents=True, exist_ok=True)
     converted: list[str] = []
     current: RecordSource | None = None
+    # The records are checked as they are written, not read back afterwards.
+    check = record_format.checker(record_format.file_name(job.name), job.decode)
     try:
         # Written under a temporary name and published (renamed into place) only when complete.
         with storage.store_for(path).staged_file(path) as tmp:
@@ -76,11 +80,16 @@ def _write_shard(job: ShardJob, record_format: RecordFormat) -> ShardStats:
                     stored, info = images.prepare(data, where)
                     if stored is not data:  # prepare returns unchanged images as the same object
                         converted.append(current.filename)
-                    writer.add(current, stored, info)
+                        # A re-encoded image is decoded; any other must be the archive's bytes.
+                        check.add(writer.add(current, stored, info), None, True)
+                    else:
+                        check.add(writer.add(current, stored, info), zlib.crc32(data))
             current = None  # what fails from here on is the shard file, not a member
-            # The shard was just written, so this read is served from the page cache.
-            md5 = fileio.md5_file(tmp)
-            size = tmp.stat().st_size
+            # The size and MD5 of the bytes as written; the file on disk must have that size.
+            size, md5 = writer.bytes, writer.md5
+            if (on_disk := tmp.stat().st_size) != size:
+                raise ShardError(f"{job.name}: {size:,} bytes written, {on_disk:,} on disk ({tmp})")
+            verified = check.finish(size, md5)
             # Published last before the shard itself (a shard is never newer than its companions).
             companions = tuple(
                 publish_companion(c, path, record_format.companion_data(writer, c))
@@ -104,6 +113,7 @@ def _write_shard(job: ShardJob, record_format: RecordFormat) -> ShardStats:
         md5=md5,
         converted=tuple(converted),
         companions=companions,
+        verified=verified,
     )
 
 
@@ -283,10 +293,14 @@ def _write_split_shards(
     # Each format's bookkeeping apart: its shards have the same names as the TFRecords'.
     state = record_format.asset_suffix
 
-    def job_for(name: str) -> ShardJob:  # made when needed, one shard's records at a time
-        return replace(plan.job(name), lock=settings.lock_path(f"{state}/{name}"))
-
     version = reader.version(ChecksumCache(settings.checksum_cache_json))
+    # The writers decode a fixed sample of the images when the archive's bytes are proven the
+    # official ones (whose images are known to decode), and every image otherwise.
+    decode = SAMPLE if release.is_official_md5(version) else ALL
+
+    def job_for(name: str) -> ShardJob:  # made when needed, one shard's records at a time
+        return replace(plan.job(name), lock=settings.lock_path(f"{state}/{name}"), decode=decode)
+
     ledger = shard_plan.ShardLedger(settings.state_dir / state)
     fingerprints: dict[str, str] = {}
     to_write: list[str] = []
@@ -312,7 +326,13 @@ def _write_split_shards(
     reused = len(wanted) - len(to_write)
     log(
         f"{split}: {len(to_write)} of {len(wanted)} shards to write "
-        f"({reused} unchanged since an earlier run) with {workers.processes} workers"
+        f"({reused} unchanged since an earlier run) with {workers.processes} workers; every record "
+        "parsed as it is written, "
+        + (
+            "the archive being the official one, a fixed sample of the images decoded"
+            if decode == SAMPLE
+            else "every image decoded (the archive is not proven the official one)"
+        )
     )
     require_space(folder, space, to_write)
     progress = Progress(f"{split} shards", sum(plan.count(name) for name in to_write), "images", log)

@@ -14,7 +14,10 @@ refactor. Why each value is what it is:
 - ``manifest``: the MD5 of ``manifest.json`` parsed, with each shard's ``mtime_ns`` removed (the
   only value in it that depends on when the build ran), dumped with sorted keys. Re-recorded once
   since, for issue 11, which added each shard's ``index_md5`` (the MD5 of its DALI index): with
-  that key removed, the manifest gives the value recorded at 6553fce.
+  that key removed, the manifest gives the value recorded at 6553fce. Issue 13 (the records checked
+  while written) added ``checked`` (while written, or read back), ``decoded`` and ``compared`` (how
+  many images were decoded, how many compared with the archive's bytes): they are left out of the
+  digest, so every other value is still the one recorded.
 - ``validation_tree``: one MD5 over the sorted relative paths of every file under
   ``<data>/validation`` and each file's MD5 (``path<TAB>md5<NEWLINE>`` lines).
 - ``files``: the MD5 of each CSV written (synsets, validation labels, the two reference box CSVs).
@@ -87,7 +90,8 @@ def manifest_digest(path: Path) -> str:
     manifest = json.loads(path.read_text())
     for split in manifest["splits"].values():
         for shard in split["shards"]:
-            shard.pop("mtime_ns")
+            for key in ("mtime_ns", "checked", "decoded", "compared"):
+                shard.pop(key, None)
     return md5_text(json.dumps(manifest, sort_keys=True))
 
 

@@ -13,8 +13,17 @@ from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.shard_plan import RecordSource
 from ilsvrc_assets.shard_scan import BATCH, ShardScan, scan_shard, scan_shards
 from ilsvrc_assets.tf_example import encode_example
-from ilsvrc_assets_tests.helpers import TENCH, TOILET_TISSUE, edited, encode_record, write_records
-from ilsvrc_assets_tests.helpers import cmyk_jpeg, gray_jpeg, png, rgb_jpeg
+from ilsvrc_assets_tests.helpers import (
+    TENCH,
+    TOILET_TISSUE,
+    cmyk_jpeg,
+    edited,
+    encode_record,
+    gray_jpeg,
+    png,
+    rgb_jpeg,
+    write_records,
+)
 
 tf = pytest.importorskip("tensorflow")
 
@@ -40,6 +49,7 @@ def test_scan_shard_of_good_records(tmp_path: Path) -> None:
         decode_errors=0,
         problems=[],
         index_md5=hashlib.md5(index_text(read_payload_lengths(path))).hexdigest(),
+        decoded=3,
     )
 
 

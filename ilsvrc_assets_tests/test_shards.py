@@ -102,6 +102,7 @@ def test_write_shard_from_an_archive(archive, tmp_path: Path) -> None:
         md5=fileio.md5_file(job.path),
         converted=(PNG_NAME, CMYK_NAME),
         companions=(CompanionStats("index", index, index.stat().st_size, fileio.md5_file(index)),),
+        verified=stats.verified,
     )
     assert leftovers(job.path.parent) == [] and leftovers(index.parent) == []
     assert index.read_bytes() == index_text(read_payload_lengths(job.path))
@@ -111,6 +112,10 @@ def test_write_shard_from_an_archive(archive, tmp_path: Path) -> None:
     assert (scan.records, scan.parse_errors, scan.decode_errors, scan.problems) == (len(sources), 0, 0, [])
     assert scan.labels == {1: 3, 2: 16, 1000: 1} and scan.synsets_ok
     assert (scan.md5, scan.bytes) == (stats.md5, stats.bytes)
+    # What the checks found while writing is what reading the shard back finds; besides, the
+    # writer compared every image it did not re-encode with the archive's bytes.
+    assert stats.verified.compared == len(sources) - 2
+    assert replace(stats.verified, compared=0) == scan
 
     stored = read_records(job.path)
     for name, original in data.items():
@@ -341,13 +346,31 @@ class _Lines(RecordFormat):
 
     @contextmanager
     def open(self, path: Path) -> Iterator[Any]:
-        with open(path, "w") as file:
+        with open(path, "wb") as f:
+            file = fileio.HashedWriter(f)
 
             class Writer:
-                def add(self, source: RecordSource, image: bytes, info: images.ImageInfo) -> None:
-                    file.write(f"{source.filename} {source.label} {info.width}x{info.height} {len(image)}\n")
+                def add(self, source: RecordSource, image: bytes, info: images.ImageInfo) -> str:
+                    line = f"{source.filename} {source.label} {info.width}x{info.height} {len(image)}\n"
+                    file.write(line.encode())
+                    return line
+
+                bytes = property(lambda self: file.bytes)
+                md5 = property(lambda self: file.md5)
 
             yield Writer()
+
+    def checker(self, name: str, policy: str) -> Any:
+        class Count:
+            lines = 0
+
+            def add(self, line: str, crc: int | None = None, decode: bool = False) -> None:
+                self.lines += 1
+
+            def finish(self, size: int, md5: str) -> ShardScan:
+                return ShardScan(name, self.lines, size, md5)
+
+        return Count()
 
 
 def test_write_shard_writes_any_format_the_same_way(archive, tmp_path: Path) -> None:

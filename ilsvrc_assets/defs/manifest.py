@@ -1,14 +1,20 @@
-"""``dataset_manifest``: every shard read back and summarised, and the checks on the whole dataset;
+"""``dataset_manifest``: every shard summarised, and the checks on the whole dataset;
 ``webdataset_manifest`` likewise for the WebDataset tars (and their ``_info.json``).
 
+A shard's summary is what its writer's checks found as it wrote it (every record parsed, each image
+compared with the archive's bytes or decoded), kept in the shard ledger; no shard is read again
+for the manifest unless it changed since it was written.
+
 The six checks run as one step (:func:`dataset_checks`; :func:`webdataset_checks` runs the five
-that apply to the WebDataset tars, which have no DALI index) that looks at the shards as they are on
-disk when it runs, not at what an earlier run wrote into ``manifest.json``: every shard is hashed
-and compared with the size and MD5 recorded when its partition was materialised, and a shard whose
-bytes are not the ones the manifest read is read back again, and each shard's DALI index is compared
-with the records read. So ``audit_outputs``, which runs the checks without materialising anything,
-notices a shard or an index deleted, truncated or altered since. The
-checks are blocking: a failure fails the run, which is what makes the audit loud.
+that apply to the WebDataset tars, which have no DALI index). In the build, right after the
+manifest, they judge what the writers found and the shards' presence and sizes on disk, reading
+nothing. On their own (``audit_outputs``, without materialising anything) they look at the shards
+as they are on disk when they run: every shard is read back, hashed and compared with the size
+and MD5 recorded when its partition was materialised, every record parsed, the fixed sample of
+images decoded (all of them if the archives are not the official ones, or with
+``ILSVRC_AUDIT_DECODE_ALL=1``), and each shard's DALI index compared with the records read. So the
+audit notices a shard or an index deleted, truncated or altered since. The checks are blocking: a
+failure fails the run, which is what makes the audit loud.
 """
 
 from collections.abc import Iterator
@@ -37,6 +43,7 @@ from ilsvrc_assets.defs.metadata import check_result, metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.settings import Settings
+from ilsvrc_assets.shard_scan import ALL, SAMPLE
 from ilsvrc_assets.sources import TRAIN, VALIDATION
 
 MANIFEST = "dataset_manifest"
@@ -59,7 +66,10 @@ def manifest_asset(name: str, record_format: formats.RecordFormat, description: 
         context: AssetExecutionContext, ilsvrc: IlsvrcResource, record_workers: ResourceParam[RecordWorkers]
     ) -> MaterializeResult:
         settings = ilsvrc.settings()
-        made = manifest.make_manifest(settings, record_workers, context.log.info, record_format)
+        # A shard read back (written before its writer checked it, or changed since) has every
+        # image decoded unless the archives are the official ones.
+        decode = SAMPLE if official_splits(context.instance, ilsvrc) == set(release.SPLITS) else ALL
+        made = manifest.make_manifest(settings, record_workers, context.log.info, record_format, decode)
         # Where readers find it once published (it is written into the unpublished version).
         where = versions.where_published(settings, made.path)
         return MaterializeResult(metadata={"path": MetadataValue.path(str(where)), **metadata(made.facts)})
@@ -83,6 +93,16 @@ webdataset_manifest = manifest_asset(
     "`<data>/webdataset/_info.json`, the split sizes and shard lengths timm's WebDataset reader reads "
     "(for each split whose tars are all present). The checks on this asset judge the tars.",
 )
+
+
+def official_splits(instance: DagsterInstance, ilsvrc: IlsvrcResource) -> set[str]:
+    """The splits whose archives were the official ones when last fetched (from the history)."""
+    source = ilsvrc.image_source()
+    return {
+        split
+        for split, role in (("train", TRAIN), ("validation", VALIDATION))
+        if is_official(instance, source.inputs_for(role))
+    }
 
 
 def written_shards(
@@ -149,19 +169,15 @@ def manifest_checks(
         record_workers: ResourceParam[RecordWorkers],
     ) -> Iterator[AssetCheckResult]:
         settings = ilsvrc.settings()
-        source = ilsvrc.image_source()
         verdicts = manifest.dataset_verdicts(
             settings,
             record_workers,
             written_shards(context.instance, settings, record_format),
-            official={
-                split: is_official(context.instance, source.inputs_for(role))
-                for split, role in (("train", TRAIN), ("validation", VALIDATION))
-            },
+            official={split: split in official_splits(context.instance, ilsvrc) for split in release.SPLITS},
             selected={key.name for key in context.selected_asset_check_keys},
-            # Right after the manifest was built in this run, its MD5s are fresh; on their own (the
-            # audit), the checks hash every shard again.
-            hash_shards=not built_in_this_run(context),
+            # Right after the manifest was built in this run, it holds what the writers found; on
+            # their own (the audit), the checks read every shard back.
+            read_back=not built_in_this_run(context),
             log=context.log.warning,
             record_format=record_format,
         )

@@ -177,6 +177,17 @@ def shards_asset(
                     "md5": stats.md5,
                     "converted_to_rgb_jpeg": MetadataValue.json(list(stats.converted)),
                     "unchanged_since_earlier_run": reused,
+                    # What the checks of its records found as they were written.
+                    **(
+                        {
+                            "parse_errors": MetadataValue.int(stats.verified.parse_errors),
+                            "decode_errors": MetadataValue.int(stats.verified.decode_errors),
+                            "images_decoded": MetadataValue.int(stats.verified.decoded),
+                            "images_compared_with_the_archive": MetadataValue.int(stats.verified.compared),
+                        }
+                        if stats.verified is not None
+                        else {}
+                    ),
                     # The files published with the shard (the DALI index): index_path, index_bytes, index_md5.
                     **{
                         f"{c.kind}_{key}": value

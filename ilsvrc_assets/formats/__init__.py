@@ -10,7 +10,9 @@ A record format decides the bytes of a shard file, nothing else. It says:
 - about how many bytes a shard will take (:meth:`RecordFormat.space_needed`), checked against the
   free space before writing;
 - how to write a shard: :meth:`RecordFormat.open` gives a :class:`ShardWriter` on a path, which takes
-  the shard's images one at a time, in the plan's order;
+  the shard's images one at a time, in the plan's order, and knows the size and MD5 of what it wrote;
+- how to check the records as they are written: :meth:`RecordFormat.checker` takes each record the
+  writer returns (and, read back, each record of a file: the same checks), and says what it found;
 - the small files it publishes with each shard, if any (its :attr:`RecordFormat.companions`, e.g. the
   TFRecord shards' DALI index): their contents come from the writer once the shard is written
   (:meth:`RecordFormat.companion_data`, no second pass over the shard), or from a shard already on
@@ -40,7 +42,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from ilsvrc_assets.images import ImageInfo
@@ -66,9 +68,25 @@ class StoredRecord:
 class ShardWriter(Protocol):
     """An open shard file of one format, taking one image at a time."""
 
-    def add(self, source: RecordSource, image: bytes, info: ImageInfo) -> None:
+    bytes: int  # written so far (once the ``with`` block has ended: the file's size)
+    md5: str  # hex MD5 of the bytes written so far (once the block has ended: the file's)
+
+    def add(self, source: RecordSource, image: bytes, info: ImageInfo) -> Any:
         """Write ``image`` (the prepared bytes: an RGB or grayscale JPEG of ``info``'s size) as the
-        next record, with what ``source`` says about it (file name, synset, label, text, boxes)."""
+        next record, with what ``source`` says about it (file name, synset, label, text, boxes);
+        returns the record as written, for the format's :class:`RecordChecker`."""
+
+
+class RecordChecker(Protocol):
+    """The checks of one shard's records, given one at a time (see :meth:`RecordFormat.checker`)."""
+
+    def add(self, record: Any, crc: int | None = None, decode: bool = False) -> None:
+        """Check ``record`` (as the writer returned it); ``crc``: the CRC-32 its image bytes must have
+        (those read from the archive; None: not compared); ``decode``: decode its image whatever
+        the policy (it was re-encoded)."""
+
+    def finish(self, size: int, md5: str) -> ShardScan:
+        """What the checks found, for a file of ``size`` bytes with that MD5."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +144,17 @@ class RecordFormat(ABC):
         raise NotImplementedError(f"{self.name} declares no companion {companion.kind!r}")
 
     @abstractmethod
-    def scan(self, path: Path, decode: bool = True) -> ShardScan:
-        """Read the shard at ``path`` back and check every record (``shard_scan.ShardScan`` says what
-        is counted); with ``decode`` every image is decoded too. Damage is reported in the result,
-        not raised; a missing file raises FileNotFoundError. Runs in a record worker."""
+    def checker(self, name: str, policy: str) -> RecordChecker:
+        """The checks of the records of the shard file ``name`` as they are written, decoding the
+        images the decode ``policy`` (``shard_scan.ALL``, ``SAMPLE``, ``NONE``) names. Runs in a
+        record worker."""
+
+    @abstractmethod
+    def scan(self, path: Path, decode: bool | str = True) -> ShardScan:
+        """Read the shard at ``path`` back and check every record with :meth:`checker`'s checks
+        (``shard_scan.ShardScan`` says what is counted); ``decode``: the decode policy (True: every
+        image, False: none). Damage is reported in the result, not raised; a missing file raises
+        FileNotFoundError. Runs in a record worker."""
 
     @abstractmethod
     def first_records(self, path: Path, count: int) -> list[StoredRecord]:

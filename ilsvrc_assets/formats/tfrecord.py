@@ -1,7 +1,8 @@
 """TFRecord shards of the TF/TPU model zoo's ``tf.train.Example`` (``tf_example.encode_example``).
 
-A shard is a TFRecord file (each record framed by its length and two CRCs, written by
-TensorFlow's own ``tf.io.TFRecordWriter``) named like the shard, e.g. ``train-00000-of-01024``,
+A shard is a TFRecord file (each record framed by its length and two masked CRC-32Cs, the bytes
+``tf.io.TFRecordWriter`` writes; framed here, so that the writer hashes the bytes as it writes them)
+named like the shard, e.g. ``train-00000-of-01024``,
 in ``<data>/tfrecords``; a shard without images is an empty file. ``shard_scan`` reads them back.
 
 Each shard has a companion: its NVIDIA DALI index ``<data>/tfrecords-index/<shard>.idx`` (not in
@@ -9,6 +10,9 @@ Each shard has a companion: its NVIDIA DALI index ``<data>/tfrecords-index/<shar
 writes: one line ``<offset> <length>\\n`` per record, the length counting the framing (8-byte length,
 its 4-byte CRC, the payload, the payload's 4-byte CRC); an empty shard has an empty index. The
 writer knows each record's length (it serializes the example), so the index costs no second pass.
+
+While it writes, the writer's records are checked (``shard_scan.RecordCheck``): parsed with TensorFlow
+and the model zoo's spec, their images compared with the archive's bytes or decoded.
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ilsvrc_assets import release, tf_example
+import google_crc32c
+
+from ilsvrc_assets import fileio, release, tf_example
 from ilsvrc_assets.formats import Companion, RecordFormat, StoredRecord
 from ilsvrc_assets.images import ImageInfo
 from ilsvrc_assets.shard_plan import RecordSource, ShardJob
 
 if TYPE_CHECKING:
-    from ilsvrc_assets.shard_scan import ShardScan
+    from ilsvrc_assets.shard_scan import RecordCheck, ShardScan
 
 # Per-record bytes besides the image (TFRecord framing, the other 14 features), generously.
 RECORD_OVERHEAD = 1024
@@ -68,17 +74,45 @@ def read_payload_lengths(path: Path) -> list[int]:
     return lengths
 
 
+def masked_crc(data: bytes) -> bytes:
+    """The 4 bytes TFRecord framing stores for ``data``: its CRC-32C, masked as TensorFlow masks it."""
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def framed(payload: bytes) -> tuple[bytes, bytes]:
+    """The framing around ``payload`` in a TFRecord file: (length and its CRC, the payload's CRC)."""
+    length = struct.pack("<Q", len(payload))
+    return length + masked_crc(length), masked_crc(payload)
+
+
 class TFRecordWriter:
     """A TFRecord file being written: one serialized ``tf.train.Example`` per image."""
 
-    def __init__(self, writer: Any):
-        self._writer = writer
+    def __init__(self, file: fileio.HashedWriter):
+        self._file = file
         self.lengths: list[int] = []  # each record's payload length, for the index
 
-    def add(self, source: RecordSource, image: bytes, info: ImageInfo) -> None:
-        serialized = tf_example.encode_example(source, image, info)
-        self._writer.write(serialized)
+    def add(self, source: RecordSource, image: bytes, info: ImageInfo) -> bytes:
+        """Write the record; returns it (the serialized example) for the checks."""
+        return self.write_record(tf_example.encode_example(source, image, info))
+
+    def write_record(self, serialized: bytes) -> bytes:
+        """Write ``serialized`` as the next record, framed; returns it."""
+        head, tail = framed(serialized)
+        self._file.write(head)
+        self._file.write(serialized)
+        self._file.write(tail)
         self.lengths.append(len(serialized))
+        return serialized
+
+    @property
+    def bytes(self) -> int:
+        return self._file.bytes
+
+    @property
+    def md5(self) -> str:
+        return self._file.md5
 
 
 class TFRecord(RecordFormat):
@@ -91,8 +125,10 @@ class TFRecord(RecordFormat):
     record_keys = release.FEATURE_KEYS
     check_descriptions: ClassVar[dict[str, str]] = {
         "records_parse": "Every record parses with tf.io.parse_single_example and the model zoo's feature "
-        "spec, with exactly the 15 features.",
-        "images_decode": "Every image/encoded decodes as a JPEG.",
+        "spec, with exactly the 15 features (each record as its writer wrote it; in the audit, as read back).",
+        "images_decode": "Every image/encoded is an RGB or grayscale JPEG of the recorded size, and is the "
+        "archive's bytes (CRC-32 as read, while writing) or decodes: every re-encoded image, every image "
+        "when the archives are not the official ones, else a fixed 1-in-64 sample (the audit can decode all).",
     }
 
     def space_needed(self, job: ShardJob) -> int:
@@ -101,10 +137,13 @@ class TFRecord(RecordFormat):
 
     @contextmanager
     def open(self, path: Path) -> Iterator[TFRecordWriter]:
-        import tensorflow as tf  # in the worker process only
+        with open(path, "wb", buffering=1 << 20) as f:
+            yield TFRecordWriter(fileio.HashedWriter(f))
 
-        with tf.io.TFRecordWriter(str(path)) as writer:
-            yield TFRecordWriter(writer)
+    def checker(self, name: str, policy: str) -> RecordCheck:
+        from ilsvrc_assets.shard_scan import RecordCheck  # TensorFlow: in the worker process only
+
+        return RecordCheck(name, policy)
 
     def companion_data(self, writer: TFRecordWriter, companion: Companion) -> bytes:
         assert companion == INDEX
@@ -114,7 +153,7 @@ class TFRecord(RecordFormat):
         assert companion == INDEX
         return index_text(read_payload_lengths(shard_path))
 
-    def scan(self, path: Path, decode: bool = True) -> ShardScan:
+    def scan(self, path: Path, decode: bool | str = True) -> ShardScan:
         from ilsvrc_assets.shard_scan import scan_shard  # which reads the framing defined here
 
         return scan_shard(path, decode)

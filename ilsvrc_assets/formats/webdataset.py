@@ -24,16 +24,17 @@ from __future__ import annotations
 import io
 import json
 import math
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from ilsvrc_assets import fileio, images, release, tar_reader
+from ilsvrc_assets import fileio, images, release, shard_scan, tar_reader
 from ilsvrc_assets.formats import RecordFormat, StoredRecord
 from ilsvrc_assets.images import ImageInfo
 from ilsvrc_assets.shard_plan import RecordSource, ShardJob
-from ilsvrc_assets.shard_scan import MAX_PROBLEMS, ShardScan
+from ilsvrc_assets.shard_scan import ShardScan
 
 DATASET_NAME = "imagenet-1k"  # the name in _info.json
 FILE_PREFIX = "imagenet1k"  # of the tar files: imagenet1k-train-0000.tar
@@ -65,6 +66,8 @@ _FIXED_SUM = sum(_AFTER_NAME) + sum(_BEFORE_CHECKSUM) + 8 * ord(" ") + sum(_AFTE
 # Per-sample bytes besides the image (three headers, padding, the label and the JSON), generously.
 SAMPLE_OVERHEAD = 3 * BLOCK + 3 * BLOCK + 2048
 TAR_END = 10240
+
+Sample = tuple[str, dict[str, bytes], list[str]]  # key, {extension: bytes}, issues with its members
 
 
 def key_of(filename: str) -> str:
@@ -112,28 +115,35 @@ def header(name: bytes, size: int) -> bytes:
 class TarSampleWriter:
     """A tar shard being written: three members per image, with fixed headers."""
 
-    def __init__(self, file: IO[bytes]):
+    def __init__(self, file: fileio.HashedWriter):
         self._file = file
         self.written = 0
 
-    def add(self, source: RecordSource, image: bytes, info: ImageInfo) -> None:
+    def add(self, source: RecordSource, image: bytes, info: ImageInfo) -> Sample:
+        """Write the sample; returns it (key and members) for the checks."""
         key = key_of(source.filename)
-        for extension, data in (
-            ("jpg", image),
-            ("cls", str(source.label - 1).encode()),
-            ("json", sample_json(source, info)),
-        ):
+        members = {"jpg": image, "cls": str(source.label - 1).encode(), "json": sample_json(source, info)}
+        for extension, data in members.items():
             size = len(data)
             padding = -size % BLOCK
             self._file.write(header(_member_name(f"{key}.{extension}"), size))
             self._file.write(data)
             self._file.write(bytes(padding))
             self.written += BLOCK + size + padding
+        return key, members, []
 
     def close(self) -> None:
         """End the tar: two zero blocks, then zeros to a whole record."""
         end = self.written + 2 * BLOCK
         self._file.write(bytes(2 * BLOCK + (-end % RECORD)))
+
+    @property
+    def bytes(self) -> int:
+        return self._file.bytes
+
+    @property
+    def md5(self) -> str:
+        return self._file.md5
 
 
 class WebDataset(RecordFormat):
@@ -148,8 +158,10 @@ class WebDataset(RecordFormat):
         "the TFRecords use) has samples in each split.",
         "records_parse": "Every sample is a .jpg, a .cls (0..999) and a .json (wnid, text, label = cls + 1, "
         "width, height, boxes in [0, 1]), under a key of its own.",
-        "images_decode": "Every .jpg is an RGB or grayscale JPEG of the size its .json gives, and decodes "
-        "(Pillow, as the PyTorch readers decode).",
+        "images_decode": "Every .jpg is an RGB or grayscale JPEG of the size its .json gives, and is the "
+        "archive's bytes (CRC-32 as read, while writing) or decodes (Pillow, as the PyTorch readers decode): "
+        "every re-encoded image, every image when the archives are not the official ones, else a fixed "
+        "1-in-64 sample (the audit can decode all).",
     }
 
     def file_name(self, shard: str) -> str:
@@ -164,11 +176,14 @@ class WebDataset(RecordFormat):
     @contextmanager
     def open(self, path: Path) -> Iterator[TarSampleWriter]:
         with open(path, "wb", buffering=1 << 20) as f:
-            writer = TarSampleWriter(f)
+            writer = TarSampleWriter(fileio.HashedWriter(f))
             yield writer
             writer.close()
 
-    def scan(self, path: Path, decode: bool = True) -> ShardScan:
+    def checker(self, name: str, policy: str) -> SampleCheck:
+        return SampleCheck(name, policy)
+
+    def scan(self, path: Path, decode: bool | str = True) -> ShardScan:
         return scan_tar(path, decode)
 
     def first_records(self, path: Path, count: int) -> list[StoredRecord]:
@@ -323,8 +338,60 @@ def _image_issue(data: bytes, meta: dict[str, Any] | None, decode: bool, where: 
     return None
 
 
-def scan_tar(path: Path, decode: bool = True) -> ShardScan:
-    """Read a WebDataset shard back and check every sample (see ``WebDataset.check_descriptions``).
+class SampleCheck:
+    """The checks of :func:`scan_tar` on a shard's samples, given one at a time (by its writer as it
+    writes them, or by :func:`scan_tar` as it reads them): ``add((key, members, member issues),
+    crc, decode)``, as ``shard_scan.RecordCheck`` takes a TFRecord's records."""
+
+    def __init__(self, name: str, policy: str = shard_scan.ALL):
+        self.policy = shard_scan.decode_policy(policy)
+        self.found = shard_scan.Findings(name)
+        self._keys: set[str] = set()
+
+    def add(self, sample: Sample, crc: int | None = None, decode: bool = False) -> None:
+        key, members, member_issues = sample
+        scan, found = self.found.scan, self.found
+        where = f"sample {scan.records} ({key})"
+        scan.records += 1
+        issues, label, meta = _sample_issues(members)
+        issues = member_issues + issues
+        if key in self._keys:
+            issues.append("the key appears in an earlier sample too")
+        self._keys.add(key)
+        if issues:
+            scan.parse_errors += 1
+            found.problem(f"{where}: {'; '.join(issues)}")
+        if label is not None:
+            scan.labels[label] = scan.labels.get(label, 0) + 1
+            if meta is not None:
+                found.same_synset(label, (str(meta.get("wnid")), str(meta.get("text"))), where)
+        image = members.get("jpg", b"")
+        decode = decode or self.policy == shard_scan.ALL
+        decode = decode or (self.policy == shard_scan.SAMPLE and shard_scan.in_decode_sample(f"{key}.JPEG"))
+        image_issue = _image_issue(image, meta, decode, f"{scan.name} {where}")
+        scan.decoded += decode and image_issue is None
+        if crc is not None:
+            scan.compared += 1
+            if image_issue is None and (actual := zlib.crc32(image)) != crc:
+                image_issue = (
+                    f".jpg is not the image's bytes in the archive (CRC-32 {actual:08x}, {crc:08x} as read)"
+                )
+        if image_issue:
+            scan.decode_errors += 1
+            found.problem(f"{where}: {image_issue}")
+
+    def damaged(self, text: str) -> None:
+        """The rest of the tar cannot be read (``text`` says why): one more sample in error."""
+        self.found.scan.parse_errors += 1
+        self.found.problem(f"sample {self.found.scan.records} and after: unreadable, {text}")
+
+    def finish(self, size: int, md5: str) -> ShardScan:
+        return self.found.finish(size, md5)
+
+
+def scan_tar(path: Path, decode: bool | str = True) -> ShardScan:
+    """Read a WebDataset shard back and check every sample (see ``WebDataset.check_descriptions``);
+    ``decode``: the decode policy (``shard_scan.decode_policy``).
 
     Labels are counted 1-based (``.cls`` + 1), as the TFRecords' are, so the same checks judge both.
     A corrupt or truncated tar is reported in the result, not raised; a missing file raises
@@ -333,48 +400,15 @@ def scan_tar(path: Path, decode: bool = True) -> ShardScan:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: shard not found")
-    scan = ShardScan(name=path.name, records=0, bytes=path.stat().st_size, md5=fileio.md5_file(path))
-    extra_problems = 0
-    seen_keys: set[str] = set()
-    synset_of_label: dict[int, tuple[str, str]] = {}
-
-    def problem(text: str) -> None:
-        nonlocal extra_problems
-        if len(scan.problems) < MAX_PROBLEMS:
-            scan.problems.append(f"{scan.name}: {text}")
-        else:
-            extra_problems += 1
-
+    size, md5 = path.stat().st_size, fileio.md5_file(path)
+    check = SampleCheck(path.name, shard_scan.decode_policy(decode))
     with open(path, "rb") as f:
         try:
-            for key, members, member_issues in _samples(f):
-                where = f"sample {scan.records} ({key})"
-                scan.records += 1
-                issues, label, meta = _sample_issues(members)
-                issues = member_issues + issues
-                if key in seen_keys:
-                    issues.append("the key appears in an earlier sample too")
-                seen_keys.add(key)
-                if issues:
-                    scan.parse_errors += 1
-                    problem(f"{where}: {'; '.join(issues)}")
-                if label is not None:
-                    scan.labels[label] = scan.labels.get(label, 0) + 1
-                    if meta is not None:
-                        named = (str(meta.get("wnid")), str(meta.get("text")))
-                        first = synset_of_label.setdefault(label, named)
-                        if first != named:
-                            scan.synsets_ok = False
-                            problem(f"{where}: label {label} is {named} here but {first} earlier")
-                if image_issue := _image_issue(members.get("jpg", b""), meta, decode, f"{scan.name} {where}"):
-                    scan.decode_errors += 1
-                    problem(f"{where}: {image_issue}")
+            for sample in _samples(f):
+                check.add(sample)
         except _Damaged as e:
-            scan.parse_errors += 1
-            problem(f"sample {scan.records} and after: unreadable, the tar is corrupt or truncated ({e})")
-    if extra_problems:
-        scan.problems.append(f"{scan.name}: ... and {extra_problems} more problems")
-    return scan
+            check.damaged(f"the tar is corrupt or truncated ({e})")
+    return check.finish(size, md5)
 
 
 FORMAT = WebDataset()
