@@ -8,7 +8,10 @@
     ilsvrc-assets ui               run `dagster dev` on this project's Dagster instance
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default ``./.dagster_home``), so
-everything ``build`` did shows in ``dagster dev`` afterwards.
+everything ``build`` did shows in ``dagster dev`` afterwards. ``build`` runs each job in this
+process, its steps in order, every run sharing one pool of record workers; the UI and the daemon
+run ``prepare_inputs`` with its own executor instead, its independent steps at the same time (see
+:data:`OWN_EXECUTOR_JOBS` for why ``build`` does not, yet).
 """
 
 from __future__ import annotations
@@ -195,18 +198,63 @@ def _check_steps(job) -> dict:
     }
 
 
-def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[list, list[str]]:
-    """Run the stages in order against ``instance``; stop after the first that fails.
+# The jobs ``build`` runs with their own executor, as the UI and the daemon do (``prepare_inputs``:
+# its independent steps at the same time, each in a process of its own; ``definitions.inputs_executor``).
+# None yet: measured on this 2-core machine, shared, the job took longer so than in this process, in
+# order (the sample 18-20 s -> 36-37 s; the full-count stand-in 75-118 s -> 110-217 s, in the same
+# runs), because its one long independent branch, the validation tree, is short beside the step
+# processes' cost (~1-2 s each, 19 steps, plus ~5 s to start the fork server), and the box table,
+# the longest step, waits for the training index (for its contact sheet) so cannot overlap it.
+OWN_EXECUTOR_JOBS: frozenset[str] = frozenset()
 
-    Returns the in-process results and what failed, each with why (checks, then steps), empty on success.
+
+def run_job(
+    definitions,
+    job_name: str,
+    instance,
+    tags: dict[str, str],
+    log_level: str = "INFO",
+    own_executor: bool = False,
+):
+    """Run one job of ``definitions`` against ``instance``, not raising on failure; its result.
+
+    By default in this process, its steps in order, with the resources of ``definitions`` (the
+    build's record workers). ``own_executor``: with the job's own executor where it has one
+    (``prepare_inputs``: ``definitions.inputs_executor``), as the UI and the daemon launch it: its
+    independent steps at the same time, each in a process that rebuilds the job from the settings
+    of ``definitions`` (``definitions.job_for_settings``); that needs a persistent instance (with an
+    ephemeral one the job runs in this process). Either way a failed step is reported by the result
+    as Dagster recorded it, the project's error (the file, what to do) included.
+    """
+    job = definitions.resolve_job_def(job_name)
+    if not (own_executor and job.has_specified_executor) or instance.is_ephemeral:
+        return job.execute_in_process(
+            instance=instance, tags=tags, raise_on_error=False, run_config=_run_config(log_level)
+        )
+    from dagster import build_reconstructable_job, execute_job
+
+    settings = definitions.resources["ilsvrc"].settings()
+    recon = build_reconstructable_job(
+        "ilsvrc_assets.definitions",
+        "job_for_settings",
+        reconstructable_args=(job_name, json.dumps(settings_module.to_config(settings))),
+    )
+    with execute_job(
+        recon, instance=instance, tags=tags, raise_on_error=False, run_config=_run_config(log_level)
+    ) as result:
+        return result
+
+
+def run_stages(definitions, instance, log_level: str = "INFO", echo=print) -> tuple[list, list[str]]:
+    """Run the stages in order against ``instance`` (each with :func:`run_job`); stop after the first
+    that fails.
+
+    Returns the runs' results and what failed, each with why (checks, then steps), empty on success.
     """
     results, failed = [], []
     for job_name, tags in _stages(definitions):
         echo(f"\n== {job_name} ==")
-        job = definitions.resolve_job_def(job_name)
-        result = job.execute_in_process(
-            instance=instance, tags=tags, raise_on_error=False, run_config=_run_config(log_level)
-        )
+        result = run_job(definitions, job_name, instance, tags, log_level, job_name in OWN_EXECUTOR_JOBS)
         results.append(result)
         for outcome in check_outcomes(result):
             echo_outcome(outcome, echo)
