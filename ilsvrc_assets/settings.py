@@ -179,7 +179,7 @@ def _flag_env(environ: Mapping[str, str], name: str) -> bool:
         return False
     if value in ("1", "true", "yes"):
         return True
-    raise ValueError(f"{name}={environ[name]!r}: expected 1 or 0 (true or false)")
+    raise SettingsError(f"{name}={environ[name]!r}: expected 1 or 0 (true or false)")
 
 
 def _int_env(environ: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:

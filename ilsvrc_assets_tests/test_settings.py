@@ -37,6 +37,7 @@ def test_values_from_environment(tmp_path):
         ({"ILSVRC_SOURCE": "http"}, "ILSVRC_HTTP_URL"),
         ({"ILSVRC_TRAIN_SHARDS": "many"}, "ILSVRC_TRAIN_SHARDS"),
         ({"ILSVRC_VALIDATION_SHARDS": "0"}, "ILSVRC_VALIDATION_SHARDS"),
+        ({"ILSVRC_AUDIT_DECODE_ALL": "maybe"}, "ILSVRC_AUDIT_DECODE_ALL"),
     ],
 )
 def test_bad_settings_name_the_variable(environ, message):

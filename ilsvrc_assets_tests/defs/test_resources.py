@@ -37,6 +37,7 @@ def every_setting_changed(root: Path) -> dict[str, str]:
         settings_module.ENV_WEBDATASET_TRAIN_SHARDS: "8",
         settings_module.ENV_WEBDATASET_VALIDATION_SHARDS: "2",
         settings_module.ENV_KEEP_VERSIONS: "3",
+        settings_module.ENV_AUDIT_DECODE_ALL: "1",
     }
 
 

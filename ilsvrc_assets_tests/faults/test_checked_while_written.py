@@ -33,6 +33,7 @@ from ilsvrc_assets.record_workers import RecordWorkers
 from ilsvrc_assets.stage import quiet
 
 TFRECORD = formats.by_name("tfrecord")
+pytestmark = pytest.mark.long(seconds=90)  # conftest: the long files start first
 
 
 class _DamagingWriter:
