@@ -30,7 +30,14 @@ import pandas as pd
 
 from ilsvrc_assets import archives, previews, release, tar_reader
 from ilsvrc_assets import synsets as synsets_module
-from ilsvrc_assets.box_outputs import boxes_by_image, find_problems, read_table, reference_csv, write_outputs
+from ilsvrc_assets.box_outputs import (
+    boxes_by_image,
+    find_problems,
+    read_kept,
+    read_table,
+    reference_csv,
+    write_outputs,
+)
 from ilsvrc_assets.box_rules import (
     COLUMNS,
     DROP_BAD_FRAME,
@@ -57,6 +64,7 @@ __all__ = [
     "Annotation",
     "BoundingBoxError",
     "boxes_by_image",
+    "read_kept",
     "build_table",
     "find_problems",
     "parse_annotation",

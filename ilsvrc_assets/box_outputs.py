@@ -63,6 +63,23 @@ def read_table(path: Path) -> pd.DataFrame:
     return table
 
 
+KEPT_COLUMNS = ("image", "box", "xmin", "ymin", "xmax", "ymax")
+
+
+def read_kept(path: Path, split: str) -> pd.DataFrame:
+    """The kept boxes of ``split`` in a table written by :func:`write_outputs`: only the rows and the
+    columns the records need (:data:`KEPT_COLUMNS`), read as such (not the whole table: at the
+    release's 862,088 boxes, a third of the memory)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: bounding-box table not found; materialise its asset first")
+    try:
+        return pd.read_parquet(
+            path, columns=list(KEPT_COLUMNS), filters=[("split", "==", split), ("kept", "==", True)]
+        )
+    except (KeyError, ValueError) as e:  # pyarrow: a column or a filter's field not in the file
+        raise BoundingBoxError(f"{path}: not a bounding-box table ({e})") from e
+
+
 def boxes_by_image(table: pd.DataFrame) -> dict[str, list[tuple[float, float, float, float]]]:
     """Kept boxes per image name: ``{image: [(xmin, ymin, xmax, ymax), ...]}`` in box order."""
     kept = table[table["kept"].astype(bool)]

@@ -214,7 +214,7 @@ class SplitPlan:
         split: str,
         index: pd.DataFrame,
         synset_table: pd.DataFrame,
-        boxes_by_image: Mapping[str, Sequence[Box]],
+        boxes_by_image: Mapping[str, Sequence[Box]] | pd.DataFrame,
         reader: ImageReader,
         out_dir: Path,
         num_shards: int,
@@ -228,7 +228,12 @@ class SplitPlan:
         self.reader, self.out_dir = reader, out_dir
         self._label = {wnid: int(label) for wnid, label in zip(synset_table["wnid"], synset_table["label"])}
         self._text = dict(zip(synset_table["wnid"], synset_table["text"]))
-        self._boxes = boxes_by_image
+        # The boxes: a mapping {image: boxes}, or the kept boxes as a table (``box_outputs.read_kept``),
+        # kept as columns too (each image's boxes a range of rows, by its position in the index).
+        if isinstance(boxes_by_image, pd.DataFrame):
+            self._boxes, self._box_ranges = None, _box_ranges(boxes_by_image, index["filename"])
+        else:
+            self._boxes, self._box_ranges = boxes_by_image, None
         # Columns, not rows: the names as one list, the synsets as codes, the numbers as arrays.
         self._filenames = index["filename"].tolist()
         codes, synset_names = pd.factorize(index["synset"])
@@ -267,12 +272,24 @@ class SplitPlan:
         """Shard ``name``'s job: its file, its reader and its records in order."""
         filenames, codes, names = self._filenames, self._synset_codes, self._synset_names
         offsets, sizes = self._offsets, self._sizes
-        label, text, boxes_of = self._label, self._text, self._boxes.get
+        label, text = self._label, self._text
+        if self._box_ranges is not None:
+            starts, ends, coords = self._box_ranges
+
+            def boxes_of(at: int, filename: str) -> list | None:
+                start, end = starts[at], ends[at]
+                return coords[start:end].tolist() if end > start else None
+        else:
+            by_image = self._boxes
+
+            def boxes_of(at: int, filename: str) -> list | None:
+                return by_image.get(filename)
+
         records = []
         with gc_paused():  # a whole split's records may be made in a row
             for at in self._positions(name):
                 filename, synset = filenames[at], names[codes[at]]
-                boxes = boxes_of(filename)
+                boxes = boxes_of(at, filename)
                 records.append(
                     RecordSource(
                         filename,
@@ -286,6 +303,23 @@ class SplitPlan:
                 )
         path = self.out_dir / self.record_format.file_name(name)
         return ShardJob(name=name, path=path, reader=self.reader, records=tuple(records))
+
+
+def _box_ranges(kept: pd.DataFrame, filenames: pd.Series) -> tuple[Any, Any, Any]:
+    """The kept boxes as columns: (starts, ends, coords), where the boxes of the image at position
+    ``i`` of the index are the rows ``coords[starts[i]:ends[i]]`` (xmin, ymin, xmax, ymax), in box
+    order; boxes of images not in the index are left out. A few arrays, not a list per image."""
+    import numpy as np
+    import pandas as pd
+
+    position = pd.Index(filenames).get_indexer(kept["image"])
+    there = position >= 0
+    position, box = position[there], kept["box"].to_numpy()[there]
+    order = np.lexsort((box, position))
+    position = position[order]
+    coords = kept[["xmin", "ymin", "xmax", "ymax"]].to_numpy()[there][order]
+    every = np.arange(len(filenames))
+    return np.searchsorted(position, every, "left"), np.searchsorted(position, every, "right"), coords
 
 
 def plan_split(*plan: Any, wanted: Iterable[str] | None = None, **options: Any) -> dict[str, ShardJob]:

@@ -277,13 +277,12 @@ def _write_split_shards(
         if partial.is_dir() and (removed := storage.store_for(partial).remove_partial(partial)):
             log(f"removed {removed} partial files left by an interrupted run in {partial}")
     _, _, num_shards = release.parse_shard_name(wanted[0])
-    table = bounding_boxes.read_table(settings.bounding_boxes_parquet)
     index = archives.read_index(settings.image_index(split))
     plan = shard_plan.SplitPlan(
         split,
         index,
         synsets.read_synsets(settings.synsets_csv),
-        bounding_boxes.boxes_by_image(table[table["split"] == split]),
+        bounding_boxes.read_kept(settings.bounding_boxes_parquet, split),
         reader,
         folder,
         num_shards,

@@ -185,6 +185,32 @@ def test_split_plan_makes_each_job_when_asked_as_plan_split_makes_them_all() -> 
         plan.check(["train-00001-of-00005", "train-00005-of-00005"])
 
 
+def test_the_kept_boxes_as_a_table_give_the_same_jobs_as_a_mapping() -> None:
+    # The table's rows in any order (box 1 before box 0), and boxes of an image not in the index.
+    rows = [
+        ("n01443537_5.JPEG", 1, 0.0, 0.0, 1.0, 1.0),
+        ("n01440764_1.JPEG", 0, 0.1, 0.2, 0.5, 0.6),
+        ("n01443537_5.JPEG", 0, 0.25, 0.0, 0.75, 1.0),
+        ("n01440764_999.JPEG", 0, 0.1, 0.1, 0.2, 0.2),
+    ]
+    table = pd.DataFrame(rows, columns=["image", "box", "xmin", "ymin", "xmax", "ymax"])
+    mapping = {
+        "n01440764_1.JPEG": [(0.1, 0.2, 0.5, 0.6)],
+        "n01443537_5.JPEG": [(0.25, 0.0, 0.75, 1.0), (0.0, 0.0, 1.0, 1.0)],
+        "n01440764_999.JPEG": [(0.1, 0.1, 0.2, 0.2)],
+    }
+
+    def jobs(boxes) -> dict[str, ShardJob]:
+        return plan_split(
+            "train", _index(), SYNSET_TABLE, boxes, ArchiveReader(Path("a.tar")), Path("out"), 4
+        )
+
+    assert jobs(table) == jobs(mapping)
+    records = {r.filename: r for job in jobs(table).values() for r in job.records}
+    assert records["n01443537_5.JPEG"].boxes == ((0.25, 0.0, 0.75, 1.0), (0.0, 0.0, 1.0, 1.0))
+    assert sum(bool(r.boxes) for r in records.values()) == 2
+
+
 @pytest.mark.parametrize(
     "names",
     [
