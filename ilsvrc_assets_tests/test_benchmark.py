@@ -82,13 +82,17 @@ def test_peak_memory_is_shown_side_by_side_at_two_scales() -> None:
         stage = benchmark.Stage(name, None, lambda r, d: benchmark.Work(0, 0))
         return benchmark.Result(stage, ok, 1.0, mb, benchmark.Work(0, 0))
 
-    first = [result("write shards", 200), result("manifest read-back", 100), result("failed", 50, ok=False)]
-    second = [result("write shards", 300), result("manifest read-back", 100), result("failed", 60)]
+    first = [
+        result("write shards", 200),
+        result("manifest (no read-back)", 100),
+        result("failed", 50, ok=False),
+    ]
+    second = [result("write shards", 300), result("manifest (no read-back)", 100), result("failed", 60)]
     lines = benchmark.memory_at_two_scales(first, second, ("4/synset", "8/synset")).splitlines()
     assert "4/synset" in lines[0] and "8/synset" in lines[0], lines[0]
     rows = {line[:28].rstrip(): line[28:].split() for line in lines[2:]}
     # A stage that failed at either scale has no row: its peak says nothing.
-    assert rows == {"write shards": ["200", "300", "1.50"], "manifest read-back": ["100", "100", "1.00"]}
+    assert rows == {"write shards": ["200", "300", "1.50"], "manifest (no read-back)": ["100", "100", "1.00"]}
 
 
 def _result(name: str, seconds: float, mb: float, images: int = 0) -> benchmark.Result:
@@ -109,7 +113,7 @@ def test_full_count_runs_the_real_counts_and_leaves_out_what_makes_no_sense_ther
     assert set(skipped) == left_out and not left_out & set(names)
     assert "544,546" in skipped[benchmark.BOXES_AT_SCALE]
     assert names[-2:] == [benchmark.DAGSTER_BUILD, benchmark.TFDS]
-    assert {"train index", "write shards", "manifest read-back"} <= set(names)
+    assert {"train index", "write shards", "manifest (no read-back)"} <= set(names)
 
 
 def test_the_tfds_row_is_skipped_with_the_way_to_install_it_when_tfds_is_missing(tmp_path: Path) -> None:
