@@ -200,11 +200,12 @@ def _check_steps(job) -> dict:
 
 # The jobs ``build`` runs with their own executor, as the UI and the daemon do (``prepare_inputs``:
 # its independent steps at the same time, each in a process of its own; ``definitions.inputs_executor``).
-# None yet: measured on this 2-core machine, shared, the job took longer so than in this process, in
-# order (the sample 18-20 s -> 36-37 s; the full-count stand-in 75-118 s -> 110-217 s, in the same
-# runs), because its one long independent branch, the validation tree, is short beside the step
-# processes' cost (~1-2 s each, 19 steps, plus ~5 s to start the fork server), and the box table,
-# the longest step, waits for the training index (for its contact sheet) so cannot overlap it.
+# None yet: measured on this 2-core machine (shared; each pair in the same minutes), the job so took
+# the sample 36-40 s against 18-27 s in this process, in order; the full-count stand-in 59.5 against
+# 62.6 s and 80.0 against 82.6 s when the machine was lightly loaded, 110-217 against 75-118 s when it
+# was not. Its one long independent branch, the validation tree, is short beside the step processes'
+# cost (0.5-2 s each, 19 steps, and ~4 s to start the fork server), and the box table, the longest
+# step, waits for the training index (for its contact sheet) so cannot overlap it.
 OWN_EXECUTOR_JOBS: frozenset[str] = frozenset()
 
 
