@@ -61,28 +61,24 @@ def test_in_the_build_intact_shards_pass_and_none_is_read(tmp_path):
     folder = _shards(tmp_path / "tfrecords")
     names = [n for ns in NAMES.values() for n in ns]
     just_built = _as_read(folder, names)
-    found = manifest.audit(
-        folder,
-        NAMES,
-        {"train": 4, "validation": 1},
-        _written(folder),
-        IDLE_WORKERS,
-        just_built,
-        read_back=False,
-    )
+
+    def audit() -> manifest.Audit:
+        return manifest.audit(
+            folder,
+            NAMES,
+            {"train": 4, "validation": 1},
+            _written(folder),
+            IDLE_WORKERS,
+            just_built,
+            read_back=False,
+        )
+
+    found = audit()
     assert found.shard_problems == [] and found.read_back == [] and found.hashed == 0
     assert found.manifest["splits"]["train"]["records"] == 4
     # A shard whose size or time is not what the manifest recorded is hashed all the same.
     os.utime(folder / names[0], ns=(0, 0))
-    found = manifest.audit(
-        folder,
-        NAMES,
-        {"train": 4, "validation": 1},
-        _written(folder),
-        IDLE_WORKERS,
-        just_built,
-        read_back=False,
-    )
+    found = audit()
     assert found.hashed == 1 and found.shard_problems == []
 
 

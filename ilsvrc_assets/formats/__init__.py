@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
+    from ilsvrc_assets.fileio import HashedWriter
     from ilsvrc_assets.images import ImageInfo
     from ilsvrc_assets.shard_plan import Box, RecordSource, ShardJob
     from ilsvrc_assets.shard_scan import ShardScan
@@ -75,6 +76,21 @@ class ShardWriter(Protocol):
         """Write ``image`` (the prepared bytes: an RGB or grayscale JPEG of ``info``'s size) as the
         next record, with what ``source`` says about it (file name, synset, label, text, boxes);
         returns the record as written, for the format's :class:`RecordChecker`."""
+
+
+class HashedFileWriter:
+    """A base for a format's :class:`ShardWriter` that writes through a ``fileio.HashedWriter``
+    (``self._file``): its ``bytes`` and ``md5`` are those of the bytes as written."""
+
+    _file: HashedWriter
+
+    @property
+    def bytes(self) -> int:
+        return self._file.bytes
+
+    @property
+    def md5(self) -> str:
+        return self._file.md5
 
 
 class RecordChecker(Protocol):

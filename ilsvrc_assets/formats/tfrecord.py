@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import google_crc32c
 
 from ilsvrc_assets import fileio, release, tf_example
-from ilsvrc_assets.formats import Companion, RecordFormat, StoredRecord
+from ilsvrc_assets.formats import Companion, HashedFileWriter, RecordFormat, StoredRecord
 from ilsvrc_assets.images import ImageInfo
 from ilsvrc_assets.shard_plan import RecordSource, ShardJob
 
@@ -86,7 +86,7 @@ def framed(payload: bytes) -> tuple[bytes, bytes]:
     return length + masked_crc(length), masked_crc(payload)
 
 
-class TFRecordWriter:
+class TFRecordWriter(HashedFileWriter):
     """A TFRecord file being written: one serialized ``tf.train.Example`` per image."""
 
     def __init__(self, file: fileio.HashedWriter):
@@ -105,14 +105,6 @@ class TFRecordWriter:
         self._file.write(tail)
         self.lengths.append(len(serialized))
         return serialized
-
-    @property
-    def bytes(self) -> int:
-        return self._file.bytes
-
-    @property
-    def md5(self) -> str:
-        return self._file.md5
 
 
 class TFRecord(RecordFormat):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from ilsvrc_assets import fileio, images, release, shard_scan, tar_reader
-from ilsvrc_assets.formats import RecordFormat, StoredRecord
+from ilsvrc_assets.formats import HashedFileWriter, RecordFormat, StoredRecord
 from ilsvrc_assets.images import ImageInfo
 from ilsvrc_assets.shard_plan import RecordSource, ShardJob
 from ilsvrc_assets.shard_scan import ShardScan
@@ -112,7 +112,7 @@ def header(name: bytes, size: int) -> bytes:
     )
 
 
-class TarSampleWriter:
+class TarSampleWriter(HashedFileWriter):
     """A tar shard being written: three members per image, with fixed headers."""
 
     def __init__(self, file: fileio.HashedWriter):
@@ -136,14 +136,6 @@ class TarSampleWriter:
         """End the tar: two zero blocks, then zeros to a whole record."""
         end = self.written + 2 * BLOCK
         self._file.write(bytes(2 * BLOCK + (-end % RECORD)))
-
-    @property
-    def bytes(self) -> int:
-        return self._file.bytes
-
-    @property
-    def md5(self) -> str:
-        return self._file.md5
 
 
 class WebDataset(RecordFormat):
