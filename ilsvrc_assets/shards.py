@@ -301,6 +301,10 @@ def _write_split_shards(
         return replace(plan.job(name), lock=settings.lock_path(f"{state}/{name}"), decode=decode)
 
     ledger = shard_plan.ShardLedger(settings.state_dir / state)
+    # An entry being written when a run was killed leaves its temporary file (the entry itself is
+    # written again with its shard).
+    if removed := fileio.remove_stale_temp_files(ledger.folder):
+        log(f"removed {removed} partial ledger entries left by an interrupted run in {ledger.folder}")
     fingerprints: dict[str, str] = {}
     to_write: list[str] = []
     space = 0
