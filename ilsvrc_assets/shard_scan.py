@@ -90,9 +90,15 @@ def in_decode_sample(filename: str) -> bool:
     return zlib.crc32(filename.encode()) % DECODE_SAMPLE_ONE_IN == 0
 
 
+def decodes(policy: str, filename: str, forced: bool = False) -> bool:
+    """Whether the image ``filename`` is decoded under the decode ``policy`` (always when ``forced``:
+    an image the writer re-encoded)."""
+    return forced or policy == ALL or (policy == SAMPLE and in_decode_sample(filename))
+
+
 def decode_policy(decode: bool | str) -> str:
     """A decode policy from a policy or a bool (True: :data:`ALL`, False: :data:`NONE`)."""
-    policy = {True: ALL, False: NONE}.get(decode, decode) if isinstance(decode, bool) else decode
+    policy = (ALL if decode else NONE) if isinstance(decode, bool) else decode
     if policy not in DECODE_POLICIES:
         raise ValueError(f"decode policy {decode!r}: expected one of {', '.join(DECODE_POLICIES)}")
     return policy
@@ -270,12 +276,8 @@ def _check_fast(
             compared += 1
             if zlib.crc32(encoded) != crcs[i]:
                 return None
-        filename = out["image/filename"][i].decode("utf-8", "replace")
-        if policy == ALL or forced[i] or (policy == SAMPLE and in_decode_sample(filename)):
-            ratio = 8 if min(info.height, info.width) >= 8 else 1
-            to_decode.append(
-                (encoded, ratio, (math.ceil(info.height / ratio), math.ceil(info.width / ratio), 3))
-            )
+        if decodes(policy, out["image/filename"][i].decode("utf-8", "replace"), forced[i]):
+            to_decode.append((encoded, *_decoded_shape(info)))
     batched = [item for item in to_decode if item[1] == 8]
     try:
         shapes = (
@@ -326,8 +328,7 @@ def _check_batch(
         filename = _bytes_value(feature, "image/filename")
         name = filename.decode("utf-8", "replace") if filename is not None else "no filename"
         record = _Checked(f"record {index} ({name})", example, _format_issues(feature))
-        decode = policy == ALL or (forced is not None and forced[offset])
-        decode = decode or (policy == SAMPLE and in_decode_sample(name))
+        decode = decodes(policy, name, forced is not None and forced[offset])
         record.image_issue, record.to_decode = _image_issue(feature, decode)
         if crcs is not None and crcs[offset] is not None:
             record.compared = True
@@ -647,11 +648,16 @@ def _image_issue(
         )
     if not decode:
         return None, None
-    # At 1/8 scale libjpeg skips most of the inverse DCT and gives ceil(size / 8); tiny images
-    # are decoded at full size.
+    return None, (encoded, *_decoded_shape(info))
+
+
+def _decoded_shape(info: images.ImageInfo) -> tuple[int, tuple[int, int, int]]:
+    """The scale an image is decoded at (1/8, or whole for a tiny one) and the shape that gives.
+
+    At 1/8 scale libjpeg skips most of the inverse DCT but still entropy-decodes every block, and
+    gives ceil(size / 8)."""
     ratio = 8 if min(info.height, info.width) >= 8 else 1
-    expected = (math.ceil(info.height / ratio), math.ceil(info.width / ratio), 3)
-    return None, (encoded, ratio, expected)
+    return ratio, (math.ceil(info.height / ratio), math.ceil(info.width / ratio), 3)
 
 
 def scan_shards(

@@ -358,8 +358,7 @@ class SampleCheck:
             if meta is not None:
                 found.same_synset(label, (str(meta.get("wnid")), str(meta.get("text"))), where)
         image = members.get("jpg", b"")
-        decode = decode or self.policy == shard_scan.ALL
-        decode = decode or (self.policy == shard_scan.SAMPLE and shard_scan.in_decode_sample(f"{key}.JPEG"))
+        decode = shard_scan.decodes(self.policy, f"{key}.JPEG", decode)
         image_issue = _image_issue(image, meta, decode, f"{scan.name} {where}")
         scan.decoded += decode and image_issue is None
         if crc is not None:
