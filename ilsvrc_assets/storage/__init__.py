@@ -14,6 +14,7 @@ local by nature and use :mod:`ilsvrc_assets.fileio` directly.
 
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -93,6 +94,16 @@ def _register_builtin() -> None:
     from ilsvrc_assets.storage.local import LocalStore
 
     STORES[""] = LocalStore
+    # The object stores are imported when first asked for: their clients are optional extras, and a
+    # missing one says which (pip install 'ilsvrc-assets[s3]').
+    STORES["s3"] = _imported_when_used("ilsvrc_assets.storage.s3", "S3Store")
+
+
+def _imported_when_used(module: str, name: str) -> Callable[[], OutputStore]:
+    def make() -> OutputStore:
+        return getattr(importlib.import_module(module), name)()
+
+    return make
 
 
 _register_builtin()
