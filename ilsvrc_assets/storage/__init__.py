@@ -95,8 +95,9 @@ def _register_builtin() -> None:
 
     STORES[""] = LocalStore
     # The object stores are imported when first asked for: their clients are optional extras, and a
-    # missing one says which (pip install 'ilsvrc-assets[s3]').
+    # missing one says which (pip install 'ilsvrc-assets[s3]' or '[gcs]').
     STORES["s3"] = _imported_when_used("ilsvrc_assets.storage.s3", "S3Store")
+    STORES["gs"] = _imported_when_used("ilsvrc_assets.storage.gcs", "GCSStore")
 
 
 def _imported_when_used(module: str, name: str) -> Callable[[], OutputStore]:
