@@ -6,8 +6,10 @@ location's protocol from :data:`STORES` (fsspec's model: callers never branch on
 Each store guarantees the same thing: a reader never sees a partial object under its final name;
 on failure the previous object (or none) stays.
 
-Today there is one store, :class:`~ilsvrc_assets.storage.local.LocalStore` (a temporary name
-beside the target, renamed into place). Object storage is one more module registered here.
+The stores: :class:`~ilsvrc_assets.storage.local.LocalStore` (a temporary name beside the target,
+renamed into place), and the object stores of :mod:`~ilsvrc_assets.storage.s3` and
+:mod:`~ilsvrc_assets.storage.gcs` (an upload published only when complete, verified and
+conditional: :mod:`~ilsvrc_assets.storage.objects`), imported when first used.
 Working files that are not outputs (locks, ledgers, indexes, caches under ``<data>/.state``) are
 local by nature and use :mod:`ilsvrc_assets.fileio` directly.
 """

@@ -402,6 +402,7 @@ def _blob_info(url: str, blob: Any) -> ObjectInfo:
         str(blob.generation),
         (blob.metadata or {}).get(WRITER_KEY),
         blob.crc32c,
+        (blob.metadata or {}).get(MD5_KEY),
     )
 
 
@@ -413,6 +414,7 @@ def _resource_info(url: str, resource: dict[str, Any]) -> ObjectInfo:
         str(resource["generation"]),
         (resource.get("metadata") or {}).get(WRITER_KEY),
         resource.get("crc32c"),
+        (resource.get("metadata") or {}).get(MD5_KEY),
     )
 
 

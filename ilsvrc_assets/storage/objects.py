@@ -56,6 +56,15 @@ class ObjectInfo:
     not carry metadata: None there (:meth:`ObjectStore.info` has it)."""
     etag: str | None = None
     """The store's own checksum: the S3 ETag (``<hex>-<parts>`` for multipart), the GCS CRC32C (base64)."""
+    written_md5: str | None = None
+    """The ``ilsvrc-md5`` metadata its uploader stored: the MD5 its writer computed, which the upload
+    verified (what tells an S3 multipart object's content, whose ETag is no MD5). Like ``writer``, not
+    in S3 listings."""
+
+    @property
+    def content_md5(self) -> str | None:
+        """The hex MD5 of the object's bytes: the store's own, else the one its upload verified."""
+        return self.md5 or self.written_md5
 
 
 class ObjectConflict(Exception):

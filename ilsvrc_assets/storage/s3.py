@@ -55,7 +55,8 @@ from ilsvrc_assets.storage.objects import (
 )
 
 MiB = 1024 * 1024
-PART_SIZE = 64 * MiB
+# A part is held in memory while it is sent: 16 uploads at once (ilsvrc_assets.bucket) hold 256 MiB.
+PART_SIZE = 16 * MiB
 MIN_PART_SIZE = 5 * MiB  # S3's minimum for every part but the last
 MAX_PARTS = 10_000
 STALE_UPLOAD = timedelta(days=1)
@@ -529,7 +530,7 @@ def _etag_is_md5(response: dict[str, Any]) -> bool:
 def _info(url: str, etag: str, size: int, response: dict[str, Any], metadata: dict[str, str]) -> ObjectInfo:
     etag = etag.strip('"')
     md5 = etag if "-" not in etag and _etag_is_md5(response) else None
-    return ObjectInfo(url, size, md5, etag, metadata.get(WRITER_KEY), etag)
+    return ObjectInfo(url, size, md5, etag, metadata.get(WRITER_KEY), etag, metadata.get(MD5_KEY))
 
 
 def _content_type(key: str) -> str:
