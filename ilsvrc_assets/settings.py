@@ -44,6 +44,11 @@ ENV_PARTITIONS_PER_RUN = "ILSVRC_PARTITIONS_PER_RUN"  # shards per backfill run;
 ENV_KEEP_VERSIONS = "ILSVRC_KEEP_VERSIONS"
 # 1: the audit decodes every image it reads back, not only the fixed sample (manifest.dataset_verdicts).
 ENV_AUDIT_DECODE_ALL = "ILSVRC_AUDIT_DECODE_ALL"
+# gs://bucket/prefix or s3://bucket/prefix: the published outputs also go there (ilsvrc_assets.bucket);
+# the credentials come from each vendor's standard chain, never from here.
+ENV_OUTPUT_URL = "ILSVRC_OUTPUT_URL"
+# Which published outputs go there (comma-separated names of OUTPUT_NAMES); default all of them.
+ENV_BUCKET_OUTPUTS = "ILSVRC_BUCKET_OUTPUTS"
 ENV_DAGSTER_HOME = "DAGSTER_HOME"  # the Dagster instance's folder; the CLI's default ./.dagster_home
 # Dagster's own: events of a partitioned step handed to the event log in batches (the CLI sets it).
 ENV_DAGSTER_EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE"
@@ -64,6 +69,8 @@ LOCAL_SOURCES = ("local", "kaggle", "folder")
 # The TFRecords are always written: the model zoo reads them.
 FORMATS = ("tfrecord", "webdataset", "imagefolder")
 DEFAULT_FORMATS = ("tfrecord",)
+# The published outputs (versions.OUTPUTS), which ILSVRC_BUCKET_OUTPUTS chooses from.
+OUTPUT_NAMES = ("validation_tree", "train_tree", "tfrecords", "webdataset")
 
 
 class SettingsError(ValueError):
@@ -102,6 +109,11 @@ class Settings:
     # Whether the audit decodes every image of the shards it reads back (otherwise the fixed sample,
     # when the archives are the official ones: shard_scan.SAMPLE).
     audit_decode_all: bool = False
+    # Where the published outputs also go, under the same relative paths as under data_dir
+    # (``gs://bucket/prefix`` or ``s3://bucket/prefix``, no trailing slash); None: local only.
+    output_url: str | None = None
+    # The published outputs that go to output_url (a TPU user may want the TFRecords only).
+    bucket_outputs: tuple[str, ...] = OUTPUT_NAMES
 
     # Output layout under data_dir, in one place.
     @property
@@ -221,6 +233,41 @@ def _schedule_env(environ: Mapping[str, str]) -> tuple[str, bool]:
     return timezone, status == "running"
 
 
+OUTPUT_URL_SCHEMES = ("gs", "s3")
+
+
+def _output_url_env(environ: Mapping[str, str]) -> str | None:
+    text = environ.get(ENV_OUTPUT_URL, "").strip()
+    if not text:
+        return None
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in OUTPUT_URL_SCHEMES or not parts.netloc:
+        raise SettingsError(
+            f"{ENV_OUTPUT_URL}={text!r}: expected gs://bucket/prefix or s3://bucket/prefix (or unset: local only)"
+        )
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        # Everything in the settings becomes run configuration, which Dagster stores.
+        raise SettingsError(
+            f"{ENV_OUTPUT_URL}={parts.scheme}://{parts.netloc.rpartition('@')[2]}...: only the bucket and "
+            "prefix belong here; the credentials come from the vendor's standard chain (application "
+            "default credentials; AWS_* variables or profiles)"
+        )
+    return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+
+
+def _bucket_outputs_env(environ: Mapping[str, str]) -> tuple[str, ...]:
+    text = environ.get(ENV_BUCKET_OUTPUTS, "").strip()
+    if not text:
+        return OUTPUT_NAMES
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if unknown := [name for name in names if name not in OUTPUT_NAMES]:
+        raise SettingsError(
+            f"{ENV_BUCKET_OUTPUTS}={text!r}: unknown output(s) {', '.join(unknown)}; "
+            f"expected names of {', '.join(OUTPUT_NAMES)}"
+        )
+    return names
+
+
 def _formats_env(environ: Mapping[str, str]) -> tuple[str, ...]:
     raw = environ.get(ENV_FORMATS, "")
     named = [name.strip().lower() for name in raw.split(",") if name.strip()]
@@ -293,6 +340,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         formats=_formats_env(environ),
         keep_versions=_int_env(environ, ENV_KEEP_VERSIONS, 1),
         audit_decode_all=_flag_env(environ, ENV_AUDIT_DECODE_ALL),
+        output_url=_output_url_env(environ),
+        bucket_outputs=_bucket_outputs_env(environ),
         webdataset_shards={
             "train": _int_env(
                 environ, ENV_WEBDATASET_TRAIN_SHARDS, release.DEFAULT_NUM_WEBDATASET_SHARDS["train"]

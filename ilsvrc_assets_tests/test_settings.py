@@ -38,11 +38,29 @@ def test_values_from_environment(tmp_path):
         ({"ILSVRC_TRAIN_SHARDS": "many"}, "ILSVRC_TRAIN_SHARDS"),
         ({"ILSVRC_VALIDATION_SHARDS": "0"}, "ILSVRC_VALIDATION_SHARDS"),
         ({"ILSVRC_AUDIT_DECODE_ALL": "maybe"}, "ILSVRC_AUDIT_DECODE_ALL"),
+        ({"ILSVRC_OUTPUT_URL": "https://example.org/data"}, "ILSVRC_OUTPUT_URL"),
+        ({"ILSVRC_OUTPUT_URL": "gs:///no-bucket"}, "ILSVRC_OUTPUT_URL"),
+        ({"ILSVRC_OUTPUT_URL": "s3://key:secret@bucket/x"}, "standard chain"),
+        ({"ILSVRC_BUCKET_OUTPUTS": "tfrecords,shards"}, "ILSVRC_BUCKET_OUTPUTS"),
     ],
 )
 def test_bad_settings_name_the_variable(environ, message):
-    with pytest.raises(settings.SettingsError, match=message):
+    with pytest.raises(settings.SettingsError, match=message) as raised:
         settings.load(environ)
+    assert "secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("", None),
+        ("gs://bucket", "gs://bucket"),
+        (" s3://bucket/imagenet/ ", "s3://bucket/imagenet"),
+        ("gs://bucket/a/b", "gs://bucket/a/b"),
+    ],
+)
+def test_output_url_is_a_bucket_and_prefix(raw, expected):
+    assert settings.load({"ILSVRC_OUTPUT_URL": raw}).output_url == expected
 
 
 @pytest.mark.parametrize("raw, expected", [("", None), ("4", 4), (" 1 ", 1)])
@@ -70,3 +88,14 @@ def test_a_setting_without_a_configuration_form_is_refused_naming_it(monkeypatch
     monkeypatch.setattr(settings, "_CONFIG_FORMS", forms)
     with pytest.raises(TypeError, match="Settings.data_dir"):
         settings.config_types()
+
+
+def test_bucket_outputs_are_the_published_outputs():
+    from ilsvrc_assets import versions
+
+    assert set(settings.OUTPUT_NAMES) == set(versions.OUTPUTS)
+    assert settings.load({}).bucket_outputs == settings.OUTPUT_NAMES
+    assert settings.load({"ILSVRC_BUCKET_OUTPUTS": " tfrecords , webdataset"}).bucket_outputs == (
+        "tfrecords",
+        "webdataset",
+    )
