@@ -49,6 +49,9 @@ ENV_AUDIT_DECODE_ALL = "ILSVRC_AUDIT_DECODE_ALL"
 ENV_OUTPUT_URL = "ILSVRC_OUTPUT_URL"
 # Which published outputs go there (comma-separated names of OUTPUT_NAMES); default all of them.
 ENV_BUCKET_OUTPUTS = "ILSVRC_BUCKET_OUTPUTS"
+# Where files on their way to or from a bucket are staged (storage.objects.scratch_dir); default: the
+# system's temporary folder. Read where it is used: a working folder, not an output's place.
+ENV_SCRATCH_DIR = "ILSVRC_SCRATCH_DIR"
 ENV_DAGSTER_HOME = "DAGSTER_HOME"  # the Dagster instance's folder; the CLI's default ./.dagster_home
 # Dagster's own: events of a partitioned step handed to the event log in batches (the CLI sets it).
 ENV_DAGSTER_EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE"

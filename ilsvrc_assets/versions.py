@@ -337,7 +337,7 @@ def _order(output: Output) -> Callable[[str], tuple]:
     return key
 
 
-def _listed(path: Path) -> Iterator[tuple[str, int, str]]:
+def read_listing(path: Path) -> Iterator[tuple[str, int, str]]:
     """(path, bytes, md5) of each line of a listing, in its order; nothing if there is none."""
     try:
         f = open(path)
@@ -374,7 +374,7 @@ def _write_marker(version: Path, output: Output, known: Known, number: int) -> t
     files at a time, in parallel)."""
     current = _target(version.parent / CURRENT)
     before = version.parent / current if current and current != version.name else None
-    previous = _listed(before / output.folders[0] / LISTING) if before else iter(())
+    previous = read_listing(before / output.folders[0] / LISTING) if before else iter(())
     folder = version / output.folders[0]
     counts = {f: 0 for f in output.folders}
     files = size = hashed = 0
@@ -513,7 +513,7 @@ def published_problems(settings: Settings, name: str, hash_files: bool = False, 
         found.append(f"{LISTING}: not the listing {MARKER} was written with")
     changed = 0
     for now, listed in _merged(
-        _walk(version, output), _listed(version / output.folders[0] / LISTING), _order(output)
+        _walk(version, output), read_listing(version / output.folders[0] / LISTING), _order(output)
     ):
         if now is None:
             problem = f"missing: {listed[0]}"

@@ -204,7 +204,8 @@ def test_never_published_is_a_problem(settings):
 
 def test_the_readme_marker_example_runs_and_fails_on_a_changed_file(settings, monkeypatch):
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    (example,) = [b.split("```")[0] for b in readme.split("```python\n")[1:] if "_published.json" in b]
+    blocks = [b.split("```")[0] for b in readme.split("```python\n")[1:]]
+    (example,) = [b for b in blocks if "_published.json" in b]
     shards = versions.working(settings, "tfrecords")
     write(shards, {"train-00000-of-00001": b"records", "validation-00000-of-00001": b"more records"})
     write(versions.working(settings, "tfrecords-index"), {"train-00000-of-00001.idx": b"0 7\n"})

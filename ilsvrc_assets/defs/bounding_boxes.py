@@ -6,6 +6,7 @@ The work is in :mod:`ilsvrc_assets.bounding_boxes` (``make_bounding_boxes`` and 
 from dagster import AssetCheckResult, AssetExecutionContext, MaterializeResult, asset, asset_check
 
 from ilsvrc_assets import bounding_boxes as boxes
+from ilsvrc_assets import bucket
 from ilsvrc_assets.defs.metadata import check_result, materialized
 from ilsvrc_assets.defs.resources import IlsvrcResource
 
@@ -31,7 +32,14 @@ from ilsvrc_assets.defs.resources import IlsvrcResource
     "`<data>/imagenet_2012_bounding_boxes.csv` (training) and its validation counterpart.",
 )
 def bounding_boxes(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
-    return materialized(boxes.make_bounding_boxes(ilsvrc.settings(), ilsvrc.image_source(), context.log.info))
+    settings, log = ilsvrc.settings(), context.log.info
+    made = boxes.make_bounding_boxes(settings, ilsvrc.image_source(), log)
+    tables = [
+        settings.bounding_boxes_parquet,
+        settings.bounding_boxes_csv,
+        settings.validation_bounding_boxes_csv,
+    ]
+    return materialized(bucket.also_published(settings, made, tables, log))
 
 
 @asset_check(

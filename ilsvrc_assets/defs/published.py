@@ -8,6 +8,7 @@ killed or blocked build, or partitions written since the checks, never change wh
 """
 
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckKey,
     AssetCheckResult,
     AssetChecksDefinition,
@@ -15,17 +16,20 @@ from dagster import (
     AssetsDefinition,
     Failure,
     MaterializeResult,
+    ResourceParam,
     asset,
     asset_check,
 )
 
-from ilsvrc_assets import versions
-from ilsvrc_assets.defs.manifest import dataset_checks, webdataset_checks
-from ilsvrc_assets.defs.metadata import check_result, materialized
+from ilsvrc_assets import bucket, release, versions
+from ilsvrc_assets.defs.manifest import dataset_checks, official_splits, webdataset_checks
+from ilsvrc_assets.defs.metadata import check_result, materialized, metadata
 from ilsvrc_assets.defs.resources import IlsvrcResource
 from ilsvrc_assets.defs.shards import require_upstream_checks_passed
 from ilsvrc_assets.defs.train_tree import matches_train_index
 from ilsvrc_assets.defs.validation_tree import matches_validation_label_file
+from ilsvrc_assets.record_workers import RecordWorkers
+from ilsvrc_assets.shard_scan import ALL, SAMPLE
 
 
 def _gate(group: str, checks: AssetChecksDefinition) -> tuple[str, str, list[AssetCheckKey]]:
@@ -82,7 +86,12 @@ def published_asset(name: str) -> AssetsDefinition:
     )
     def _published(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
         require_checks_since_materialised(context, gate)
-        return materialized(versions.make_published(ilsvrc.settings(), name, context.log.info))
+        settings, log = ilsvrc.settings(), context.log.info
+        made = versions.make_published(settings, name, log)
+        if not bucket.publishes(settings, name):
+            return materialized(made)
+        # Then to the bucket, verified, its marker last (ilsvrc_assets.bucket).
+        return materialized(made, **metadata(bucket.publish_output(settings, name, log).metadata()))
 
     return _published
 
@@ -98,8 +107,20 @@ def listing_check(asset_def: AssetsDefinition, name: str) -> AssetChecksDefiniti
         f"files its `{versions.LISTING}` lists, at the sizes listed (the shards' MD5s are compared by "
         "the manifests' checks, which hash every shard).",
     )
-    def _matches(ilsvrc: IlsvrcResource) -> AssetCheckResult:
-        return check_result(versions.published_verdict(ilsvrc.settings(), name))
+    def _matches(
+        context: AssetCheckExecutionContext,
+        ilsvrc: IlsvrcResource,
+        record_workers: ResourceParam[RecordWorkers],
+    ) -> AssetCheckResult:
+        settings = ilsvrc.settings()
+        read_back = None
+        latest = context.instance.get_latest_materialization_event(asset_def.key)
+        published_now = latest is not None and latest.run_id == context.run.run_id
+        if versions.OUTPUTS[name].record_format and bucket.publishes(settings, name) and not published_now:
+            # The audit: the bucket's shards are read back, as the manifest's checks read the local ones.
+            official = official_splits(context.instance, ilsvrc) == set(release.SPLITS)
+            read_back = (record_workers, SAMPLE if official and not settings.audit_decode_all else ALL)
+        return check_result(bucket.published_verdict(settings, name, read_back))
 
     return _matches
 

@@ -6,6 +6,7 @@ checks' verdicts).
 
 from dagster import AssetCheckResult, AssetExecutionContext, MaterializeResult, asset, asset_check
 
+from ilsvrc_assets import bucket
 from ilsvrc_assets import synsets as classes
 from ilsvrc_assets.defs.metadata import check_result, materialized
 from ilsvrc_assets.defs.resources import IlsvrcResource
@@ -22,7 +23,9 @@ GROUP = "classes"
     "meta.mat. Written to `<data>/synsets.csv`.",
 )
 def synsets(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
-    return materialized(classes.make_synsets(ilsvrc.settings(), ilsvrc.image_source(), context.log.info))
+    settings, log = ilsvrc.settings(), context.log.info
+    made = classes.make_synsets(settings, ilsvrc.image_source(), log)
+    return materialized(bucket.also_published(settings, made, [settings.synsets_csv], log))
 
 
 @asset_check(
@@ -43,9 +46,9 @@ def one_thousand_synsets(ilsvrc: IlsvrcResource) -> AssetCheckResult:
     "(ILSVRC2012_IDs) mapped through meta.mat to WNIDs. Written to `<data>/validation_labels.csv`.",
 )
 def validation_labels(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
-    return materialized(
-        classes.make_validation_labels(ilsvrc.settings(), ilsvrc.image_source(), context.log.info)
-    )
+    settings, log = ilsvrc.settings(), context.log.info
+    made = classes.make_validation_labels(settings, ilsvrc.image_source(), log)
+    return materialized(bucket.also_published(settings, made, [settings.validation_labels_csv], log))
 
 
 @asset_check(

@@ -82,6 +82,13 @@ class ObjectStoreError(Exception):
     the object and what to do."""
 
 
+def scratch_dir() -> Path:
+    """``ILSVRC_SCRATCH_DIR``, else the system's temporary folder."""
+    from ilsvrc_assets.settings import ENV_SCRATCH_DIR
+
+    return Path(os.environ.get(ENV_SCRATCH_DIR) or tempfile.gettempdir())
+
+
 def split_url(url: str) -> tuple[str, str]:
     """``"s3://bucket/a/b"`` -> ``("bucket", "a/b")``."""
     scheme, sep, rest = url.partition("://")
@@ -127,7 +134,7 @@ class ObjectStore(OutputStore):
     scheme: ClassVar[str]
 
     def __init__(self, scratch: str | os.PathLike[str] | None = None):
-        self.scratch = Path(scratch or os.environ.get("ILSVRC_SCRATCH_DIR") or tempfile.gettempdir())
+        self.scratch = Path(scratch) if scratch else scratch_dir()
 
     # --- The object API -----------------------------------------------------------------------
 

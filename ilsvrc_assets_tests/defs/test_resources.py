@@ -38,6 +38,8 @@ def every_setting_changed(root: Path) -> dict[str, str]:
         settings_module.ENV_WEBDATASET_VALIDATION_SHARDS: "2",
         settings_module.ENV_KEEP_VERSIONS: "3",
         settings_module.ENV_AUDIT_DECODE_ALL: "1",
+        settings_module.ENV_OUTPUT_URL: "gs://bucket/imagenet",
+        settings_module.ENV_BUCKET_OUTPUTS: "tfrecords",
     }
 
 
