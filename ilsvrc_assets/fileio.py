@@ -118,6 +118,11 @@ def _writer_alive(path: Path) -> bool:
         pid = int(path.name.rsplit(TEMP_MARKER, 1)[1].split("-", 1)[0])
     except (IndexError, ValueError):
         return False
+    return pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
     if pid == os.getpid():
         return True
     try:

@@ -109,19 +109,6 @@ def writer_tag() -> str:
     return f"{socket.gethostname()} pid {os.getpid()} at {now}"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this host."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class ObjectStore(OutputStore):
     """The object API shared by :class:`~ilsvrc_assets.storage.s3.S3Store` and
     :class:`~ilsvrc_assets.storage.gcs.GCSStore`, and the :class:`OutputStore` methods built on it.
@@ -250,7 +237,7 @@ class ObjectStore(OutputStore):
                 pid = int(entry.name[len(STAGE_PREFIX) :].split("-", 1)[0])
             except ValueError:
                 continue
-            if not pid_alive(pid):
+            if not fileio.pid_alive(pid):
                 entry.unlink(missing_ok=True)
                 removed += 1
         return removed

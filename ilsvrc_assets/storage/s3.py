@@ -48,7 +48,6 @@ from ilsvrc_assets.storage.objects import (
     ObjectStoreError,
     conflict,
     local_mismatch,
-    pid_alive,
     split_url,
     stored_mismatch,
     writer_tag,
@@ -490,7 +489,7 @@ def _state_live(state: dict[str, Any]) -> bool:
     if pid == os.getpid():
         if state.get("upload_id") in _uploading:
             return True
-    elif state.get("host") == socket.gethostname() and pid_alive(pid):
+    elif state.get("host") == socket.gethostname() and fileio.pid_alive(pid):
         return True
     if not state.get("resumable"):
         return False
