@@ -82,7 +82,9 @@ def published_asset(name: str) -> AssetsDefinition:
         description=f"What readers see at {folders}: the version `{upstream}` wrote, published once its "
         f"blocking checks passed on it. Its completeness marker, `{output.folders[0]}/{versions.MARKER}` "
         f"with `{versions.LISTING}` (every file, size and MD5), is written last; then one rename of a "
-        "symbolic link makes it visible. Until then readers see the previous version, unchanged.",
+        "symbolic link makes it visible. Until then readers see the previous version, unchanged. With "
+        "`ILSVRC_OUTPUT_URL`, the version is then uploaded to the bucket under the same paths (verified, "
+        "conditional; its marker removed first and written last: `ilsvrc_assets/bucket.py`).",
     )
     def _published(context: AssetExecutionContext, ilsvrc: IlsvrcResource) -> MaterializeResult:
         require_checks_since_materialised(context, gate)
