@@ -318,6 +318,11 @@ def build(args: argparse.Namespace) -> int:
     print(f"ilsvrc-assets: source {from_settings(settings).describe()}")
     print(f"ilsvrc-assets: formats {', '.join(settings.formats)} ({settings_module.ENV_FORMATS})")
     print(f"ilsvrc-assets: outputs in {settings.data_dir}; Dagster history in {home}")
+    if settings.output_url:
+        print(
+            f"ilsvrc-assets: and published to {settings.output_url} "
+            f"({', '.join(settings.bucket_outputs)}; {settings_module.ENV_OUTPUT_URL})"
+        )
     started = time.monotonic()
     try:
         # One build at a time per output folder: a second one would only redo the same work.
@@ -354,6 +359,10 @@ def build(args: argparse.Namespace) -> int:
         print(f"  WebDataset tars   {settings.data_dir / 'webdataset'} (with _info.json and manifest.json)")
     if "imagefolder" in settings.formats:
         print(f"  training tree     {settings.train_dir}")
+    if settings.output_url:
+        print(
+            f"  bucket            {settings.output_url}/... (the same paths, each output's _published.json last)"
+        )
     print(f"  history           DAGSTER_HOME={home} dagster dev   (or: ilsvrc-assets ui)")
     return 0
 
