@@ -275,3 +275,20 @@ def test_the_audit_job_reads_the_bucket_back_and_names_an_object_changed_there(b
     assert not found[check].passed
     assert f"{url}: MD5 " in found[check].description  # named, with what to do
     assert "materialise published_tfrecords" in found[check].description
+
+
+def test_a_changed_table_replaces_its_object_and_an_unchanged_one_is_left(built):
+    settings, store, _ = built
+    table, other = settings.synsets_csv, settings.validation_labels_csv
+    url = bucket.join(settings.output_url, table.name)
+    before = table.read_bytes()
+    table.write_bytes(before + b"# changed\n")
+    try:
+        done = bucket.publish_files(settings, [table, other])
+        assert (done.objects, done.uploaded) == (2, 1)
+        assert store.read_bytes(url) == table.read_bytes()
+    finally:
+        table.write_bytes(before)
+        bucket.publish_files(settings, [table])
+    assert store.read_bytes(url) == before
+    assert bucket.files_problems(settings, [table, other]) == []
