@@ -48,7 +48,7 @@ from ilsvrc_assets.stage import Log, Made, Verdict, quiet
 if TYPE_CHECKING:
     from ilsvrc_assets.record_workers import RecordWorkers
     from ilsvrc_assets.shard_scan import ShardScan
-from ilsvrc_assets.storage.objects import ObjectConflict, scratch_dir
+from ilsvrc_assets.storage.objects import ObjectConflict, join, scratch_dir
 
 # Uploads in flight at once: the time is in the network round trips, not in this process.
 UPLOADS = 16
@@ -147,10 +147,6 @@ class Ledger:
 
 def _ledger(settings: Settings) -> contextlib.closing[Ledger]:
     return contextlib.closing(Ledger(settings.state_dir / "bucket.sqlite"))
-
-
-def join(base: str, relative: str) -> str:
-    return f"{base.rstrip('/')}/{relative.lstrip('/')}"
 
 
 def _is_there(found, nbytes: int, md5: str, recorded: tuple[int, str, str] | None) -> bool:
@@ -394,22 +390,6 @@ def output_problems(settings: Settings, name: str, limit: int = 10) -> list[str]
             f"{join(base, path)}: not in the published listing; {redo}" for path in ledger.unlisted()
         ]
     return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
-
-
-def files_problems(settings: Settings, paths: Iterable[Path]) -> list[str]:
-    """How the bucket's copies of files of ``<data>`` differ from them (size, MD5 where reported)."""
-    assert settings.output_url is not None
-    store = _store(settings.output_url)
-    problems = []
-    for path in paths:
-        url = join(settings.output_url, path.relative_to(settings.data_dir).as_posix())
-        found = store.info(url)
-        nbytes = path.stat().st_size
-        if found is None:
-            problems.append(f"{url}: missing")
-        elif found.size != nbytes or (found.md5 is not None and found.md5 != fileio.md5_file(path)):
-            problems.append(f"{url}: not the same as {path} ({found.size:,} bytes, {nbytes:,} here)")
-    return problems
 
 
 def publishes(settings: Settings, name: str) -> bool:
