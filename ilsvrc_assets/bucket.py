@@ -266,16 +266,16 @@ def publish_output(settings: Settings, name: str, log: Log = quiet) -> BucketPub
         for path, nbytes, md5 in versions.read_listing(listing):
             files += 1
             total += nbytes
+            url, found, recorded = join(base, path), ledger.found(path), ledger.get(join(base, path))
             # An object with the very bytes that the ledger does not name (uploaded by a run killed
             # before it could record it) is taken as this deployment's.
-            url, found = join(base, path), ledger.found(path)
             if found is not None and found.md5 == md5 and found.size == nbytes:
-                if (recorded := ledger.get(url)) is None or recorded[2] != found.version:
+                if recorded is None or recorded[2] != found.version:
                     ledger.put(url, nbytes, md5, found.version)
-        for path, nbytes, md5 in missing():
-            todo += 1
-            todo_bytes += nbytes
-            _require_own(store, ledger, join(base, path), ledger.found(path), nbytes, md5)
+            elif not _is_there(found, nbytes, md5, recorded):
+                todo += 1
+                todo_bytes += nbytes
+                _require_own(store, ledger, url, found, nbytes, md5)
         stale = ledger.unlisted()
         for path in stale:
             _require_own(store, ledger, join(base, path), ledger.found(path))
@@ -334,8 +334,9 @@ def publish_files(settings: Settings, paths: Iterable[Path], log: Log = quiet) -
                 total += nbytes
                 found = store.info(url)
                 if not _is_there(found, nbytes, md5, ledger.get(url)):
-                    _require_own(store, ledger, url, found, nbytes, md5)
-                    uploads.submit(path, url, nbytes, md5, store.info(url))
+                    _require_own(store, ledger, url, found, nbytes, md5)  # may find it is these bytes
+                    if not _is_there(found, nbytes, md5, ledger.get(url)):
+                        uploads.submit(path, url, nbytes, md5, found)
         finally:
             uploads.finish()
         uploaded, uploaded_bytes = uploads.count, uploads.bytes
