@@ -63,7 +63,9 @@ def prefix(bucket, request) -> str:
 
 
 @pytest.fixture
-def store(tmp_path) -> GCSStore:
+def store(tmp_path, gcs_emulator) -> GCSStore:
+    """A store talking to the module's server (its variables set: a test that asks for no bucket,
+    run first in the module, would otherwise find no server and no credentials)."""
     return GCSStore(tmp_path / "scratch", chunk_size=CHUNK)
 
 

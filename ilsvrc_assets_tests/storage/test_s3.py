@@ -39,7 +39,9 @@ def prefix(bucket, request) -> str:
 
 
 @pytest.fixture
-def store(tmp_path) -> S3Store:
+def store(tmp_path, moto_server) -> S3Store:
+    """A store talking to the module's server (its variables set: a test that asks for no bucket,
+    run first in the module, would otherwise find no server and no credentials)."""
     return S3Store(tmp_path / "scratch", part_size=PART)
 
 
